@@ -1,0 +1,380 @@
+//! `tollgate admin …`: teams, users, keys, budgets, usage and cluster status.
+//! Every read takes `--json`; errors print the server's message and exit 1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use tollgate_ledger::money::NanoUsd;
+use tollgate_proto::v1 as pb;
+use tonic::Status;
+
+use crate::AdminClient;
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Ledger node gRPC address(es), comma separated; any member will do.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7070", env = "TOLLGATE_SERVER")]
+    pub server: Vec<String>,
+    /// File holding the admin token (default: $TOLLGATE_ADMIN_TOKEN, else ./tollgate-data/admin.token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: AdminCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// The cluster as each member sees it.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    Team {
+        #[command(subcommand)]
+        cmd: TeamCmd,
+    },
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+    Budget {
+        #[command(subcommand)]
+        cmd: BudgetCmd,
+    },
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Spend per budget, or per team, user, key or model.
+    Usage {
+        /// Group by team, user, key or model instead of one row per budget.
+        #[arg(long)]
+        by: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamCmd {
+    Create { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    Create {
+        email: String,
+        #[arg(long)]
+        team: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Creates a virtual key and prints its secret once; only a hash is stored.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCmd {
+    /// Sets (or replaces) the budget of a scope: org, team:NAME, user:EMAIL, key:ID.
+    Set {
+        scope: String,
+        /// Limit in dollars, e.g. 250 or 12.50.
+        #[arg(long)]
+        limit_usd: String,
+        /// daily, weekly (ISO, Monday), monthly or total; UTC boundaries.
+        #[arg(long)]
+        period: String,
+        #[arg(long, default_value = "hard")]
+        mode: String,
+        /// Narrow the budget to one model.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Restricts a scope to the listed models (an empty list removes the policy).
+    Set {
+        scope: String,
+        #[arg(long, value_delimiter = ',')]
+        allow_models: Vec<String>,
+    },
+}
+
+fn read_token(args: &AdminArgs) -> anyhow::Result<Option<String>> {
+    let from_file = |p: &PathBuf| -> anyhow::Result<String> {
+        let t = std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading token file {}: {e}", p.display()))?;
+        Ok(t.trim().to_string())
+    };
+    if let Some(p) = &args.token_file {
+        return Ok(Some(from_file(p)?));
+    }
+    if let Ok(t) = std::env::var("TOLLGATE_ADMIN_TOKEN") {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let default = PathBuf::from("tollgate-data/admin.token");
+    if default.exists() {
+        return Ok(Some(from_file(&default)?));
+    }
+    Ok(None)
+}
+
+fn usd(n: u64) -> String {
+    NanoUsd(n).to_string()
+}
+
+fn fail(s: Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+/// Runs one admin command.
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let token = read_token(&args)?;
+    let client = AdminClient::new(&args.server, token).map_err(fail)?;
+    match args.cmd {
+        AdminCmd::Cluster { cmd: ClusterCmd::Status { json } } => cluster_status(&client, json).await,
+        AdminCmd::Team { cmd: TeamCmd::Create { name } } => {
+            let r = client
+                .call(pb::CreateTeamRequest { name: name.clone() }, |mut c, r| async move { c.create_team(r).await })
+                .await
+                .map_err(fail)?;
+            println!("created team {name} (index {})", r.index);
+            Ok(())
+        }
+        AdminCmd::User { cmd: UserCmd::Create { email, team } } => {
+            let msg = pb::CreateUserRequest { email: email.clone(), team: team.clone() };
+            let r = client.call(msg, |mut c, r| async move { c.create_user(r).await }).await.map_err(fail)?;
+            println!("created user {email} in team {team} (index {})", r.index);
+            Ok(())
+        }
+        AdminCmd::Key { cmd: KeyCmd::Create { user, name, json } } => {
+            let msg = pb::CreateKeyRequest { user: user.clone(), name };
+            let r = client.call(msg, |mut c, r| async move { c.create_key(r).await }).await.map_err(fail)?;
+            if json {
+                println!("{}", json!({"id": r.id, "secret": r.secret, "user": user, "index": r.index}));
+            } else {
+                println!("created key {} for {user}", r.id);
+                println!("secret (shown once, store it now): {}", r.secret);
+            }
+            Ok(())
+        }
+        AdminCmd::Key { cmd: KeyCmd::Revoke { id } } => {
+            let r = client
+                .call(pb::RevokeKeyRequest { id: id.clone() }, |mut c, r| async move { c.revoke_key(r).await })
+                .await
+                .map_err(fail)?;
+            println!("revoked key {id} (index {})", r.index);
+            Ok(())
+        }
+        AdminCmd::Budget { cmd: BudgetCmd::Set { scope, limit_usd, period, mode, model } } => {
+            let msg = pb::SetBudgetRequest { scope, model: model.unwrap_or_default(), limit_usd, period, mode };
+            let r = client.call(msg, |mut c, r| async move { c.set_budget(r).await }).await.map_err(fail)?;
+            let b = r.budget.unwrap_or_default();
+            let model = if b.model.is_empty() { String::new() } else { format!(" for model {}", b.model) };
+            println!(
+                "budget {}{model}: {} {} ({}) (index {})",
+                b.scope,
+                usd(b.limit_nano_usd),
+                b.period,
+                b.mode,
+                r.index
+            );
+            Ok(())
+        }
+        AdminCmd::Budget { cmd: BudgetCmd::List { json } } => {
+            let r = client
+                .call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
+                .await
+                .map_err(fail)?;
+            if json {
+                let budgets: Vec<Value> = r
+                    .budgets
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "scope": b.scope,
+                            "model": if b.model.is_empty() { Value::Null } else { json!(b.model) },
+                            "limit_nano_usd": b.limit_nano_usd,
+                            "period": b.period,
+                            "mode": b.mode,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "budgets": budgets }));
+            } else {
+                println!("{:<40} {:<24} {:>16} {:<8} {:<5}", "SCOPE", "MODEL", "LIMIT", "PERIOD", "MODE");
+                for b in &r.budgets {
+                    let model = if b.model.is_empty() { "*" } else { &b.model };
+                    println!(
+                        "{:<40} {:<24} {:>16} {:<8} {:<5}",
+                        b.scope,
+                        model,
+                        usd(b.limit_nano_usd),
+                        b.period,
+                        b.mode
+                    );
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Policy { cmd: PolicyCmd::Set { scope, allow_models } } => {
+            let msg = pb::SetPolicyRequest { scope: scope.clone(), allowed_models: allow_models };
+            let r = client.call(msg, |mut c, r| async move { c.set_policy(r).await }).await.map_err(fail)?;
+            println!("policy for {scope} set (index {})", r.index);
+            Ok(())
+        }
+        AdminCmd::Usage { by, json } => {
+            let msg = pb::UsageRequest { by: by.unwrap_or_default() };
+            let r = client.call(msg, |mut c, r| async move { c.usage(r).await }).await.map_err(fail)?;
+            if json {
+                let rows: Vec<Value> = r
+                    .rows
+                    .iter()
+                    .map(|u| {
+                        json!({
+                            "scope": u.scope,
+                            "model": if u.model.is_empty() { Value::Null } else { json!(u.model) },
+                            "period": u.period,
+                            "spent_nano_usd": u.spent_nano_usd,
+                            "held_nano_usd": u.held_nano_usd,
+                            "unsettled_nano_usd": u.unsettled_nano_usd,
+                            "limit_nano_usd": u.limit_nano_usd,
+                            "requests": u.requests,
+                            "input_tokens": u.input_tokens,
+                            "output_tokens": u.output_tokens,
+                            "cache_write_tokens": u.cache_write_tokens,
+                            "cache_read_tokens": u.cache_read_tokens,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "rows": rows, "index": r.index }));
+            } else {
+                println!(
+                    "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9}",
+                    "SCOPE", "PERIOD", "SPENT", "HELD", "UNSETTLED", "LIMIT", "REQUESTS"
+                );
+                for u in &r.rows {
+                    let scope = if u.model.is_empty() || u.scope.starts_with("model:") {
+                        u.scope.clone()
+                    } else {
+                        format!("{} [{}]", u.scope, u.model)
+                    };
+                    let limit = u.limit_nano_usd.map(usd).unwrap_or_else(|| "-".to_string());
+                    println!(
+                        "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9}",
+                        scope,
+                        u.period,
+                        usd(u.spent_nano_usd),
+                        usd(u.held_nano_usd),
+                        usd(u.unsettled_nano_usd),
+                        limit,
+                        u.requests
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks the given servers for the membership, then asks every member for its own view.
+async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(2);
+    let mut first: Option<pb::NodeStatusResponse> = None;
+    let mut errors = Vec::new();
+    for addr in client.servers() {
+        match AdminClient::node_status_at(addr, timeout).await {
+            Ok(s) if s.initialized => {
+                first = Some(s);
+                break;
+            }
+            Ok(s) => errors.push(format!("{addr}: node {} is not part of an initialized cluster", s.id)),
+            Err(e) => errors.push(format!("{addr}: {}", e.message())),
+        }
+    }
+    let Some(first) = first else {
+        anyhow::bail!("no member answered: {}", errors.join("; "));
+    };
+    let mut members = Vec::new();
+    let mut leader: Option<u64> = None;
+    for m in &first.members {
+        let status =
+            if m.id == first.id { Ok(first.clone()) } else { AdminClient::node_status_at(&m.addr, timeout).await };
+        match status {
+            Ok(s) => {
+                if s.role == "leader" {
+                    leader = Some(s.id);
+                }
+                members.push(json!({
+                    "id": m.id, "addr": m.addr, "reachable": true, "role": s.role, "term": s.term,
+                    "applied_index": s.applied_index, "state_digest": s.state_digest,
+                    "leader_id": if s.has_leader { json!(s.leader_id) } else { Value::Null },
+                }));
+            }
+            Err(e) => members.push(json!({
+                "id": m.id, "addr": m.addr, "reachable": false, "role": Value::Null, "term": Value::Null,
+                "applied_index": Value::Null, "state_digest": Value::Null, "error": e.message(),
+            })),
+        }
+    }
+    if leader.is_none() && first.has_leader {
+        leader = Some(first.leader_id);
+    }
+    if json_out {
+        println!("{}", json!({ "leader": leader, "members": members }));
+        return Ok(());
+    }
+    println!("leader: {}", leader.map(|l| l.to_string()).unwrap_or_else(|| "none".to_string()));
+    println!("{:<4} {:<22} {:<10} {:<6} {:>10}  DIGEST", "ID", "ADDR", "ROLE", "TERM", "APPLIED");
+    for m in &members {
+        let s = |k: &str| match &m[k] {
+            Value::Null => "-".to_string(),
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        let role = if m["reachable"] == json!(true) { s("role") } else { "unreachable".to_string() };
+        let digest = s("state_digest");
+        let digest = if digest.len() > 16 { &digest[..16] } else { &digest };
+        println!(
+            "{:<4} {:<22} {:<10} {:<6} {:>10}  {}",
+            s("id"),
+            s("addr"),
+            role,
+            s("term"),
+            s("applied_index"),
+            digest
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! A typed Rust client for Tollgate's gRPC APIs ([`AdminClient`],
+//! [`LedgerClient`]) and the `tollgate admin …` command line ([`cli`]).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+
+use std::time::Duration;
+
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::admin_service_client::AdminServiceClient;
+use tollgate_proto::v1::ledger_service_client::LedgerServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// How many rounds over the server list a call makes before giving up.
+const ROUNDS: u32 = 5;
+
+pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Status> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_millis(1000))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Errors worth trying on another server, or again after a pause.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
+}
+
+/// The operator's client: tries each server in turn, and retries a few
+/// rounds while the cluster elects a leader.
+#[derive(Clone)]
+pub struct AdminClient {
+    servers: Vec<(String, AdminServiceClient<Channel>)>,
+    token: Option<String>,
+}
+
+impl AdminClient {
+    pub fn new(servers: &[String], token: Option<String>) -> Result<Self, Status> {
+        if servers.is_empty() {
+            return Err(Status::invalid_argument("no server given"));
+        }
+        let servers = servers
+            .iter()
+            .map(|s| Ok((s.clone(), AdminServiceClient::new(channel(s, Duration::from_secs(15))?))))
+            .collect::<Result<_, Status>>()?;
+        Ok(AdminClient { servers, token })
+    }
+
+    fn request<T>(&self, msg: T) -> Result<Request<T>, Status> {
+        let mut r = Request::new(msg);
+        if let Some(t) = &self.token {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Status::invalid_argument("the admin token contains characters not allowed in a header"))?;
+            r.metadata_mut().insert("authorization", v);
+        }
+        Ok(r)
+    }
+
+    /// Calls `f` on each server until one answers with something other than
+    /// a retryable error, for a bounded number of rounds.
+    pub async fn call<T, R, F, Fut>(&self, msg: T, f: F) -> Result<R, Status>
+    where
+        T: Clone,
+        F: Fn(AdminServiceClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let mut last = Status::unavailable("no server answered");
+        for round in 0..ROUNDS {
+            for (addr, client) in &self.servers {
+                match f(client.clone(), self.request(msg.clone())?).await {
+                    Ok(r) => return Ok(r.into_inner()),
+                    Err(s) if retryable(&s) => {
+                        last = Status::new(s.code(), format!("{addr}: {}", s.message()));
+                    }
+                    Err(s) => return Err(s),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(round + 1))).await;
+        }
+        Err(last)
+    }
+
+    /// Asks one server (not the list) for its own status.
+    pub async fn node_status_at(addr: &str, timeout: Duration) -> Result<pb::NodeStatusResponse, Status> {
+        let mut c = AdminServiceClient::new(channel(addr, timeout)?);
+        let mut req = Request::new(pb::NodeStatusRequest {});
+        req.set_timeout(timeout);
+        Ok(c.node_status(req).await?.into_inner())
+    }
+
+    pub fn first_server(&self) -> &str {
+        &self.servers[0].0
+    }
+
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(|(a, _)| a.as_str())
+    }
+}
+
+/// The edges' client for admission and settlement.
+#[derive(Clone)]
+pub struct LedgerClient {
+    servers: Vec<(String, LedgerServiceClient<Channel>)>,
+}
+
+impl LedgerClient {
+    pub fn new(servers: &[String], timeout: Duration) -> Result<Self, Status> {
+        if servers.is_empty() {
+            return Err(Status::invalid_argument("no ledger server given"));
+        }
+        let servers = servers
+            .iter()
+            .map(|s| Ok((s.clone(), LedgerServiceClient::new(channel(s, timeout)?))))
+            .collect::<Result<_, Status>>()?;
+        Ok(LedgerClient { servers })
+    }
+
+    /// The client for server `i` (modulo the list), for callers that spread load.
+    pub fn at(&self, i: usize) -> LedgerServiceClient<Channel> {
+        self.servers[i % self.servers.len()].1.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+}

@@ -1,0 +1,156 @@
+//! Conversions between the state machine's domain types and the wire types
+//! of `tollgate-proto`, in one place per type.
+
+use tollgate_proto::v1 as pb;
+use tonic::{Code, Status};
+
+use crate::money::NanoUsd;
+use crate::proposer::ProposeError;
+use crate::state::{BudgetRec, Denial, ErrorCode, HoldId, LedgerState, Rejection, Usage};
+
+pub fn hold_id(h: Option<&pb::HoldId>, item: usize) -> Result<HoldId, Status> {
+    let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
+    let arr: [u8; 16] = bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!("item {item}: hold_id must be exactly 16 bytes, got {}", bytes.len()))
+    })?;
+    Ok(HoldId(u128::from_be_bytes(arr)))
+}
+
+pub fn hold_id_to_pb(h: HoldId) -> pb::HoldId {
+    pb::HoldId { id: h.0.to_be_bytes().to_vec() }
+}
+
+pub fn usage_from_pb(u: Option<&pb::Usage>) -> Usage {
+    let u = u.cloned().unwrap_or_default();
+    Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+        cache_write_5m_tokens: u.cache_write_5m_tokens,
+        cache_write_1h_tokens: u.cache_write_1h_tokens,
+        cache_read_tokens: u.cache_read_tokens,
+        web_search_requests: u.web_search_requests,
+    }
+}
+
+pub fn denial_to_pb(d: &Denial) -> pb::Denial {
+    pb::Denial {
+        scope: d.scope.to_string(),
+        model: d.model.clone().unwrap_or_default(),
+        limit_nano_usd: d.limit.0,
+        spent_nano_usd: d.spent.0,
+        held_nano_usd: d.held.0,
+        requested_nano_usd: d.requested.0,
+        period: d.period.as_str().to_string(),
+        resets_at_ms: d.resets_at_ms.unwrap_or(0),
+    }
+}
+
+pub fn item_error(r: &Rejection) -> pb::ItemError {
+    pb::ItemError { code: r.code.as_str().to_string(), message: r.message.clone() }
+}
+
+pub fn rejection_status(r: &Rejection) -> Status {
+    let code = match r.code {
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+    };
+    Status::new(code, r.message.clone())
+}
+
+pub fn propose_status(e: &ProposeError) -> Status {
+    match e {
+        ProposeError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
+        ProposeError::NotMember(_) => Status::failed_precondition(format!(
+            "{e}: start one node with --bootstrap, or point at a member of the cluster"
+        )),
+        _ => Status::unavailable(e.to_string()),
+    }
+}
+
+pub fn budget_to_pb(b: &BudgetRec) -> pb::Budget {
+    pb::Budget {
+        scope: b.scope.to_string(),
+        model: b.model.clone().unwrap_or_default(),
+        limit_nano_usd: b.limit.0,
+        period: b.period.as_str().to_string(),
+        mode: b.mode.as_str().to_string(),
+    }
+}
+
+pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
+    pb::ConfigSnapshot {
+        index: s.config_index,
+        teams: s.teams.keys().map(|name| pb::Team { name: name.clone() }).collect(),
+        users: s.users.iter().map(|(email, u)| pb::User { email: email.clone(), team: u.team.clone() }).collect(),
+        keys: s
+            .keys
+            .iter()
+            .map(|(id, k)| pb::Key {
+                id: id.clone(),
+                user: k.user.clone(),
+                name: k.name.clone(),
+                secret_sha256: k.secret_sha256.clone(),
+                revoked: k.revoked,
+            })
+            .collect(),
+        budgets: s.budgets.values().map(budget_to_pb).collect(),
+        policies: s
+            .policies
+            .iter()
+            .map(|(scope, models)| pb::Policy { scope: scope.clone(), allowed_models: models.clone() })
+            .collect(),
+    }
+}
+
+/// Usage rows: one per budget (`by` empty), or one per team/user/key/model.
+pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status> {
+    if by.is_empty() {
+        return Ok(s
+            .budgets
+            .values()
+            .map(|b| {
+                // Show the period the state clock is in, even if no entry has rolled it yet.
+                let fresh = b.period.start_ms(s.clock_ms) == b.period_start_ms;
+                let (settled, unsettled, requests) =
+                    if fresh { (b.settled, b.unsettled, b.requests) } else { (NanoUsd::ZERO, NanoUsd::ZERO, 0) };
+                pb::UsageRow {
+                    scope: b.scope.to_string(),
+                    period: b.period.as_str().to_string(),
+                    spent_nano_usd: settled.saturating_add(unsettled).0,
+                    held_nano_usd: b.held.0,
+                    unsettled_nano_usd: unsettled.0,
+                    limit_nano_usd: Some(b.limit.0),
+                    requests,
+                    model: b.model.clone().unwrap_or_default(),
+                    period_start_ms: b.period.start_ms(s.clock_ms),
+                    ..Default::default()
+                }
+            })
+            .collect());
+    }
+    if !matches!(by, "team" | "user" | "key" | "model") {
+        return Err(Status::invalid_argument(format!("--by {by:?} must be one of team, user, key, model")));
+    }
+    let prefix = format!("{by}:");
+    Ok(s.usage
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, c)| pb::UsageRow {
+            scope: k.clone(),
+            period: "total".to_string(),
+            spent_nano_usd: c.settled.saturating_add(c.unsettled).0,
+            held_nano_usd: c.held.0,
+            unsettled_nano_usd: c.unsettled.0,
+            limit_nano_usd: None,
+            requests: c.requests,
+            model: if by == "model" { k[prefix.len()..].to_string() } else { String::new() },
+            input_tokens: c.usage.input_tokens,
+            output_tokens: c.usage.output_tokens,
+            cache_write_tokens: c.usage.cache_write_5m_tokens + c.usage.cache_write_1h_tokens,
+            cache_read_tokens: c.usage.cache_read_tokens,
+            period_start_ms: 0,
+        })
+        .collect())
+}

@@ -1,0 +1,285 @@
+//! A ledger node: sled storage, openraft, group commit and the gRPC
+//! services, wired together. `tollgate ledger` and `tollgate up` start one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tollgate_proto::v1::admin_service_server::AdminServiceServer;
+use tollgate_proto::v1::ledger_service_server::LedgerServiceServer;
+use tollgate_proto::v1::raft_service_server::RaftServiceServer;
+
+use crate::network::{Network, MAX_MESSAGE_BYTES};
+use crate::proposer::{now_ms, Proposer, ProposerConfig};
+use crate::raft_types::{NodeId, Raft};
+use crate::server::{random_token, sha256_hex, AdminApi, LedgerApi, RaftRpc};
+use crate::state::{AdminOp, Command, ErrorCode, Outcome};
+use crate::store::{open_db, LogStore, StateMachineStore};
+
+/// Everything a ledger node needs to start.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// This node's id; must appear in `peers`.
+    pub id: NodeId,
+    /// The gRPC address this node listens on.
+    pub grpc_addr: SocketAddr,
+    /// Where the log, vote, snapshots and the admin token live.
+    pub data_dir: PathBuf,
+    /// Every voter's id and advertised gRPC address (`host:port`).
+    pub peers: BTreeMap<NodeId, String>,
+    /// Initialise the cluster with `peers` as voters if it is not yet initialised.
+    pub bootstrap: bool,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Election timeout range; must be well above the heartbeat.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    pub proposer: ProposerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node id {0} is not in --peers; list every voter, this node included")]
+    SelfNotInPeers(NodeId),
+    #[error("node id 0 is reserved; use ids from 1")]
+    ZeroId,
+    #[error("election timeout {min}..{max} ms must be a range above 3 x heartbeat {heartbeat} ms")]
+    Timeouts { heartbeat: u64, min: u64, max: u64 },
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl LedgerConfig {
+    pub fn new(id: NodeId, grpc_addr: SocketAddr, data_dir: PathBuf, peers: BTreeMap<NodeId, String>) -> Self {
+        LedgerConfig {
+            id,
+            grpc_addr,
+            data_dir,
+            peers,
+            bootstrap: false,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_every_entries: 5000,
+            proposer: ProposerConfig::default(),
+        }
+    }
+
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.id == 0 || self.peers.contains_key(&0) {
+            return Err(ConfigError::ZeroId);
+        }
+        if !self.peers.contains_key(&self.id) {
+            return Err(ConfigError::SelfNotInPeers(self.id));
+        }
+        let (h, min, max) = (self.heartbeat_ms, self.election_timeout_min_ms, self.election_timeout_max_ms);
+        if h == 0 || min <= 3 * h || max <= min {
+            return Err(ConfigError::Timeouts { heartbeat: h, min, max });
+        }
+        if self.snapshot_every_entries == 0 {
+            return Err(ConfigError::Zero("snapshot_every_entries"));
+        }
+        if self.proposer.max_batch_cmds == 0 || self.proposer.max_inflight == 0 || self.proposer.max_queued == 0 {
+            return Err(ConfigError::Zero("proposer limits"));
+        }
+        Ok(self)
+    }
+}
+
+/// A running ledger node.
+pub struct LedgerNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub sm: StateMachineStore,
+    pub admin_token_path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl LedgerNode {
+    /// Opens storage, starts Raft and serves gRPC on `cfg.grpc_addr`.
+    pub async fn start(cfg: LedgerConfig) -> anyhow::Result<LedgerNode> {
+        let cfg = cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let db = open_db(&cfg.data_dir.join("raft")).with_context(|| {
+            format!("opening ledger storage in {} (is another node using it?)", cfg.data_dir.display())
+        })?;
+        let log_store = LogStore::new(&db)?;
+        let sm = StateMachineStore::new(&db)?;
+
+        let raft_config = openraft::Config {
+            cluster_name: "tollgate".to_string(),
+            heartbeat_interval: cfg.heartbeat_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            // Keep append messages well under the gRPC limit: entries carry batches.
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+            snapshot_max_chunk_size: 2 * 1024 * 1024,
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout: 2000,
+            ..Default::default()
+        }
+        .validate()?;
+        let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log_store, sm.clone()).await?;
+        let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone());
+
+        let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
+        let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_else(|| cfg.grpc_addr.to_string());
+        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .concurrency_limit_per_connection(4096)
+            .add_service(
+                RaftServiceServer::new(RaftRpc { raft: raft.clone(), proposer: proposer.clone() })
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                LedgerServiceServer::new(LedgerApi { proposer: proposer.clone(), sm: sm.clone() })
+                    .max_decoding_message_size(16 * 1024 * 1024),
+            )
+            .add_service(AdminServiceServer::new(AdminApi {
+                id: cfg.id,
+                addr: advertised,
+                raft: raft.clone(),
+                proposer: proposer.clone(),
+                sm: sm.clone(),
+            }))
+            .add_service(reflection);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown_rx.wait_for(|s| *s).await;
+        }));
+        tracing::info!(id = cfg.id, addr = %cfg.grpc_addr, "ledger node serving gRPC");
+
+        let admin_token_path = cfg.data_dir.join("admin.token");
+        if cfg.bootstrap {
+            bootstrap(&raft, &cfg).await?;
+            let token = load_or_create_token(&admin_token_path)?;
+            tokio::spawn(ensure_admin_token(proposer.clone(), sm.clone(), sha256_hex(&token), shutdown.subscribe()));
+        }
+        tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.subscribe()));
+        Ok(LedgerNode { id: cfg.id, raft, proposer, sm, admin_token_path, shutdown, server })
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+async fn bootstrap(raft: &Raft, cfg: &LedgerConfig) -> anyhow::Result<()> {
+    if raft.is_initialized().await? {
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, BasicNode> =
+        cfg.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!(voters = ?cfg.peers.keys().collect::<Vec<_>>(), "initialised the cluster");
+            Ok(())
+        }
+        // Another node's vote or log got here first: the cluster exists.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => bail!("initialising the cluster: {e}"),
+    }
+}
+
+/// Reads the admin token, creating it (mode 0600) on first boot.
+fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let token = random_token("tga_", 24).map_err(|s| anyhow::anyhow!(s.message().to_string()))?;
+    let tmp = path.with_extension("token.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        writeln!(f, "{token}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "wrote a new admin token");
+    Ok(token)
+}
+
+/// Proposes the admin token's hash until the state has one.
+async fn ensure_admin_token(proposer: Proposer, sm: StateMachineStore, hash: String, mut stop: watch::Receiver<bool>) {
+    for attempt in 0u32..600 {
+        if *stop.borrow() {
+            return;
+        }
+        match sm.read(|a| a.state.admin_token_sha256.clone()) {
+            Some(h) if h == hash => return,
+            Some(_) => {
+                tracing::warn!("the cluster already has a different admin token; this node's admin.token is not valid");
+                return;
+            }
+            None => {}
+        }
+        let cmd =
+            Command::Admin { actor: "bootstrap".to_string(), op: AdminOp::SetAdminToken { sha256: hash.clone() } };
+        match proposer.submit(vec![cmd]).await {
+            Ok((_, o)) if o.first() == Some(&Outcome::Done) => {
+                tracing::info!("admin token registered with the cluster");
+                return;
+            }
+            Ok((_, o)) if matches!(o.first(), Some(Outcome::Rejected(r)) if r.code == ErrorCode::AlreadyExists) => {}
+            Ok((_, o)) => tracing::warn!(outcome = ?o, "setting the admin token was refused"),
+            Err(e) => tracing::debug!(attempt, error = %e, "admin token not set yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+    tracing::error!("gave up registering the admin token after 600 attempts");
+}
+
+/// On the leader, proposes a tick when holds are due to expire and no other
+/// traffic would advance the state machine's clock.
+async fn ticker(raft: Raft, proposer: Proposer, sm: StateMachineStore, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => return,
+        }
+        if raft.metrics().borrow().state != ServerState::Leader {
+            continue;
+        }
+        let due = sm.read(|a| a.state.next_expiry_ms()).is_some_and(|t| t <= now_ms());
+        if due {
+            if let Err(e) = proposer.submit(vec![Command::Tick]).await {
+                tracing::debug!(error = %e, "tick not proposed");
+            }
+        }
+    }
+}

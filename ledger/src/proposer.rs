@@ -1,0 +1,265 @@
+//! Group commit: concurrent requests are gathered into few Raft entries.
+//!
+//! Callers submit command lists; one batcher task drains the queue into a
+//! single [`Batch`] (up to `max_batch_cmds`) whenever a proposal slot is free,
+//! so under load each entry carries many commands and the fsync per entry is
+//! shared. On a follower the batch is forwarded to the leader, which stamps
+//! and proposes it. Every queue here is bounded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tollgate_proto::v1::raft_service_client::RaftServiceClient;
+use tollgate_proto::v1::RaftPayload;
+use tonic::transport::Channel;
+
+use crate::raft_types::{NodeId, Raft};
+use crate::state::{Batch, Command, Outcome};
+
+/// Why a proposal has no outcome. Every variant but `Rejected` means "retry,
+/// possibly elsewhere"; whether the commands were applied is unknown unless
+/// the variant says they were not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ProposeError {
+    #[error("no ledger leader is known yet (an election may be under way); retry shortly")]
+    NoLeader,
+    #[error("node {0} is not part of an initialized cluster")]
+    NotMember(NodeId),
+    #[error("the ledger is overloaded: {0} commands are already queued")]
+    Overloaded(usize),
+    #[error("the outcome is unknown ({0}); the commands may or may not have been applied")]
+    Unknown(String),
+    #[error("this ledger node is shutting down")]
+    ShuttingDown,
+}
+
+/// Limits of the batcher.
+#[derive(Debug, Clone)]
+pub struct ProposerConfig {
+    /// Most commands in one log entry.
+    pub max_batch_cmds: usize,
+    /// Most proposals (log entries) in flight at once from this node.
+    pub max_inflight: usize,
+    /// Most commands waiting for a batch; beyond this callers get `Overloaded`.
+    pub max_queued: usize,
+    /// How long a proposal waits for a leader to be elected.
+    pub leader_wait: Duration,
+}
+
+impl Default for ProposerConfig {
+    fn default() -> Self {
+        ProposerConfig {
+            max_batch_cmds: 2048,
+            max_inflight: 8,
+            max_queued: 100_000,
+            leader_wait: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a proposal produced: the entry's index and one outcome per command.
+pub type Proposed = Result<(u64, Vec<Outcome>), ProposeError>;
+
+struct Pending {
+    cmds: Vec<Command>,
+    /// Came from another node already: never forward again (no ping-pong).
+    forwarded: bool,
+    reply: oneshot::Sender<Proposed>,
+}
+
+/// The wire form of a forwarded proposal.
+#[derive(Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub cmds: Vec<Command>,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_queued: usize,
+}
+
+struct Ctx {
+    id: NodeId,
+    raft: Raft,
+    cfg: ProposerConfig,
+    peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Proposer {
+    pub fn start(id: NodeId, raft: Raft, cfg: ProposerConfig) -> Proposer {
+        // The channel counts submissions; `queued` counts commands, the real bound.
+        let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_queued = cfg.max_queued;
+        let ctx = Arc::new(Ctx { id, raft, cfg, peers: Mutex::new(HashMap::new()) });
+        tokio::spawn(run(ctx, rx, queued.clone()));
+        Proposer { tx, queued, max_queued }
+    }
+
+    /// Proposes `cmds` (forwarding to the leader when needed).
+    pub async fn submit(&self, cmds: Vec<Command>) -> Proposed {
+        self.submit_inner(cmds, false).await
+    }
+
+    /// Proposes commands another node forwarded here; never forwards again.
+    pub async fn submit_forwarded(&self, cmds: Vec<Command>) -> Proposed {
+        self.submit_inner(cmds, true).await
+    }
+
+    async fn submit_inner(&self, cmds: Vec<Command>, forwarded: bool) -> Proposed {
+        use std::sync::atomic::Ordering;
+        if cmds.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let n = cmds.len();
+        let before = self.queued.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.max_queued {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(ProposeError::Overloaded(before));
+        }
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Pending { cmds, forwarded, reply }).await.is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            return Err(ProposeError::ShuttingDown);
+        }
+        rx.await.unwrap_or(Err(ProposeError::ShuttingDown))
+    }
+}
+
+async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, queued: Arc<std::sync::atomic::AtomicUsize>) {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_inflight.max(1)));
+    loop {
+        // Take a slot first: while all are busy, submissions pile up in the
+        // queue and the next batch carries all of them.
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut n = first.cmds.len();
+        let mut batch = vec![first];
+        while n < ctx.cfg.max_batch_cmds {
+            match rx.try_recv() {
+                Ok(p) => {
+                    n += p.cmds.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        queued.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (local, fwd): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.forwarded);
+            // Forwarded commands are only ever proposed here; the rest may move on.
+            let (a, b) = tokio::join!(propose_group(&ctx, local, false), propose_group(&ctx, fwd, true));
+            let _ = (a, b);
+        });
+    }
+}
+
+/// Proposes one group of pendings as one entry and hands each its outcomes.
+async fn propose_group(ctx: &Ctx, group: Vec<Pending>, may_forward: bool) {
+    if group.is_empty() {
+        return;
+    }
+    let mut cmds = Vec::with_capacity(group.iter().map(|p| p.cmds.len()).sum());
+    let mut sizes = Vec::with_capacity(group.len());
+    let mut replies = Vec::with_capacity(group.len());
+    for p in group {
+        sizes.push(p.cmds.len());
+        cmds.extend(p.cmds);
+        replies.push(p.reply);
+    }
+    let result = propose(ctx, cmds, may_forward).await;
+    match result {
+        Ok((index, outcomes)) => {
+            let mut it = outcomes.into_iter();
+            for (size, reply) in sizes.into_iter().zip(replies) {
+                let part: Vec<Outcome> = it.by_ref().take(size).collect();
+                let _ = reply.send(Ok((index, part)));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Who leads, as this node sees it, waiting a bounded time for an election.
+async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
+    let found = ctx
+        .raft
+        .wait(Some(ctx.cfg.leader_wait))
+        .metrics(|m| m.current_leader.is_some() || m.state == ServerState::Shutdown, "a leader is known")
+        .await;
+    let m = match found {
+        Ok(m) => m,
+        Err(_) => {
+            let m = ctx.raft.metrics().borrow().clone();
+            if m.membership_config.membership().voter_ids().next().is_none() {
+                return Err(ProposeError::NotMember(ctx.id));
+            }
+            return Err(ProposeError::NoLeader);
+        }
+    };
+    if m.state == ServerState::Shutdown {
+        return Err(ProposeError::ShuttingDown);
+    }
+    let id = m.current_leader.ok_or(ProposeError::NoLeader)?;
+    let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()).ok_or(ProposeError::NoLeader)?;
+    Ok((id, addr))
+}
+
+async fn propose(ctx: &Ctx, cmds: Vec<Command>, may_forward: bool) -> Proposed {
+    let (leader_id, addr) = leader(ctx).await?;
+    if leader_id != ctx.id {
+        if !may_forward {
+            return Err(ProposeError::NoLeader);
+        }
+        return forward(ctx, &addr, cmds).await;
+    }
+    let batch = Batch { time_ms: now_ms(), cmds };
+    match ctx.raft.client_write(batch).await {
+        Ok(resp) => Ok((resp.log_id.index, resp.data.0)),
+        // Lost leadership before proposing: nothing was applied.
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NoLeader),
+        Err(RaftError::APIError(e)) => Err(ProposeError::Unknown(e.to_string())),
+        Err(RaftError::Fatal(_)) => Err(ProposeError::ShuttingDown),
+    }
+}
+
+async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>) -> Proposed {
+    let client = {
+        let mut peers = ctx.peers.lock().unwrap_or_else(|p| p.into_inner());
+        match peers.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = crate::network::raft_client(addr).map_err(|e| ProposeError::Unknown(e.to_string()))?;
+                peers.insert(addr.to_string(), c.clone());
+                c
+            }
+        }
+    };
+    let data = serde_json::to_vec(&ForwardRequest { cmds }).map_err(|e| ProposeError::Unknown(e.to_string()))?;
+    let mut req = tonic::Request::new(RaftPayload { data });
+    req.set_timeout(Duration::from_secs(10));
+    let mut client = client;
+    let resp = client
+        .propose(req)
+        .await
+        .map_err(|s| ProposeError::Unknown(format!("forward to leader at {addr}: {}", s.message())))?;
+    serde_json::from_slice::<Proposed>(&resp.into_inner().data)
+        .map_err(|e| ProposeError::Unknown(format!("bad answer from leader at {addr}: {e}")))?
+}

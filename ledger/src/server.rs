@@ -1,0 +1,460 @@
+//! The ledger node's gRPC services: Raft RPCs between nodes
+//! ([`RaftRpc`]), the edge-facing [`LedgerApi`] and the operator's
+//! [`AdminApi`]. All of them are thin: they validate, convert, and hand
+//! commands to the [`Proposer`] or read the applied state.
+
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::Stream;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::ServerState;
+use sha2::{Digest, Sha256};
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::admin_service_client::AdminServiceClient;
+use tonic::{Request, Response, Status};
+
+use crate::convert::*;
+use crate::money::NanoUsd;
+use crate::proposer::{ForwardRequest, ProposeError, Proposer};
+use crate::raft_types::{NodeId, Raft, TypeConfig};
+use crate::state::{hex, AdminOp, Command, Mode, Outcome, Period, Scope};
+use crate::store::StateMachineStore;
+
+/// The most items one Reserve/Settle/Release/Extend call may carry.
+pub const MAX_ITEMS_PER_CALL: usize = 4096;
+
+fn decode<T: serde::de::DeserializeOwned>(p: &pb::RaftPayload) -> Result<T, Status> {
+    serde_json::from_slice(&p.data).map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
+    serde_json::to_vec(v)
+        .map(|data| Response::new(pb::RaftPayload { data }))
+        .map_err(|e| Status::internal(format!("encoding raft payload: {e}")))
+}
+
+/// Raft RPCs between ledger nodes, plus forwarded proposals.
+pub struct RaftRpc {
+    pub raft: Raft,
+    pub proposer: Proposer,
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for RaftRpc {
+    async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn propose(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let fwd: ForwardRequest = decode(req.get_ref())?;
+        if fwd.cmds.len() > MAX_ITEMS_PER_CALL * 4 {
+            return Err(Status::invalid_argument("forwarded batch is too large"));
+        }
+        encode(&self.proposer.submit_forwarded(fwd.cmds).await)
+    }
+}
+
+fn check_items(n: usize) -> Result<(), Status> {
+    if n > MAX_ITEMS_PER_CALL {
+        return Err(Status::invalid_argument(format!("{n} items in one call; the limit is {MAX_ITEMS_PER_CALL}")));
+    }
+    Ok(())
+}
+
+async fn submit(proposer: &Proposer, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Status> {
+    proposer.submit(cmds).await.map_err(|e| propose_status(&e))
+}
+
+/// The API edges use: admission, settlement and the config watch.
+pub struct LedgerApi {
+    pub proposer: Proposer,
+    pub sm: StateMachineStore,
+}
+
+type ConfigStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigSnapshot, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::ledger_service_server::LedgerService for LedgerApi {
+    async fn reserve(&self, req: Request<pb::ReserveBatch>) -> Result<Response<pb::ReserveResults>, Status> {
+        let batch = req.into_inner();
+        check_items(batch.requests.len())?;
+        let mut cmds = Vec::with_capacity(batch.requests.len());
+        for (i, r) in batch.requests.iter().enumerate() {
+            cmds.push(Command::Reserve {
+                hold: hold_id(r.hold_id.as_ref(), i)?,
+                key: r.key_id.clone(),
+                model: r.model.clone(),
+                amount: NanoUsd(r.amount_nano_usd),
+                ttl_ms: r.ttl_ms,
+            });
+        }
+        let (_, outcomes) = submit(&self.proposer, cmds).await?;
+        let results = outcomes
+            .iter()
+            .map(|o| pb::ReserveResult {
+                outcome: Some(match o {
+                    Outcome::Granted { expires_at_ms } => {
+                        pb::reserve_result::Outcome::GrantedExpiresAtMs(*expires_at_ms)
+                    }
+                    Outcome::Denied(d) => pb::reserve_result::Outcome::Denied(denial_to_pb(d)),
+                    Outcome::Rejected(r) => pb::reserve_result::Outcome::Error(item_error(r)),
+                    other => pb::reserve_result::Outcome::Error(unexpected(other)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::ReserveResults { results }))
+    }
+
+    async fn settle(&self, req: Request<pb::SettleBatch>) -> Result<Response<pb::SettleResults>, Status> {
+        let batch = req.into_inner();
+        check_items(batch.requests.len())?;
+        let mut cmds = Vec::with_capacity(batch.requests.len());
+        for (i, r) in batch.requests.iter().enumerate() {
+            if r.session_id.len() > 256 {
+                return Err(Status::invalid_argument(format!("item {i}: session_id is longer than 256 bytes")));
+            }
+            cmds.push(Command::Settle {
+                hold: hold_id(r.hold_id.as_ref(), i)?,
+                cost: NanoUsd(r.cost_nano_usd),
+                usage: usage_from_pb(r.usage.as_ref()),
+                estimated: r.estimated,
+                session: (!r.session_id.is_empty()).then(|| r.session_id.clone()),
+            });
+        }
+        let (_, outcomes) = submit(&self.proposer, cmds).await?;
+        let results = outcomes
+            .iter()
+            .map(|o| pb::SettleResult {
+                outcome: Some(match o {
+                    Outcome::Settled { charged, duplicate } => pb::settle_result::Outcome::Settled(pb::Settled {
+                        charged_nano_usd: charged.0,
+                        duplicate: *duplicate,
+                    }),
+                    Outcome::Rejected(r) => pb::settle_result::Outcome::Error(item_error(r)),
+                    other => pb::settle_result::Outcome::Error(unexpected(other)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::SettleResults { results }))
+    }
+
+    async fn release(&self, req: Request<pb::ReleaseBatch>) -> Result<Response<pb::ReleaseResults>, Status> {
+        let batch = req.into_inner();
+        check_items(batch.hold_ids.len())?;
+        let mut cmds = Vec::with_capacity(batch.hold_ids.len());
+        for (i, h) in batch.hold_ids.iter().enumerate() {
+            cmds.push(Command::Release { hold: hold_id(Some(h), i)? });
+        }
+        let (_, outcomes) = submit(&self.proposer, cmds).await?;
+        let results = outcomes
+            .iter()
+            .map(|o| pb::ReleaseResult {
+                error: match o {
+                    Outcome::Released => None,
+                    Outcome::Rejected(r) => Some(item_error(r)),
+                    other => Some(unexpected(other)),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::ReleaseResults { results }))
+    }
+
+    async fn extend(&self, req: Request<pb::ExtendBatch>) -> Result<Response<pb::ExtendResults>, Status> {
+        let batch = req.into_inner();
+        check_items(batch.requests.len())?;
+        let mut cmds = Vec::with_capacity(batch.requests.len());
+        for (i, r) in batch.requests.iter().enumerate() {
+            cmds.push(Command::Extend { hold: hold_id(r.hold_id.as_ref(), i)?, ttl_ms: r.ttl_ms });
+        }
+        let (_, outcomes) = submit(&self.proposer, cmds).await?;
+        let results = outcomes
+            .iter()
+            .map(|o| pb::ExtendResult {
+                outcome: Some(match o {
+                    Outcome::Extended { expires_at_ms } => pb::extend_result::Outcome::ExpiresAtMs(*expires_at_ms),
+                    Outcome::Rejected(r) => pb::extend_result::Outcome::Error(item_error(r)),
+                    other => pb::extend_result::Outcome::Error(unexpected(other)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::ExtendResults { results }))
+    }
+
+    type WatchConfigStream = ConfigStream;
+
+    async fn watch_config(&self, _req: Request<pb::WatchConfigRequest>) -> Result<Response<ConfigStream>, Status> {
+        let sm = self.sm.clone();
+        let mut changes = sm.watch_config();
+        // One slot: a slow watcher gets the newest config, not a backlog.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                changes.borrow_and_update();
+                let snap = sm.read(|a| config_snapshot(&a.state));
+                if tx.send(Ok(snap)).await.is_err() {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn unexpected(o: &Outcome) -> pb::ItemError {
+    pb::ItemError { code: "internal".to_string(), message: format!("unexpected outcome {o:?}") }
+}
+
+/// The operator's API.
+pub struct AdminApi {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub sm: StateMachineStore,
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// A new random secret: `prefix` + 2×`bytes` hex digits.
+pub fn random_token(prefix: &str, bytes: usize) -> Result<String, Status> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+    Ok(format!("{prefix}{}", hex(&buf)))
+}
+
+const ACTOR: &str = "admin-token";
+
+impl AdminApi {
+    fn check_member(&self) -> Result<(), Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().next().is_none() {
+            return Err(propose_status(&ProposeError::NotMember(self.id)));
+        }
+        if membership.get_node(&self.id).is_none() {
+            return Err(Status::failed_precondition(format!("node {} is not a member of this cluster", self.id)));
+        }
+        Ok(())
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.check_member()?;
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("missing admin token: send `authorization: Bearer <token>`"))?;
+        let want = self.sm.read(|a| a.state.admin_token_sha256.clone());
+        let Some(want) = want else {
+            return Err(Status::unavailable("the cluster has no admin token yet: the bootstrap node has not set it"));
+        };
+        if sha256_hex(token) != want {
+            return Err(Status::unauthenticated("invalid admin token"));
+        }
+        Ok(())
+    }
+
+    async fn admin(&self, op: AdminOp) -> Result<u64, Status> {
+        let (index, outcomes) = submit(&self.proposer, vec![Command::Admin { actor: ACTOR.to_string(), op }]).await?;
+        match outcomes.first() {
+            Some(Outcome::Done) => Ok(index),
+            Some(Outcome::Rejected(r)) => Err(rejection_status(r)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// For a linearizable read: `None` when this node is the leader and has
+    /// applied everything committed before the read; else a client of the leader.
+    async fn read_at_leader(&self) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            self.raft
+                .ensure_linearizable()
+                .await
+                .map_err(|e| Status::unavailable(format!("leadership could not be confirmed: {e}")))?;
+            return Ok(None);
+        }
+        let leader = m.current_leader.ok_or_else(|| propose_status(&ProposeError::NoLeader))?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .ok_or_else(|| propose_status(&ProposeError::NoLeader))?;
+        let ch = crate::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Some(AdminServiceClient::new(ch)))
+    }
+}
+
+/// Copies the caller's authorization onto a forwarded request.
+fn forwarded<T, U>(from: &Request<T>, msg: U) -> Request<U> {
+    let mut r = Request::new(msg);
+    if let Some(v) = from.metadata().get("authorization") {
+        r.metadata_mut().insert("authorization", v.clone());
+    }
+    r.set_timeout(Duration::from_secs(10));
+    r
+}
+
+fn parse_scope(s: &str) -> Result<Scope, Status> {
+    Scope::parse(s).map_err(Status::invalid_argument)
+}
+
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminApi {
+    async fn node_status(
+        &self,
+        _req: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::NodeStatusResponse>, Status> {
+        // Unauthenticated on purpose: like a health check, it shows topology
+        // and progress, nothing about principals or money.
+        let m = self.raft.metrics().borrow().clone();
+        let (applied, digest) = self.sm.read(|a| (a.applied_index(), a.state.digest()));
+        let members: Vec<pb::Member> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| pb::Member { id: *id, addr: n.addr.clone() })
+            .collect();
+        Ok(Response::new(pb::NodeStatusResponse {
+            id: self.id,
+            addr: self.addr.clone(),
+            role: role(m.state).to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            has_leader: m.current_leader.is_some(),
+            applied_index: applied,
+            committed_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            state_digest: digest,
+            initialized: !members.is_empty(),
+            members,
+        }))
+    }
+
+    async fn create_team(
+        &self,
+        req: Request<pb::CreateTeamRequest>,
+    ) -> Result<Response<pb::CreateTeamResponse>, Status> {
+        self.authorize(&req)?;
+        let index = self.admin(AdminOp::CreateTeam { name: req.into_inner().name }).await?;
+        Ok(Response::new(pb::CreateTeamResponse { index }))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let index = self.admin(AdminOp::CreateUser { email: r.email, team: r.team }).await?;
+        Ok(Response::new(pb::CreateUserResponse { index }))
+    }
+
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let id = random_token("key_", 6)?;
+        let secret = random_token("tg_", 24)?;
+        let op = AdminOp::CreateKey { id: id.clone(), user: r.user, name: r.name, secret_sha256: sha256_hex(&secret) };
+        let index = self.admin(op).await?;
+        Ok(Response::new(pb::CreateKeyResponse { id, secret, index }))
+    }
+
+    async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        self.authorize(&req)?;
+        let index = self.admin(AdminOp::RevokeKey { id: req.into_inner().id }).await?;
+        Ok(Response::new(pb::RevokeKeyResponse { index }))
+    }
+
+    async fn set_budget(&self, req: Request<pb::SetBudgetRequest>) -> Result<Response<pb::SetBudgetResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let scope = parse_scope(&r.scope)?;
+        let limit =
+            NanoUsd::from_str(&r.limit_usd).map_err(|e| Status::invalid_argument(format!("--limit-usd: {e}")))?;
+        let period = Period::parse(&r.period).ok_or_else(|| {
+            Status::invalid_argument(format!("period {:?} must be one of daily, weekly, monthly, total", r.period))
+        })?;
+        let mode = if r.mode.is_empty() { Some(Mode::Hard) } else { Mode::parse(&r.mode) }
+            .ok_or_else(|| Status::invalid_argument(format!("mode {:?} must be hard or soft", r.mode)))?;
+        let model = (!r.model.is_empty()).then_some(r.model);
+        let op = AdminOp::SetBudget { scope: scope.clone(), model: model.clone(), limit, period, mode };
+        let index = self.admin(op).await?;
+        let budget = pb::Budget {
+            scope: scope.to_string(),
+            model: model.unwrap_or_default(),
+            limit_nano_usd: limit.0,
+            period: period.as_str().to_string(),
+            mode: mode.as_str().to_string(),
+        };
+        Ok(Response::new(pb::SetBudgetResponse { index, budget: Some(budget) }))
+    }
+
+    async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let scope = parse_scope(&r.scope)?;
+        let index = self.admin(AdminOp::SetPolicy { scope, allowed_models: r.allowed_models }).await?;
+        Ok(Response::new(pb::SetPolicyResponse { index }))
+    }
+
+    async fn list_budgets(
+        &self,
+        req: Request<pb::ListBudgetsRequest>,
+    ) -> Result<Response<pb::ListBudgetsResponse>, Status> {
+        self.authorize(&req)?;
+        if let Some(mut leader) = self.read_at_leader().await? {
+            return leader.list_budgets(forwarded(&req, pb::ListBudgetsRequest {})).await;
+        }
+        let budgets = self.sm.read(|a| a.state.budgets.values().map(budget_to_pb).collect());
+        Ok(Response::new(pb::ListBudgetsResponse { budgets }))
+    }
+
+    async fn get_config(&self, req: Request<pb::GetConfigRequest>) -> Result<Response<pb::ConfigSnapshot>, Status> {
+        self.authorize(&req)?;
+        if let Some(mut leader) = self.read_at_leader().await? {
+            return leader.get_config(forwarded(&req, pb::GetConfigRequest {})).await;
+        }
+        Ok(Response::new(self.sm.read(|a| config_snapshot(&a.state))))
+    }
+
+    async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {
+        self.authorize(&req)?;
+        if let Some(mut leader) = self.read_at_leader().await? {
+            let msg = req.get_ref().clone();
+            return leader.usage(forwarded(&req, msg)).await;
+        }
+        let by = req.get_ref().by.clone();
+        let (rows, index) = self.sm.read(|a| usage_rows(&a.state, &by).map(|r| (r, a.applied_index())))?;
+        Ok(Response::new(pb::UsageResponse { rows, index }))
+    }
+}

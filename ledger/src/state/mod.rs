@@ -1,0 +1,763 @@
+//! The budget state machine: pure, deterministic, no IO and no clock.
+//!
+//! It takes [`Batch`]es of [`Command`]s (one Raft entry each) and returns one
+//! [`Outcome`] per command. Time comes only from the batch stamp; the state's
+//! clock is the largest stamp seen, so a leader with a slow clock cannot move
+//! time backwards. Every replica that applies the same batches in the same
+//! order ends with the same state and the same [`LedgerState::digest`].
+
+mod period;
+mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use period::Period;
+pub use types::*;
+
+use crate::money::NanoUsd;
+
+/// How many admin changes the in-state audit ring keeps (the full trail is the log).
+pub const AUDIT_RING_LEN: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub actor: String,
+    pub time_ms: u64,
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeamRec {
+    pub created: Stamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRec {
+    pub team: String,
+    pub created: Stamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRec {
+    pub user: String,
+    pub name: String,
+    pub secret_sha256: String,
+    pub revoked: bool,
+    pub created: Stamp,
+}
+
+/// A budget and its accounting for the current period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetRec {
+    pub scope: Scope,
+    pub model: Option<String>,
+    pub limit: NanoUsd,
+    pub period: Period,
+    pub mode: Mode,
+    pub period_start_ms: u64,
+    /// Actual cost of settled holds charged in this period.
+    pub settled: NanoUsd,
+    /// Full reservations of holds that expired unsettled, charged in this period.
+    pub unsettled: NanoUsd,
+    /// Reservations of live holds (across periods).
+    pub held: NanoUsd,
+    /// Recorded excess over the limit: settles above their reservation, and a
+    /// limit lowered below what was already used.
+    pub excess: NanoUsd,
+    pub requests: u64,
+    pub updated: Stamp,
+}
+
+impl BudgetRec {
+    pub fn spent(&self) -> NanoUsd {
+        self.settled.saturating_add(self.unsettled)
+    }
+
+    /// Starts a new period if `now_ms` is past the current one.
+    fn roll(&mut self, now_ms: u64) {
+        let start = self.period.start_ms(now_ms);
+        if start != self.period_start_ms {
+            self.period_start_ms = start;
+            self.settled = NanoUsd::ZERO;
+            self.unsettled = NanoUsd::ZERO;
+            self.excess = NanoUsd::ZERO;
+            self.requests = 0;
+        }
+    }
+
+    fn applies_to(&self, model: &str) -> bool {
+        self.model.as_deref().is_none_or(|m| m == model)
+    }
+}
+
+/// All-time usage of one team, user, key or model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub settled: NanoUsd,
+    pub unsettled: NanoUsd,
+    pub held: NanoUsd,
+    pub requests: u64,
+    pub estimated_settles: u64,
+    pub usage: Usage,
+}
+
+/// Who a hold is for, fixed when it is granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldInfo {
+    pub key: String,
+    pub user: String,
+    pub team: String,
+    pub model: String,
+    pub amount: NanoUsd,
+    pub ttl_ms: u64,
+    /// The budgets this hold counts against, with the period each charge fell in.
+    pub charges: Vec<(BudgetId, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldState {
+    Active {
+        expires_at_ms: u64,
+    },
+    Settled {
+        cost: NanoUsd,
+    },
+    /// Expired unsettled: its full amount is charged as unsettled spend.
+    Expired,
+    Released,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRec {
+    /// `None` for a release that arrived before (or instead of) its reserve.
+    pub info: Option<HoldInfo>,
+    pub state: HoldState,
+    /// When a finished hold is forgotten; 0 while active.
+    pub forget_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRec {
+    pub stamp: Stamp,
+    pub what: String,
+}
+
+/// The replicated state. Fields not marked `serde(skip)` make up the digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerState {
+    pub clock_ms: u64,
+    pub last_index: u64,
+    /// The last index that changed config (what the config watch reports).
+    pub config_index: u64,
+    pub admin_token_sha256: Option<String>,
+    pub teams: BTreeMap<String, TeamRec>,
+    pub users: BTreeMap<String, UserRec>,
+    pub keys: BTreeMap<String, KeyRec>,
+    pub budgets: BTreeMap<BudgetId, BudgetRec>,
+    pub next_budget_id: u64,
+    pub policies: BTreeMap<String, Vec<String>>,
+    pub holds: BTreeMap<HoldId, HoldRec>,
+    /// Usage by `team:…`, `user:…`, `key:…`, `model:…`.
+    pub usage: BTreeMap<String, Counters>,
+    pub audit: Vec<AuditRec>,
+    /// Derived: live holds by expiry.
+    #[serde(skip)]
+    expiries: BTreeSet<(u64, HoldId)>,
+    /// Derived: finished holds by the time they are forgotten.
+    #[serde(skip)]
+    forgets: BTreeSet<(u64, HoldId)>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_email(s: &str) -> bool {
+    s.len() <= 254
+        && s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == ',')
+}
+
+fn valid_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn valid_model(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+impl LedgerState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rebuilds the derived indexes after deserialization.
+    pub fn rebuild_indexes(&mut self) {
+        self.expiries.clear();
+        self.forgets.clear();
+        for (id, h) in &self.holds {
+            match h.state {
+                HoldState::Active { expires_at_ms } => {
+                    self.expiries.insert((expires_at_ms, *id));
+                }
+                _ => {
+                    self.forgets.insert((h.forget_at_ms, *id));
+                }
+            }
+        }
+    }
+
+    /// Hex SHA-256 of the canonical encoding of the state.
+    pub fn digest(&self) -> String {
+        struct HashWriter(Sha256);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = HashWriter(Sha256::new());
+        // Serializing plain maps and structs into a hasher cannot fail.
+        serde_json::to_writer(&mut w, self).expect("state serializes");
+        hex(&w.0.finalize())
+    }
+
+    /// The live holds, in expiry order.
+    pub fn active_holds(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// The earliest expiry of a live hold, so the leader can tick then.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Applies one log entry. Never fails: a bad command yields a rejection
+    /// and changes nothing.
+    pub fn apply(&mut self, index: u64, batch: &Batch) -> Vec<Outcome> {
+        self.last_index = index;
+        self.advance_clock(batch.time_ms);
+        let outcomes = batch.cmds.iter().map(|c| self.apply_cmd(index, c)).collect();
+        outcomes
+    }
+
+    /// Records a log index that carried no commands (blank or membership entries).
+    pub fn note_index(&mut self, index: u64) {
+        self.last_index = index;
+    }
+
+    fn advance_clock(&mut self, time_ms: u64) {
+        self.clock_ms = self.clock_ms.max(time_ms);
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > self.clock_ms {
+                break;
+            }
+            self.expiries.pop_first();
+            self.expire(id);
+        }
+        while let Some(&(at, id)) = self.forgets.first() {
+            if at > self.clock_ms {
+                break;
+            }
+            self.forgets.pop_first();
+            self.holds.remove(&id);
+        }
+    }
+
+    fn apply_cmd(&mut self, index: u64, cmd: &Command) -> Outcome {
+        match cmd {
+            Command::Reserve { hold, key, model, amount, ttl_ms } => self.reserve(*hold, key, model, *amount, *ttl_ms),
+            Command::Settle { hold, cost, usage, estimated, session: _ } => {
+                self.settle(*hold, *cost, usage, *estimated)
+            }
+            Command::Release { hold } => self.release(*hold),
+            Command::Extend { hold, ttl_ms } => self.extend(*hold, *ttl_ms),
+            Command::Tick => Outcome::Done,
+            Command::Admin { actor, op } => {
+                let stamp = Stamp { actor: actor.clone(), time_ms: self.clock_ms, index };
+                let out = self.admin(op, &stamp);
+                if out == Outcome::Done {
+                    self.config_index = index;
+                    if self.audit.len() >= AUDIT_RING_LEN {
+                        self.audit.remove(0);
+                    }
+                    self.audit.push(AuditRec { stamp, what: op.summary() });
+                }
+                out
+            }
+        }
+    }
+
+    /// The budgets that apply to a request by `key` (on its chain) for `model`.
+    fn chain_budgets(&self, team: &str, user: &str, key: &str, model: &str) -> Vec<BudgetId> {
+        self.budgets
+            .iter()
+            .filter(|(_, b)| {
+                let on_chain = match &b.scope {
+                    Scope::Org => true,
+                    Scope::Team(t) => t == team,
+                    Scope::User(u) => u == user,
+                    Scope::Key(k) => k == key,
+                };
+                on_chain && b.applies_to(model)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Applies `f` to the usage counters of the hold's team, user, key and model.
+    fn bump(&mut self, key: &str, user: &str, team: &str, model: &str, f: impl Fn(&mut Counters)) {
+        for k in [format!("team:{team}"), format!("user:{user}"), format!("key:{key}"), format!("model:{model}")] {
+            f(self.usage.entry(k).or_default());
+        }
+    }
+
+    fn reserve(&mut self, hold: HoldId, key: &str, model: &str, amount: NanoUsd, ttl_ms: u64) -> Outcome {
+        use ErrorCode::*;
+        if amount == NanoUsd::ZERO {
+            return Outcome::reject(InvalidArgument, "reserve amount must be greater than zero");
+        }
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return Outcome::reject(InvalidArgument, format!("ttl_ms {ttl_ms} must be between 1 and {MAX_TTL_MS}"));
+        }
+        if !valid_model(model) {
+            return Outcome::reject(InvalidArgument, format!("model {model:?} is not a valid model name"));
+        }
+        if let Some(existing) = self.holds.get(&hold) {
+            return match (&existing.state, &existing.info) {
+                (HoldState::Released, _) => Outcome::reject(
+                    FailedPrecondition,
+                    format!("hold {hold} was released by its edge and cannot be reserved"),
+                ),
+                (HoldState::Active { expires_at_ms }, Some(i))
+                    if i.key == key && i.model == model && i.amount == amount =>
+                {
+                    // A retry of the same reserve: answer it, apply nothing.
+                    Outcome::Granted { expires_at_ms: *expires_at_ms }
+                }
+                _ => Outcome::reject(AlreadyExists, format!("hold id {hold} is already in use")),
+            };
+        }
+        let Some(k) = self.keys.get(key) else {
+            return Outcome::reject(NotFound, format!("unknown key {key}"));
+        };
+        if k.revoked {
+            return Outcome::reject(FailedPrecondition, format!("key {key} is revoked"));
+        }
+        let user = k.user.clone();
+        let Some(team) = self.users.get(&user).map(|u| u.team.clone()) else {
+            return Outcome::reject(NotFound, format!("key {key} belongs to unknown user {user}"));
+        };
+        let ids = self.chain_budgets(&team, &user, key, model);
+        let now = self.clock_ms;
+        for id in &ids {
+            let b = self.budgets.get_mut(id).expect("chain budget exists");
+            b.roll(now);
+            if b.mode == Mode::Hard {
+                let used = b.spent().saturating_add(b.held);
+                if used.checked_add(amount).is_none_or(|total| total > b.limit) {
+                    return Outcome::Denied(Denial {
+                        scope: b.scope.clone(),
+                        model: b.model.clone(),
+                        limit: b.limit,
+                        spent: b.spent(),
+                        held: b.held,
+                        requested: amount,
+                        period: b.period,
+                        resets_at_ms: b.period.end_ms(now),
+                    });
+                }
+            }
+        }
+        let mut charges = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let b = self.budgets.get_mut(id).expect("chain budget exists");
+            b.held = b.held.saturating_add(amount);
+            b.requests += 1;
+            charges.push((*id, b.period_start_ms));
+            self.assert_cap(*id);
+        }
+        self.bump(key, &user, &team, model, |c| {
+            c.held = c.held.saturating_add(amount);
+            c.requests += 1;
+        });
+        let expires_at_ms = now.saturating_add(ttl_ms);
+        let info = HoldInfo { key: key.to_string(), user, team, model: model.to_string(), amount, ttl_ms, charges };
+        self.holds
+            .insert(hold, HoldRec { info: Some(info), state: HoldState::Active { expires_at_ms }, forget_at_ms: 0 });
+        self.expiries.insert((expires_at_ms, hold));
+        Outcome::Granted { expires_at_ms }
+    }
+
+    /// Takes a live hold's reservation off its budgets and counters.
+    fn unhold(&mut self, info: &HoldInfo) {
+        for (id, _) in &info.charges {
+            if let Some(b) = self.budgets.get_mut(id) {
+                b.held = b.held.saturating_sub(info.amount);
+            }
+        }
+        self.bump(&info.key, &info.user, &info.team, &info.model, |c| c.held = c.held.saturating_sub(info.amount));
+    }
+
+    /// Charges `cost` as settled spend. `replacing` is an unsettled charge
+    /// (made at expiry, in the recorded periods) that this cost replaces.
+    fn charge(&mut self, info: &HoldInfo, cost: NanoUsd, replacing: Option<NanoUsd>, usage: &Usage, estimated: bool) {
+        let now = self.clock_ms;
+        for (id, charged_period) in &info.charges {
+            let Some(b) = self.budgets.get_mut(id) else { continue };
+            b.roll(now);
+            let reserved = match replacing {
+                Some(unsettled) if b.period_start_ms == *charged_period => {
+                    b.unsettled = b.unsettled.saturating_sub(unsettled);
+                    unsettled
+                }
+                // The unsettled charge belongs to a period that is over: it
+                // stays there; this period gets nothing more for this hold.
+                Some(_) => continue,
+                None => info.amount,
+            };
+            b.settled = b.settled.saturating_add(cost);
+            if cost > reserved {
+                b.excess = b.excess.saturating_add(cost.saturating_sub(reserved));
+            }
+            self.assert_cap(*id);
+        }
+        self.bump(&info.key, &info.user, &info.team, &info.model, |c| {
+            if let Some(unsettled) = replacing {
+                c.unsettled = c.unsettled.saturating_sub(unsettled);
+            }
+            c.settled = c.settled.saturating_add(cost);
+            c.estimated_settles += u64::from(estimated);
+            c.usage.input_tokens += usage.input_tokens;
+            c.usage.output_tokens += usage.output_tokens;
+            c.usage.cache_write_5m_tokens += usage.cache_write_5m_tokens;
+            c.usage.cache_write_1h_tokens += usage.cache_write_1h_tokens;
+            c.usage.cache_read_tokens += usage.cache_read_tokens;
+            c.usage.web_search_requests += usage.web_search_requests;
+        });
+    }
+
+    fn finish(&mut self, hold: HoldId, state: HoldState, keep_ms: u64) {
+        let forget_at_ms = self.clock_ms.saturating_add(keep_ms);
+        if let Some(h) = self.holds.get_mut(&hold) {
+            if let HoldState::Active { expires_at_ms } = h.state {
+                self.expiries.remove(&(expires_at_ms, hold));
+            }
+            self.forgets.remove(&(h.forget_at_ms, hold));
+            h.state = state;
+            h.forget_at_ms = forget_at_ms;
+            self.forgets.insert((forget_at_ms, hold));
+        }
+    }
+
+    fn settle(&mut self, hold: HoldId, cost: NanoUsd, usage: &Usage, estimated: bool) -> Outcome {
+        use ErrorCode::*;
+        let Some(h) = self.holds.get(&hold) else {
+            return Outcome::reject(NotFound, format!("unknown hold {hold}"));
+        };
+        let info = match (&h.state, &h.info) {
+            (HoldState::Settled { cost: first }, _) => return Outcome::Settled { charged: *first, duplicate: true },
+            (HoldState::Released, _) | (_, None) => {
+                return Outcome::reject(FailedPrecondition, format!("hold {hold} was released; nothing to settle"))
+            }
+            (_, Some(info)) => info.clone(),
+        };
+        match h.state {
+            HoldState::Active { .. } => {
+                self.unhold(&info);
+                self.charge(&info, cost, None, usage, estimated);
+            }
+            _ => self.charge(&info, cost, Some(info.amount), usage, estimated),
+        }
+        self.finish(hold, HoldState::Settled { cost }, info.ttl_ms.max(MAX_TTL_MS));
+        Outcome::Settled { charged: cost, duplicate: false }
+    }
+
+    fn release(&mut self, hold: HoldId) -> Outcome {
+        let Some(h) = self.holds.get(&hold) else {
+            // Released before its reserve committed (or instead of it):
+            // remember the id so the reserve can never resurrect it.
+            self.holds.insert(hold, HoldRec { info: None, state: HoldState::Released, forget_at_ms: 0 });
+            self.finish(hold, HoldState::Released, MAX_TTL_MS);
+            return Outcome::Released;
+        };
+        match (&h.state, h.info.clone()) {
+            (HoldState::Released, _) => Outcome::Released,
+            (HoldState::Settled { .. }, _) => Outcome::reject(
+                ErrorCode::FailedPrecondition,
+                format!("hold {hold} is already settled; a release cannot undo a settle"),
+            ),
+            (HoldState::Active { .. }, Some(info)) => {
+                self.unhold(&info);
+                self.finish(hold, HoldState::Released, info.ttl_ms.max(MAX_TTL_MS));
+                Outcome::Released
+            }
+            (HoldState::Expired, Some(info)) => {
+                // Billed nothing after all: the unsettled charge becomes zero.
+                self.charge(&info, NanoUsd::ZERO, Some(info.amount), &Usage::default(), false);
+                self.finish(hold, HoldState::Released, info.ttl_ms.max(MAX_TTL_MS));
+                Outcome::Released
+            }
+            (_, None) => unreachable!("only released tombstones have no info"),
+        }
+    }
+
+    fn extend(&mut self, hold: HoldId, ttl_ms: u64) -> Outcome {
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return Outcome::reject(
+                ErrorCode::InvalidArgument,
+                format!("ttl_ms {ttl_ms} must be between 1 and {MAX_TTL_MS}"),
+            );
+        }
+        let now = self.clock_ms;
+        let Some(h) = self.holds.get_mut(&hold) else {
+            return Outcome::reject(ErrorCode::NotFound, format!("unknown hold {hold}"));
+        };
+        let HoldState::Active { expires_at_ms } = h.state else {
+            return Outcome::reject(ErrorCode::FailedPrecondition, format!("hold {hold} is no longer live"));
+        };
+        let new_at = expires_at_ms.max(now.saturating_add(ttl_ms));
+        h.state = HoldState::Active { expires_at_ms: new_at };
+        self.expiries.remove(&(expires_at_ms, hold));
+        self.expiries.insert((new_at, hold));
+        Outcome::Extended { expires_at_ms: new_at }
+    }
+
+    fn expire(&mut self, hold: HoldId) {
+        let Some(info) = self.holds.get(&hold).and_then(|h| h.info.clone()) else { return };
+        let now = self.clock_ms;
+        let mut charges = Vec::with_capacity(info.charges.len());
+        for (id, _) in &info.charges {
+            if let Some(b) = self.budgets.get_mut(id) {
+                b.roll(now);
+                b.held = b.held.saturating_sub(info.amount);
+                b.unsettled = b.unsettled.saturating_add(info.amount);
+                charges.push((*id, b.period_start_ms));
+            }
+        }
+        self.bump(&info.key, &info.user, &info.team, &info.model, |c| {
+            c.held = c.held.saturating_sub(info.amount);
+            c.unsettled = c.unsettled.saturating_add(info.amount);
+        });
+        let keep = info.ttl_ms.max(MAX_TTL_MS);
+        if let Some(h) = self.holds.get_mut(&hold) {
+            if let Some(i) = h.info.as_mut() {
+                i.charges = charges;
+            }
+        }
+        self.finish(hold, HoldState::Expired, keep);
+    }
+
+    /// Invariant 1, checked on every budget a command touches: a hard budget
+    /// never goes over its limit except by recorded excess. A violation is a
+    /// bug in this file, so it stops the node rather than corrupt the ledger.
+    fn assert_cap(&self, id: BudgetId) {
+        if let Some(b) = self.budgets.get(&id) {
+            if b.mode == Mode::Hard {
+                let used = b.spent().saturating_add(b.held);
+                assert!(
+                    used <= b.limit.saturating_add(b.excess),
+                    "hard cap violated on budget {} ({}): used {} > limit {} + excess {}",
+                    id.0,
+                    b.scope,
+                    used,
+                    b.limit,
+                    b.excess
+                );
+            }
+        }
+    }
+
+    fn admin(&mut self, op: &AdminOp, stamp: &Stamp) -> Outcome {
+        use ErrorCode::*;
+        match op {
+            AdminOp::SetAdminToken { sha256 } => {
+                if !valid_sha256_hex(sha256) {
+                    return Outcome::reject(InvalidArgument, "admin token hash must be 64 lowercase hex digits");
+                }
+                if self.admin_token_sha256.is_some() {
+                    return Outcome::reject(AlreadyExists, "the admin token is already set");
+                }
+                self.admin_token_sha256 = Some(sha256.clone());
+            }
+            AdminOp::CreateTeam { name } => {
+                if !valid_name(name) {
+                    return Outcome::reject(
+                        InvalidArgument,
+                        format!("team name {name:?} must be 1-64 characters of letters, digits, '-', '_', '.'"),
+                    );
+                }
+                if self.teams.contains_key(name) {
+                    return Outcome::reject(AlreadyExists, format!("team {name} already exists"));
+                }
+                self.teams.insert(name.clone(), TeamRec { created: stamp.clone() });
+            }
+            AdminOp::CreateUser { email, team } => {
+                if !valid_email(email) {
+                    return Outcome::reject(InvalidArgument, format!("{email:?} is not a valid email address"));
+                }
+                if !self.teams.contains_key(team) {
+                    return Outcome::reject(NotFound, format!("unknown team {team}"));
+                }
+                if self.users.contains_key(email) {
+                    return Outcome::reject(AlreadyExists, format!("user {email} already exists"));
+                }
+                self.users.insert(email.clone(), UserRec { team: team.clone(), created: stamp.clone() });
+            }
+            AdminOp::CreateKey { id, user, name, secret_sha256 } => {
+                if !valid_name(id) {
+                    return Outcome::reject(InvalidArgument, format!("key id {id:?} is not valid"));
+                }
+                if name.len() > 64 || name.chars().any(char::is_control) {
+                    return Outcome::reject(InvalidArgument, "key name must be at most 64 printable characters");
+                }
+                if !valid_sha256_hex(secret_sha256) {
+                    return Outcome::reject(InvalidArgument, "key hash must be 64 lowercase hex digits");
+                }
+                if !self.users.contains_key(user) {
+                    return Outcome::reject(NotFound, format!("unknown user {user}"));
+                }
+                if self.keys.contains_key(id) {
+                    return Outcome::reject(AlreadyExists, format!("key {id} already exists"));
+                }
+                if self.keys.values().any(|k| &k.secret_sha256 == secret_sha256) {
+                    return Outcome::reject(AlreadyExists, "a key with that secret already exists");
+                }
+                self.keys.insert(
+                    id.clone(),
+                    KeyRec {
+                        user: user.clone(),
+                        name: name.clone(),
+                        secret_sha256: secret_sha256.clone(),
+                        revoked: false,
+                        created: stamp.clone(),
+                    },
+                );
+            }
+            AdminOp::RevokeKey { id } => match self.keys.get_mut(id) {
+                None => return Outcome::reject(NotFound, format!("unknown key {id}")),
+                Some(k) => k.revoked = true,
+            },
+            AdminOp::SetBudget { scope, model, limit, period, mode } => {
+                if let Err(r) = self.check_scope(scope) {
+                    return r;
+                }
+                if let Some(m) = model {
+                    if !valid_model(m) {
+                        return Outcome::reject(InvalidArgument, format!("model {m:?} is not a valid model name"));
+                    }
+                }
+                let now = self.clock_ms;
+                let existing =
+                    self.budgets.iter().find(|(_, b)| &b.scope == scope && &b.model == model).map(|(id, _)| *id);
+                let id = existing.unwrap_or_else(|| {
+                    let id = BudgetId(self.next_budget_id);
+                    self.next_budget_id += 1;
+                    id
+                });
+                let b = self.budgets.entry(id).or_insert_with(|| BudgetRec {
+                    scope: scope.clone(),
+                    model: model.clone(),
+                    limit: *limit,
+                    period: *period,
+                    mode: *mode,
+                    period_start_ms: period.start_ms(now),
+                    settled: NanoUsd::ZERO,
+                    unsettled: NanoUsd::ZERO,
+                    held: NanoUsd::ZERO,
+                    excess: NanoUsd::ZERO,
+                    requests: 0,
+                    updated: stamp.clone(),
+                });
+                if b.period != *period {
+                    b.period = *period;
+                    b.period_start_ms = u64::MAX; // forces a fresh period below
+                }
+                b.roll(now);
+                b.limit = *limit;
+                b.mode = *mode;
+                b.updated = stamp.clone();
+                // A limit lowered below what is already used is recorded as
+                // excess, not hidden: nothing new is admitted until it is paid off.
+                let used = b.spent().saturating_add(b.held);
+                if used > b.limit.saturating_add(b.excess) {
+                    b.excess = used.saturating_sub(b.limit);
+                }
+            }
+            AdminOp::SetPolicy { scope, allowed_models } => {
+                if let Err(r) = self.check_scope(scope) {
+                    return r;
+                }
+                if let Some(m) = allowed_models.iter().find(|m| !valid_model(m)) {
+                    return Outcome::reject(InvalidArgument, format!("model {m:?} is not a valid model name"));
+                }
+                if allowed_models.is_empty() {
+                    self.policies.remove(&scope.to_string());
+                } else {
+                    self.policies.insert(scope.to_string(), allowed_models.clone());
+                }
+            }
+        }
+        Outcome::Done
+    }
+
+    fn check_scope(&self, scope: &Scope) -> Result<(), Outcome> {
+        let missing = match scope {
+            Scope::Org => false,
+            Scope::Team(t) => !self.teams.contains_key(t),
+            Scope::User(u) => !self.users.contains_key(u),
+            Scope::Key(k) => !self.keys.contains_key(k),
+        };
+        if missing {
+            return Err(Outcome::reject(ErrorCode::NotFound, format!("unknown scope {scope}")));
+        }
+        Ok(())
+    }
+
+    /// Checks every invariant from scratch (O(state)); used by tests after each step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut held: BTreeMap<BudgetId, NanoUsd> = BTreeMap::new();
+        for (id, h) in &self.holds {
+            if let (HoldState::Active { expires_at_ms }, Some(info)) = (&h.state, &h.info) {
+                if *expires_at_ms <= self.clock_ms {
+                    return Err(format!("hold {id} is active past its expiry"));
+                }
+                if !self.expiries.contains(&(*expires_at_ms, *id)) {
+                    return Err(format!("hold {id} is missing from the expiry index"));
+                }
+                for (b, _) in &info.charges {
+                    let e = held.entry(*b).or_default();
+                    *e = e.saturating_add(info.amount);
+                }
+            }
+        }
+        if self.expiries.len() != self.holds.values().filter(|h| matches!(h.state, HoldState::Active { .. })).count() {
+            return Err("expiry index and live holds disagree".to_string());
+        }
+        for (id, b) in &self.budgets {
+            let want = held.get(id).copied().unwrap_or_default();
+            if b.held != want {
+                return Err(format!("budget {} held {} but live holds sum to {}", id.0, b.held, want));
+            }
+            if b.mode == Mode::Hard && b.spent().saturating_add(b.held) > b.limit.saturating_add(b.excess) {
+                return Err(format!("budget {} over its hard limit", id.0));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

@@ -1,0 +1,249 @@
+//! The vocabulary of the budget state machine: ids, scopes, commands and
+//! their outcomes. These are domain types; the gRPC wire types live in
+//! `tollgate-proto` and convert in `crate::convert`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::Period;
+use crate::money::NanoUsd;
+
+/// The longest a hold may live before it expires unsettled. Streams can run
+/// for many minutes; an edge still streaming extends its hold.
+pub const MAX_TTL_MS: u64 = 2 * 60 * 60 * 1000;
+
+/// A hold id minted by the edge, unique per request, so a retry is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HoldId(pub u128);
+
+impl fmt::Display for HoldId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A budget id, assigned by the state machine in order of creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BudgetId(pub u64);
+
+/// Where a budget or policy attaches on the chain org → team → user → key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Org,
+    Team(String),
+    User(String),
+    Key(String),
+}
+
+impl Scope {
+    /// Parses `org`, `team:NAME`, `user:EMAIL` or `key:ID`.
+    pub fn parse(s: &str) -> Result<Scope, String> {
+        if s == "org" {
+            return Ok(Scope::Org);
+        }
+        let bad = || format!("scope {s:?} is not one of org, team:NAME, user:EMAIL, key:ID");
+        let (kind, name) = s.split_once(':').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        match kind {
+            "team" => Ok(Scope::Team(name.to_string())),
+            "user" => Ok(Scope::User(name.to_string())),
+            "key" => Ok(Scope::Key(name.to_string())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Org => f.write_str("org"),
+            Scope::Team(n) => write!(f, "team:{n}"),
+            Scope::User(n) => write!(f, "user:{n}"),
+            Scope::Key(n) => write!(f, "key:{n}"),
+        }
+    }
+}
+
+/// Whether a budget refuses admission (`hard`) or only reports (`soft`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Hard,
+    Soft,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hard => "hard",
+            Mode::Soft => "soft",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "hard" => Some(Mode::Hard),
+            "soft" => Some(Mode::Soft),
+            _ => None,
+        }
+    }
+}
+
+/// Token counts of one response, by type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_write_5m_tokens: u64,
+    pub cache_write_1h_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub web_search_requests: u64,
+}
+
+/// One command of a log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Hold `amount` on every budget of the key's chain, if all have room.
+    Reserve { hold: HoldId, key: String, model: String, amount: NanoUsd, ttl_ms: u64 },
+    /// Charge the actual cost of a hold and release the rest. Exactly once.
+    Settle { hold: HoldId, cost: NanoUsd, usage: Usage, estimated: bool, session: Option<String> },
+    /// The request never reached the provider: drop the hold, charge nothing.
+    Release { hold: HoldId },
+    /// Push a live hold's expiry to at least now + `ttl_ms`.
+    Extend { hold: HoldId, ttl_ms: u64 },
+    /// Only advances the clock (expiring holds that are due).
+    Tick,
+    /// A change of config, recorded with who made it.
+    Admin { actor: String, op: AdminOp },
+}
+
+/// Config changes. Validated again by the state machine, so a bad one changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminOp {
+    /// Set once, by the bootstrap node: the hash of the admin token.
+    SetAdminToken {
+        sha256: String,
+    },
+    CreateTeam {
+        name: String,
+    },
+    CreateUser {
+        email: String,
+        team: String,
+    },
+    CreateKey {
+        id: String,
+        user: String,
+        name: String,
+        secret_sha256: String,
+    },
+    RevokeKey {
+        id: String,
+    },
+    SetBudget {
+        scope: Scope,
+        model: Option<String>,
+        limit: NanoUsd,
+        period: Period,
+        mode: Mode,
+    },
+    SetPolicy {
+        scope: Scope,
+        allowed_models: Vec<String>,
+    },
+}
+
+impl AdminOp {
+    /// A short description for the audit trail.
+    pub fn summary(&self) -> String {
+        match self {
+            AdminOp::SetAdminToken { .. } => "set admin token".to_string(),
+            AdminOp::CreateTeam { name } => format!("create team {name}"),
+            AdminOp::CreateUser { email, team } => format!("create user {email} in team {team}"),
+            AdminOp::CreateKey { id, user, .. } => format!("create key {id} for {user}"),
+            AdminOp::RevokeKey { id } => format!("revoke key {id}"),
+            AdminOp::SetBudget { scope, model, limit, period, mode } => format!(
+                "set budget {scope}{} {} {} {}",
+                model.as_deref().map(|m| format!(" model {m}")).unwrap_or_default(),
+                limit,
+                period.as_str(),
+                mode.as_str()
+            ),
+            AdminOp::SetPolicy { scope, allowed_models } => {
+                format!("set policy {scope} allow [{}]", allowed_models.join(","))
+            }
+        }
+    }
+}
+
+/// A log entry's payload: commands stamped by the leader with its wall clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub time_ms: u64,
+    pub cmds: Vec<Command>,
+}
+
+/// Why a Reserve was refused by a budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub scope: Scope,
+    pub model: Option<String>,
+    pub limit: NanoUsd,
+    pub spent: NanoUsd,
+    pub held: NanoUsd,
+    pub requested: NanoUsd,
+    pub period: Period,
+    /// When the period resets; `None` for a `total` budget.
+    pub resets_at_ms: Option<u64>,
+}
+
+/// Stable error classes, mapped to gRPC codes at the API edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+        }
+    }
+}
+
+/// A command the state machine refused; it changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// What applying one command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Granted { expires_at_ms: u64 },
+    Denied(Denial),
+    Settled { charged: NanoUsd, duplicate: bool },
+    Released,
+    Extended { expires_at_ms: u64 },
+    Done,
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    pub(crate) fn reject(code: ErrorCode, message: impl Into<String>) -> Outcome {
+        Outcome::Rejected(Rejection { code, message: message.into() })
+    }
+}
