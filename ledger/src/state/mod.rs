@@ -83,7 +83,9 @@ impl BudgetRec {
             self.period_start_ms = start;
             self.settled = NanoUsd::ZERO;
             self.unsettled = NanoUsd::ZERO;
-            self.excess = NanoUsd::ZERO;
+            // Live holds carry over; if a lowered limit left them above it,
+            // that part stays recorded as excess.
+            self.excess = self.held.saturating_sub(self.limit);
             self.requests = 0;
         }
     }

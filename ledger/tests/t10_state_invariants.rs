@@ -1,0 +1,452 @@
+//! Property tests of the budget state machine: random sequences of reserves,
+//! settles, releases, extends and ticks, with time moving across day
+//! boundaries, checked after every entry against the design's invariants and
+//! against a small reference model written independently of the code:
+//! 1. hard cap: spent + held <= limit, except recorded excess from settles
+//!    above their reservation (and the model says exactly how much);
+//! 2. determinism: two replicas, one restored from a snapshot mid-way, end
+//!    with the same digest;
+//! 3. exactly once: a second settle changes nothing and reports the first;
+//! 4. conservation: spent = settled actual costs + unsettled charges, and
+//!    held = the sum of live holds, per budget and period.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use tollgate_ledger::money::NanoUsd;
+use tollgate_ledger::state::*;
+
+const KEYS: [(&str, &str, &str); 4] =
+    [("k0", "u0@x.io", "t0"), ("k1", "u1@x.io", "t0"), ("k2", "u2@x.io", "t1"), ("k3", "u2@x.io", "t1")];
+const MODELS: [&str; 2] = ["m1", "m2"];
+/// 2026-11-28 23:00 UTC: the daily budget rolls an hour in.
+const START_MS: u64 = 1_795_906_800_000;
+
+#[derive(Debug, Clone)]
+struct BudgetSpec {
+    scope: Scope,
+    model: Option<&'static str>,
+    limit: u64,
+    period: Period,
+    mode: Mode,
+}
+
+fn setup_cmds(budgets: &[BudgetSpec]) -> Vec<Command> {
+    let admin = |op| Command::Admin { actor: "test".into(), op };
+    let mut cmds =
+        vec![admin(AdminOp::CreateTeam { name: "t0".into() }), admin(AdminOp::CreateTeam { name: "t1".into() })];
+    for u in ["u0@x.io", "u1@x.io", "u2@x.io"] {
+        let team = if u == "u2@x.io" { "t1" } else { "t0" };
+        cmds.push(admin(AdminOp::CreateUser { email: u.into(), team: team.into() }));
+    }
+    for (i, (k, u, _)) in KEYS.iter().enumerate() {
+        cmds.push(admin(AdminOp::CreateKey {
+            id: k.to_string(),
+            user: u.to_string(),
+            name: String::new(),
+            secret_sha256: format!("{i:064x}"),
+        }));
+    }
+    for b in budgets {
+        cmds.push(admin(AdminOp::SetBudget {
+            scope: b.scope.clone(),
+            model: b.model.map(str::to_string),
+            limit: NanoUsd(b.limit),
+            period: b.period,
+            mode: b.mode,
+        }));
+    }
+    cmds
+}
+
+// ---------- the reference model ----------
+
+#[derive(Debug, Clone)]
+struct MBudget {
+    spec: BudgetSpec,
+    pstart: u64,
+    settled: u64,
+    unsettled: u64,
+    held: u64,
+    excess: u64,
+}
+
+impl MBudget {
+    fn roll(&mut self, now: u64) {
+        let s = self.spec.period.start_ms(now);
+        if s != self.pstart {
+            self.pstart = s;
+            self.settled = 0;
+            self.unsettled = 0;
+            self.excess = self.held.saturating_sub(self.spec.limit);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum MState {
+    Active(u64),
+    Settled(u64),
+    Expired,
+    Released,
+}
+
+#[derive(Debug, Clone)]
+struct MHold {
+    key: usize,
+    model: usize,
+    amount: u64,
+    budgets: Vec<(usize, u64)>,
+    state: MState,
+}
+
+#[derive(Debug, Clone)]
+struct Model {
+    clock: u64,
+    budgets: Vec<MBudget>,
+    holds: BTreeMap<u128, MHold>,
+    /// Released before any reserve was seen.
+    tombstones: Vec<u128>,
+}
+
+impl Model {
+    fn on_chain(&self, b: &BudgetSpec, key: usize, model: usize) -> bool {
+        let (k, u, t) = KEYS[key];
+        let scoped = match &b.scope {
+            Scope::Org => true,
+            Scope::Team(x) => x == t,
+            Scope::User(x) => x == u,
+            Scope::Key(x) => x == k,
+        };
+        scoped && b.model.is_none_or(|m| m == MODELS[model])
+    }
+
+    fn advance(&mut self, t: u64) {
+        self.clock = self.clock.max(t);
+        let now = self.clock;
+        let due: Vec<u128> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| matches!(h.state, MState::Active(e) if e <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let h = self.holds.get_mut(&id).unwrap();
+            for (bi, p) in h.budgets.iter_mut() {
+                let b = &mut self.budgets[*bi];
+                b.roll(now);
+                b.held -= h.amount;
+                b.unsettled += h.amount;
+                *p = b.pstart;
+            }
+            h.state = MState::Expired;
+        }
+    }
+
+    /// Returns the expected outcome kind: granted, denied(scope) or rejected.
+    fn reserve(&mut self, id: u128, key: usize, model: usize, amount: u64, ttl: u64) -> String {
+        if self.tombstones.contains(&id) {
+            return "rejected".into();
+        }
+        if let Some(h) = self.holds.get(&id) {
+            return match h.state {
+                MState::Active(_) if h.key == key && h.model == model && h.amount == amount => "granted".into(),
+                _ => "rejected".into(),
+            };
+        }
+        let now = self.clock;
+        let chain: Vec<usize> =
+            (0..self.budgets.len()).filter(|i| self.on_chain(&self.budgets[*i].spec, key, model)).collect();
+        for &i in &chain {
+            let b = &mut self.budgets[i];
+            b.roll(now);
+            if b.spec.mode == Mode::Hard && b.settled + b.unsettled + b.held + amount > b.spec.limit {
+                return format!("denied:{}", b.spec.scope);
+            }
+        }
+        let mut budgets = Vec::new();
+        for &i in &chain {
+            self.budgets[i].held += amount;
+            budgets.push((i, self.budgets[i].pstart));
+        }
+        self.holds.insert(id, MHold { key, model, amount, budgets, state: MState::Active(now + ttl) });
+        "granted".into()
+    }
+
+    fn settle(&mut self, id: u128, cost: u64) -> String {
+        let now = self.clock;
+        let Some(h) = self.holds.get_mut(&id) else { return "rejected".into() };
+        match h.state.clone() {
+            MState::Settled(c) => return format!("dup:{c}"),
+            MState::Released => return "rejected".into(),
+            MState::Active(_) => {
+                for (bi, _) in &h.budgets {
+                    let b = &mut self.budgets[*bi];
+                    b.held -= h.amount;
+                    b.roll(now);
+                    b.settled += cost;
+                    b.excess += cost.saturating_sub(h.amount);
+                }
+            }
+            MState::Expired => {
+                for (bi, p) in &h.budgets {
+                    let b = &mut self.budgets[*bi];
+                    b.roll(now);
+                    if b.pstart == *p {
+                        b.unsettled -= h.amount;
+                        b.settled += cost;
+                        b.excess += cost.saturating_sub(h.amount);
+                    }
+                }
+            }
+        }
+        h.state = MState::Settled(cost);
+        format!("settled:{cost}")
+    }
+
+    fn release(&mut self, id: u128) -> String {
+        let now = self.clock;
+        let Some(h) = self.holds.get_mut(&id) else {
+            if !self.tombstones.contains(&id) {
+                self.tombstones.push(id);
+            }
+            return "released".into();
+        };
+        match h.state.clone() {
+            MState::Released => "released".into(),
+            MState::Settled(_) => "rejected".into(),
+            MState::Active(_) => {
+                for (bi, _) in &h.budgets {
+                    self.budgets[*bi].held -= h.amount;
+                }
+                h.state = MState::Released;
+                "released".into()
+            }
+            MState::Expired => {
+                for (bi, p) in &h.budgets {
+                    let b = &mut self.budgets[*bi];
+                    b.roll(now);
+                    if b.pstart == *p {
+                        b.unsettled -= h.amount;
+                    }
+                }
+                h.state = MState::Released;
+                "released".into()
+            }
+        }
+    }
+
+    fn extend(&mut self, id: u128, ttl: u64) -> String {
+        let now = self.clock;
+        match self.holds.get_mut(&id) {
+            Some(h) => match h.state {
+                MState::Active(e) => {
+                    let n = e.max(now + ttl);
+                    h.state = MState::Active(n);
+                    format!("extended:{n}")
+                }
+                _ => "rejected".into(),
+            },
+            None => "rejected".into(),
+        }
+    }
+}
+
+fn kind(o: &Outcome) -> String {
+    match o {
+        Outcome::Granted { .. } => "granted".into(),
+        Outcome::Denied(d) => format!("denied:{}", d.scope),
+        Outcome::Settled { charged, duplicate: true } => format!("dup:{}", charged.0),
+        Outcome::Settled { charged, duplicate: false } => format!("settled:{}", charged.0),
+        Outcome::Released => "released".into(),
+        Outcome::Extended { expires_at_ms } => format!("extended:{expires_at_ms}"),
+        Outcome::Done => "done".into(),
+        Outcome::Rejected(_) => "rejected".into(),
+    }
+}
+
+// ---------- generators ----------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reserve { hold: u8, key: usize, model: usize, amount: u64, ttl: u64 },
+    Settle { hold: u8, cost: u64 },
+    Release { hold: u8 },
+    Extend { hold: u8, ttl: u64 },
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..24, 0usize..4, 0usize..2, 1u64..400, 1u64..6_000)
+            .prop_map(|(hold, key, model, amount, ttl)| Op::Reserve { hold, key, model, amount, ttl }),
+        3 => (0u8..24, 0u64..600).prop_map(|(hold, cost)| Op::Settle { hold, cost }),
+        1 => (0u8..24).prop_map(|hold| Op::Release { hold }),
+        1 => (0u8..24, 1u64..6_000).prop_map(|(hold, ttl)| Op::Extend { hold, ttl }),
+        1 => Just(Op::Tick),
+    ]
+}
+
+fn budgets() -> impl Strategy<Value = Vec<BudgetSpec>> {
+    (500u64..3_000, 200u64..1_500, 200u64..1_500, 100u64..800, 100u64..800).prop_map(|(org, team, user, key, soft)| {
+        vec![
+            BudgetSpec { scope: Scope::Org, model: None, limit: org, period: Period::Total, mode: Mode::Hard },
+            BudgetSpec {
+                scope: Scope::Team("t0".into()),
+                model: None,
+                limit: team,
+                period: Period::Daily,
+                mode: Mode::Hard,
+            },
+            BudgetSpec {
+                scope: Scope::User("u2@x.io".into()),
+                model: None,
+                limit: user,
+                period: Period::Total,
+                mode: Mode::Hard,
+            },
+            BudgetSpec {
+                scope: Scope::Key("k1".into()),
+                model: Some("m2"),
+                limit: key,
+                period: Period::Total,
+                mode: Mode::Hard,
+            },
+            BudgetSpec {
+                scope: Scope::Key("k3".into()),
+                model: None,
+                limit: soft,
+                period: Period::Weekly,
+                mode: Mode::Soft,
+            },
+        ]
+    })
+}
+
+/// Batches of ops, each with how far the leader's clock moved (sometimes back).
+fn history() -> impl Strategy<Value = Vec<(i64, Vec<Op>)>> {
+    prop::collection::vec((-500i64..40_000, prop::collection::vec(op(), 1..6)), 1..120)
+}
+
+fn to_cmd(op: &Op) -> Command {
+    let hid = |h: u8| HoldId(0xABCD_0000 + h as u128);
+    match op {
+        Op::Reserve { hold, key, model, amount, ttl } => Command::Reserve {
+            hold: hid(*hold),
+            key: KEYS[*key].0.into(),
+            model: MODELS[*model].into(),
+            amount: NanoUsd(*amount),
+            ttl_ms: *ttl,
+        },
+        Op::Settle { hold, cost } => Command::Settle {
+            hold: hid(*hold),
+            cost: NanoUsd(*cost),
+            usage: Usage { input_tokens: *cost, output_tokens: 1, ..Default::default() },
+            estimated: false,
+            session: None,
+        },
+        Op::Release { hold } => Command::Release { hold: hid(*hold) },
+        Op::Extend { hold, ttl } => Command::Extend { hold: hid(*hold), ttl_ms: *ttl },
+        Op::Tick => Command::Tick,
+    }
+}
+
+fn model_apply(m: &mut Model, op: &Op) -> String {
+    let hid = |h: u8| 0xABCD_0000 + h as u128;
+    match op {
+        Op::Reserve { hold, key, model, amount, ttl } => m.reserve(hid(*hold), *key, *model, *amount, *ttl),
+        Op::Settle { hold, cost } => m.settle(hid(*hold), *cost),
+        Op::Release { hold } => m.release(hid(*hold)),
+        Op::Extend { hold, ttl } => m.extend(hid(*hold), *ttl),
+        Op::Tick => "done".into(),
+    }
+}
+
+/// Effective (period-aware) accounting of a budget as of `clock`.
+fn effective(
+    period: Period,
+    pstart: u64,
+    clock: u64,
+    settled: u64,
+    unsettled: u64,
+    held: u64,
+    excess: u64,
+    limit: u64,
+) -> (u64, u64, u64, u64) {
+    if period.start_ms(clock) == pstart {
+        (settled, unsettled, held, excess)
+    } else {
+        (0, 0, held, held.saturating_sub(limit))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_after_every_entry(specs in budgets(), hist in history()) {
+        let mut state = LedgerState::new();
+        let mut index = 1;
+        let setup = state.apply(index, &Batch { time_ms: START_MS, cmds: setup_cmds(&specs) });
+        prop_assert!(setup.iter().all(|o| *o == Outcome::Done), "setup failed: {setup:?}");
+        let mut model = Model {
+            clock: START_MS,
+            budgets: specs.iter().map(|s| MBudget {
+                spec: s.clone(), pstart: s.period.start_ms(START_MS), settled: 0, unsettled: 0, held: 0, excess: 0,
+            }).collect(),
+            holds: BTreeMap::new(),
+            tombstones: Vec::new(),
+        };
+        let mut replica = state.clone();
+        let mut leader_time = START_MS as i64;
+        let snapshot_at = hist.len() / 2;
+        for (step, (dt, ops)) in hist.iter().enumerate() {
+            index += 1;
+            leader_time += dt;
+            let batch = Batch { time_ms: leader_time as u64, cmds: ops.iter().map(to_cmd).collect() };
+            let before = state.clone();
+            let outcomes = state.apply(index, &batch);
+            model.advance(batch.time_ms);
+            for (op, out) in ops.iter().zip(&outcomes) {
+                let want = model_apply(&mut model, op);
+                prop_assert_eq!(kind(out), want, "step {} op {:?}", step, op);
+            }
+            // Invariants 1 and 4 from scratch, plus the model's exact figures.
+            prop_assert!(state.check_invariants().is_ok(), "{:?}", state.check_invariants());
+            prop_assert!(state.clock_ms >= before.clock_ms, "the clock went backwards");
+            for (i, mb) in model.budgets.iter().enumerate() {
+                let b = &state.budgets[&BudgetId(i as u64)];
+                let got = effective(b.period, b.period_start_ms, state.clock_ms, b.settled.0, b.unsettled.0, b.held.0, b.excess.0, b.limit.0);
+                let want = effective(mb.spec.period, mb.pstart, model.clock, mb.settled, mb.unsettled, mb.held, mb.excess, mb.spec.limit);
+                prop_assert_eq!(got, want, "budget {} ({}) after step {}", i, b.scope, step);
+                if b.mode == Mode::Hard {
+                    prop_assert!(got.0 + got.1 + got.2 <= b.limit.0 + got.3, "hard cap broken on {}", b.scope);
+                }
+            }
+            // Invariant 3: replaying a settle that already happened changes no budget.
+            for op in ops {
+                let settled = |h: &u8| model.holds.get(&(0xABCD_0000 + *h as u128)).is_some_and(|m| matches!(m.state, MState::Settled(_)));
+                if let Op::Settle { hold, .. } = op.clone() {
+                    if !settled(&hold) {
+                        continue;
+                    }
+                    let hold = &hold;
+                    let again = Batch { time_ms: batch.time_ms, cmds: vec![to_cmd(&Op::Settle { hold: *hold, cost: 599 })] };
+                    let mut probe = state.clone();
+                    let o = probe.apply(index, &again);
+                    prop_assert!(matches!(o[0], Outcome::Settled { duplicate: true, .. }), "a second settle was applied: {:?}", o);
+                    prop_assert_eq!(&probe.budgets, &state.budgets);
+                    prop_assert_eq!(&probe.usage, &state.usage);
+                }
+            }
+            // Invariant 2: a replica restored from a snapshot half-way agrees.
+            if step == snapshot_at {
+                let bytes = serde_json::to_vec(&replica).unwrap();
+                replica = serde_json::from_slice(&bytes).unwrap();
+                replica.rebuild_indexes();
+            }
+            replica.apply(index, &batch);
+            prop_assert_eq!(replica.digest(), state.digest(), "replica diverged at step {}", step);
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Worked scenarios of the budget state machine, one per rule of the design:
+//! each builds a tiny org, applies entries with explicit times and asserts the
+//! exact figures that result.
+
+use tollgate_ledger::money::NanoUsd;
+use tollgate_ledger::state::*;
+
+const T0: u64 = 1_795_906_800_000; // 2026-11-28 23:00 UTC
+const HOUR: u64 = 3_600_000;
+
+fn admin(op: AdminOp) -> Command {
+    Command::Admin { actor: "alice".into(), op }
+}
+
+fn org(limit: u64, period: Period) -> (LedgerState, u64) {
+    let mut s = LedgerState::new();
+    let out = s.apply(
+        1,
+        &Batch {
+            time_ms: T0,
+            cmds: vec![
+                admin(AdminOp::CreateTeam { name: "eng".into() }),
+                admin(AdminOp::CreateUser { email: "a@x.io".into(), team: "eng".into() }),
+                admin(AdminOp::CreateKey {
+                    id: "k1".into(),
+                    user: "a@x.io".into(),
+                    name: "laptop".into(),
+                    secret_sha256: "a".repeat(64),
+                }),
+                admin(AdminOp::SetBudget {
+                    scope: Scope::Team("eng".into()),
+                    model: None,
+                    limit: NanoUsd(limit),
+                    period,
+                    mode: Mode::Hard,
+                }),
+            ],
+        },
+    );
+    assert!(out.iter().all(|o| *o == Outcome::Done), "{out:?}");
+    (s, 2)
+}
+
+fn reserve(hold: u128, amount: u64, ttl_ms: u64) -> Command {
+    Command::Reserve { hold: HoldId(hold), key: "k1".into(), model: "m".into(), amount: NanoUsd(amount), ttl_ms }
+}
+
+fn settle(hold: u128, cost: u64) -> Command {
+    Command::Settle {
+        hold: HoldId(hold),
+        cost: NanoUsd(cost),
+        usage: Usage::default(),
+        estimated: false,
+        session: None,
+    }
+}
+
+fn one(s: &mut LedgerState, index: &mut u64, time_ms: u64, cmd: Command) -> Outcome {
+    *index += 1;
+    s.apply(*index, &Batch { time_ms, cmds: vec![cmd] }).remove(0)
+}
+
+fn team_budget(s: &LedgerState) -> &BudgetRec {
+    s.budgets.values().next().unwrap()
+}
+
+#[test]
+fn hard_budget_denies_the_reserve_that_would_exceed_it_and_names_the_scope() {
+    let (mut s, mut i) = org(1000, Period::Daily);
+    assert!(matches!(one(&mut s, &mut i, T0, reserve(1, 600, 60_000)), Outcome::Granted { .. }));
+    assert_eq!(one(&mut s, &mut i, T0, settle(1, 550)), Outcome::Settled { charged: NanoUsd(550), duplicate: false });
+    assert!(matches!(one(&mut s, &mut i, T0, reserve(2, 400, 2 * HOUR)), Outcome::Granted { .. }));
+    // 550 spent + 400 held + 51 > 1000.
+    let Outcome::Denied(d) = one(&mut s, &mut i, T0, reserve(3, 51, 60_000)) else { panic!("not denied") };
+    assert_eq!(d.scope, Scope::Team("eng".into()));
+    assert_eq!((d.limit, d.spent, d.held, d.requested), (NanoUsd(1000), NanoUsd(550), NanoUsd(400), NanoUsd(51)));
+    assert_eq!(d.resets_at_ms, Some(T0 + HOUR)); // midnight UTC
+                                                 // Exactly at the limit is allowed.
+    assert!(matches!(one(&mut s, &mut i, T0, reserve(4, 50, 2 * HOUR)), Outcome::Granted { .. }));
+    // After midnight the daily budget starts again; the live holds still count.
+    let b = team_budget(&s);
+    assert_eq!((b.spent(), b.held), (NanoUsd(550), NanoUsd(450)));
+    assert!(matches!(one(&mut s, &mut i, T0 + HOUR, reserve(5, 550, 60_000)), Outcome::Granted { .. }));
+    let b = team_budget(&s);
+    assert_eq!((b.spent(), b.held, b.requests), (NanoUsd(0), NanoUsd(1000), 1));
+}
+
+#[test]
+fn second_settle_reports_the_first_and_changes_nothing() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0, reserve(1, 500, 60_000));
+    assert_eq!(one(&mut s, &mut i, T0, settle(1, 120)), Outcome::Settled { charged: NanoUsd(120), duplicate: false });
+    let before = s.budgets.clone();
+    assert_eq!(one(&mut s, &mut i, T0, settle(1, 999)), Outcome::Settled { charged: NanoUsd(120), duplicate: true });
+    assert_eq!(s.budgets, before);
+    assert_eq!(team_budget(&s).spent(), NanoUsd(120));
+    // A release after a settle cannot undo it.
+    assert!(matches!(one(&mut s, &mut i, T0, Command::Release { hold: HoldId(1) }), Outcome::Rejected(_)));
+}
+
+#[test]
+fn expiry_charges_the_full_hold_as_unsettled_and_a_late_settle_replaces_it() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0, reserve(1, 300, 1_000));
+    assert_eq!(s.next_expiry_ms(), Some(T0 + 1_000));
+    one(&mut s, &mut i, T0 + 1_000, Command::Tick);
+    let b = team_budget(&s);
+    assert_eq!((b.settled, b.unsettled, b.held), (NanoUsd(0), NanoUsd(300), NanoUsd(0)));
+    assert_eq!(s.active_holds(), 0);
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 2_000, settle(1, 90)),
+        Outcome::Settled { charged: NanoUsd(90), duplicate: false }
+    );
+    let b = team_budget(&s);
+    assert_eq!((b.settled, b.unsettled, b.held), (NanoUsd(90), NanoUsd(0), NanoUsd(0)));
+    assert_eq!(s.usage["team:eng"].settled, NanoUsd(90));
+    assert_eq!(s.usage["team:eng"].unsettled, NanoUsd(0));
+}
+
+#[test]
+fn a_release_that_arrives_first_stops_the_reserve_from_resurrecting_the_hold() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    assert_eq!(one(&mut s, &mut i, T0, Command::Release { hold: HoldId(7) }), Outcome::Released);
+    let Outcome::Rejected(r) = one(&mut s, &mut i, T0 + 5, reserve(7, 100, 60_000)) else { panic!("reserved") };
+    assert_eq!(r.code, ErrorCode::FailedPrecondition);
+    assert_eq!(team_budget(&s).held, NanoUsd(0));
+    // The tombstone is kept at least as long as the longest hold could live.
+    one(&mut s, &mut i, T0 + MAX_TTL_MS - 1, Command::Tick);
+    assert!(matches!(one(&mut s, &mut i, T0 + MAX_TTL_MS - 1, reserve(7, 100, 60_000)), Outcome::Rejected(_)));
+}
+
+#[test]
+fn finished_holds_are_forgotten_after_the_retention_window() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0, reserve(1, 100, 60_000));
+    one(&mut s, &mut i, T0 + 10, settle(1, 10));
+    assert_eq!(s.holds.len(), 1);
+    one(&mut s, &mut i, T0 + 10 + MAX_TTL_MS, Command::Tick);
+    assert_eq!(s.holds.len(), 0);
+    // Forgotten: a very late duplicate is refused, never charged again.
+    assert!(matches!(one(&mut s, &mut i, T0 + 20 + MAX_TTL_MS, settle(1, 10)), Outcome::Rejected(_)));
+    assert_eq!(team_budget(&s).spent(), NanoUsd(10));
+}
+
+#[test]
+fn clock_never_moves_backwards() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0 + 5_000, Command::Tick);
+    one(&mut s, &mut i, T0 + 1_000, reserve(1, 100, 2_000));
+    assert_eq!(s.clock_ms, T0 + 5_000);
+    assert_eq!(s.next_expiry_ms(), Some(T0 + 7_000));
+}
+
+#[test]
+fn extend_keeps_a_streaming_hold_alive() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0, reserve(1, 100, 1_000));
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 900, Command::Extend { hold: HoldId(1), ttl_ms: 1_000 }),
+        Outcome::Extended { expires_at_ms: T0 + 1_900 }
+    );
+    one(&mut s, &mut i, T0 + 1_500, Command::Tick);
+    assert_eq!(s.active_holds(), 1);
+    assert_eq!(team_budget(&s).unsettled, NanoUsd(0));
+}
+
+#[test]
+fn bad_input_is_rejected_and_changes_nothing() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    let digest = |s: &LedgerState| {
+        let mut c = s.clone();
+        c.last_index = 0;
+        c.digest()
+    };
+    let before = digest(&s);
+    let cases = vec![
+        (reserve(1, 0, 1_000), ErrorCode::InvalidArgument),
+        (reserve(1, 10, 0), ErrorCode::InvalidArgument),
+        (reserve(1, 10, MAX_TTL_MS + 1), ErrorCode::InvalidArgument),
+        (
+            Command::Reserve { hold: HoldId(1), key: "nope".into(), model: "m".into(), amount: NanoUsd(1), ttl_ms: 10 },
+            ErrorCode::NotFound,
+        ),
+        (settle(99, 1), ErrorCode::NotFound),
+        (admin(AdminOp::CreateTeam { name: "eng".into() }), ErrorCode::AlreadyExists),
+        (admin(AdminOp::CreateTeam { name: "bad name".into() }), ErrorCode::InvalidArgument),
+        (admin(AdminOp::CreateUser { email: "b@x.io".into(), team: "nope".into() }), ErrorCode::NotFound),
+        (admin(AdminOp::CreateUser { email: "not-an-email".into(), team: "eng".into() }), ErrorCode::InvalidArgument),
+        (
+            admin(AdminOp::CreateKey {
+                id: "k2".into(),
+                user: "a@x.io".into(),
+                name: String::new(),
+                secret_sha256: "xyz".into(),
+            }),
+            ErrorCode::InvalidArgument,
+        ),
+        (admin(AdminOp::RevokeKey { id: "k9".into() }), ErrorCode::NotFound),
+        (
+            admin(AdminOp::SetBudget {
+                scope: Scope::User("ghost@x.io".into()),
+                model: None,
+                limit: NanoUsd(1),
+                period: Period::Total,
+                mode: Mode::Hard,
+            }),
+            ErrorCode::NotFound,
+        ),
+        (
+            admin(AdminOp::SetPolicy { scope: Scope::Team("ghost".into()), allowed_models: vec!["m".into()] }),
+            ErrorCode::NotFound,
+        ),
+    ];
+    for (cmd, code) in cases {
+        let Outcome::Rejected(r) = one(&mut s, &mut i, T0, cmd.clone()) else { panic!("{cmd:?} was not rejected") };
+        assert_eq!(r.code, code, "{cmd:?}: {}", r.message);
+        assert!(!r.message.is_empty());
+    }
+    assert_eq!(digest(&s), before);
+}
+
+#[test]
+fn admin_changes_are_audited_with_actor_and_entry_time() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0 + 42, admin(AdminOp::RevokeKey { id: "k1".into() }));
+    let last = s.audit.last().unwrap();
+    assert_eq!((last.stamp.actor.as_str(), last.stamp.time_ms, last.stamp.index), ("alice", T0 + 42, i));
+    assert_eq!(last.what, "revoke key k1");
+    assert_eq!(s.config_index, i);
+    // A revoked key can no longer reserve.
+    assert!(
+        matches!(one(&mut s, &mut i, T0 + 50, reserve(1, 1, 10)), Outcome::Rejected(r) if r.code == ErrorCode::FailedPrecondition)
+    );
+}
+
+#[test]
+fn lowering_a_limit_below_usage_is_recorded_as_excess_and_blocks_new_reserves() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0, reserve(1, 800, 60_000));
+    let out = one(
+        &mut s,
+        &mut i,
+        T0,
+        admin(AdminOp::SetBudget {
+            scope: Scope::Team("eng".into()),
+            model: None,
+            limit: NanoUsd(500),
+            period: Period::Total,
+            mode: Mode::Hard,
+        }),
+    );
+    assert_eq!(out, Outcome::Done);
+    assert_eq!(team_budget(&s).excess, NanoUsd(300));
+    assert!(matches!(one(&mut s, &mut i, T0, reserve(2, 1, 60_000)), Outcome::Denied(_)));
+    assert!(s.check_invariants().is_ok());
+}
