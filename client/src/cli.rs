@@ -105,7 +105,7 @@ pub enum BudgetCmd {
     Set {
         scope: String,
         /// Limit in dollars, e.g. 250 or 12.50.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         limit_usd: String,
         /// daily, weekly (ISO, Monday), monthly or total; UTC boundaries.
         #[arg(long)]

@@ -42,6 +42,9 @@ pub struct LedgerConfig {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log rather than a full snapshot.
+    pub logs_to_keep: u64,
     pub proposer: ProposerConfig,
 }
 
@@ -69,6 +72,7 @@ impl LedgerConfig {
             election_timeout_min_ms: 600,
             election_timeout_max_ms: 1200,
             snapshot_every_entries: 5000,
+            logs_to_keep: 1000,
             proposer: ProposerConfig::default(),
         }
     }
@@ -126,7 +130,7 @@ impl LedgerNode {
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
             snapshot_max_chunk_size: 2 * 1024 * 1024,
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: cfg.logs_to_keep,
             install_snapshot_timeout: 2000,
             ..Default::default()
         }

@@ -353,9 +353,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
             leader_id: m.current_leader.unwrap_or(0),
             has_leader: m.current_leader.is_some(),
             applied_index: applied,
-            committed_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
             state_digest: digest,
             initialized: !members.is_empty(),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             members,
         }))
     }

@@ -52,6 +52,9 @@ struct LedgerArgs {
     /// Build a snapshot after this many log entries.
     #[arg(long, default_value_t = 5000)]
     snapshot_every: u64,
+    /// Log entries kept behind the latest snapshot.
+    #[arg(long, default_value_t = 1000)]
+    logs_to_keep: u64,
 }
 
 fn parse_peers(peers: &[String]) -> Result<BTreeMap<u64, String>, String> {
@@ -86,6 +89,7 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
     cfg.election_timeout_min_ms = a.election_timeout_ms;
     cfg.election_timeout_max_ms = a.election_timeout_ms * 2;
     cfg.snapshot_every_entries = a.snapshot_every;
+    cfg.logs_to_keep = a.logs_to_keep;
     let cfg = match cfg.validate() {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,187 @@
+//! A harness that runs real `tollgate` ledger processes (the built binary) on
+//! loopback, each with its own data dir, and drives them through the CLI and
+//! the gRPC API. Every wait has a deadline; every child is killed on drop.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub addrs: BTreeMap<u64, String>,
+    pub children: BTreeMap<u64, Child>,
+    pub extra_args: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` ledger nodes; node 1 bootstraps.
+    pub fn start(n: u64, extra_args: &[&str]) -> Cluster {
+        let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            addrs,
+            children: BTreeMap::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c
+    }
+
+    pub fn peers(&self) -> String {
+        self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.data_dir(1).join("admin.token")
+    }
+
+    pub fn spawn(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node{id}.log")))
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("ledger")
+            .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if id == 1 {
+            cmd.arg("--bootstrap");
+        }
+        self.children.insert(id, cmd.spawn().unwrap());
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.children.remove(&id) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
+    }
+
+    pub fn admin_at(&self, server: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("admin")
+            .args(["--server", server])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs an admin command through node `id` and insists it succeeds.
+    pub fn admin_ok(&self, id: u64, args: &[&str]) -> String {
+        let out = self.admin_at(&self.addrs[&id], args);
+        assert!(
+            out.status.success(),
+            "admin {args:?} via node {id} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn admin_json(&self, id: u64, args: &[&str]) -> Value {
+        let out = self.admin_ok(id, args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not json ({e}): {out}"))
+    }
+
+    /// `cluster status --json` asked through any of `via`.
+    pub fn status(&self, via: &[u64]) -> Option<Value> {
+        let servers = via.iter().map(|i| self.addrs[i].clone()).collect::<Vec<_>>().join(",");
+        let out = self.admin_at(&servers, &["cluster", "status", "--json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// Waits until `pred` holds for the status seen through `via`.
+    pub fn wait_status(&self, via: &[u64], what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(via) {
+                if pred(&s) {
+                    return s;
+                }
+                if Instant::now() > deadline {
+                    panic!("timed out waiting for {what}; last status {s}");
+                }
+            } else if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; no status");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for a leader and for the admin token to be registered.
+    pub fn wait_ready(&self) -> u64 {
+        let s = self.wait_status(&[1], "a leader", Duration::from_secs(20), |s| s["leader"].is_u64());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let out = self.admin_at(&self.addrs[&1], &["budget", "list", "--json"]);
+            if out.status.success() {
+                return s["leader"].as_u64().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("admin token never became usable");
+    }
+
+    pub fn leader(&self, via: &[u64]) -> Option<u64> {
+        self.status(via).and_then(|s| s["leader"].as_u64())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.children) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every reachable member reports the same digest at the same applied index.
+pub fn converged(s: &Value, n: usize) -> bool {
+    let Some(members) = s["members"].as_array() else { return false };
+    let reachable: Vec<&Value> = members.iter().filter(|m| m["reachable"] == Value::Bool(true)).collect();
+    reachable.len() == n
+        && reachable
+            .windows(2)
+            .all(|w| w[0]["applied_index"] == w[1]["applied_index"] && w[0]["state_digest"] == w[1]["state_digest"])
+}
+
+/// Node `id`'s own status, straight from its AdminService.
+pub fn node_status(c: &Cluster, id: u64) -> tollgate_proto::v1::NodeStatusResponse {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        tollgate_client::AdminClient::node_status_at(&c.addrs[&id], Duration::from_secs(2)).await.unwrap()
+    })
+}

@@ -1,0 +1,302 @@
+//! End-to-end tests of the replicated ledger with real processes: three
+//! `tollgate ledger` nodes on loopback, driven by `tollgate admin` and the
+//! LedgerService gRPC API, with the leader killed by SIGKILL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tollgate_client::LedgerClient;
+use tollgate_proto::v1 as pb;
+
+fn hold(n: u128) -> pb::HoldId {
+    pb::HoldId { id: n.to_be_bytes().to_vec() }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Reserve then settle one request through `addr`, retrying while the
+/// cluster has no leader (bounded). Returns the reserve result.
+async fn reserve(addr: &str, key: &str, id: u128, amount: u64) -> pb::reserve_result::Outcome {
+    let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5)).unwrap();
+    let req = pb::ReserveBatch {
+        requests: vec![pb::ReserveRequest {
+            hold_id: Some(hold(id)),
+            key_id: key.to_string(),
+            model: "claude-sonnet-4-5".to_string(),
+            amount_nano_usd: amount,
+            ttl_ms: 600_000,
+        }],
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.at(0).reserve(req.clone()).await {
+            Ok(r) => return r.into_inner().results[0].outcome.clone().unwrap(),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                // Outcome unknown: release the id (as an edge would) and use a new one.
+                let _ = client.at(0).release(pb::ReleaseBatch { hold_ids: vec![hold(id)] }).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Box::pin(reserve(addr, key, id + 1_000_000, amount)).await;
+            }
+            Err(s) => panic!("reserve via {addr}: {s}"),
+        }
+    }
+}
+
+async fn settle(addr: &str, id: u128, cost: u64) -> pb::settle_result::Outcome {
+    let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5)).unwrap();
+    let req = pb::SettleBatch {
+        requests: vec![pb::SettleRequest {
+            hold_id: Some(hold(id)),
+            cost_nano_usd: cost,
+            usage: Some(pb::Usage { input_tokens: 1000, output_tokens: 200, ..Default::default() }),
+            estimated: false,
+            session_id: "sess-1".to_string(),
+        }],
+    };
+    let r = client.at(0).settle(req).await.unwrap_or_else(|s| panic!("settle via {addr}: {s}"));
+    r.into_inner().results[0].outcome.clone().unwrap()
+}
+
+fn row<'a>(usage: &'a Value, scope: &str) -> &'a Value {
+    usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scope"] == scope)
+        .unwrap_or_else(|| panic!("no row {scope} in {usage}"))
+}
+
+/// A 3-node cluster forms; writes go through any node; a retried settle is
+/// not applied twice; a hard budget denies the reserve that would exceed it,
+/// naming the scope; kill -9 of the leader elects a new one within a few
+/// seconds and writes continue; the killed node restarts from its data dir
+/// and catches up; all members end with equal state digests.
+#[test]
+fn three_node_ledger_survives_leader_kill() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_ready();
+    let s = c.wait_status(&[2], "three reachable members", Duration::from_secs(10), |s| converged(s, 3));
+    assert_eq!(s["members"].as_array().unwrap().len(), 3);
+
+    // Admin writes through every node, leader or not.
+    c.admin_ok(2, &["team", "create", "eng"]);
+    c.admin_ok(3, &["user", "create", "ana@corp.io", "--team", "eng"]);
+    let key = c.admin_json(1, &["key", "create", "--user", "ana@corp.io", "--name", "laptop", "--json"]);
+    let key_id = key["id"].as_str().unwrap().to_string();
+    assert!(key["secret"].as_str().unwrap().starts_with("tg_"));
+    c.admin_ok(2, &["budget", "set", "team:eng", "--limit-usd", "0.001", "--period", "monthly"]);
+    c.admin_ok(3, &["budget", "set", "org", "--limit-usd", "1000", "--period", "total", "--mode", "soft"]);
+    let budgets = c.admin_json(1, &["budget", "list", "--json"]);
+    assert_eq!(budgets["budgets"].as_array().unwrap().len(), 2);
+
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let via = c.addrs[&follower].clone();
+        // 0.001 USD = 1_000_000 nano; reserve 400k, settle 300k, ten times would pass 1M.
+        let mut spent = 0u64;
+        let mut next = 1u128;
+        loop {
+            match reserve(&via, &key_id, next, 400_000).await {
+                pb::reserve_result::Outcome::GrantedExpiresAtMs(_) => {}
+                pb::reserve_result::Outcome::Denied(d) => {
+                    assert_eq!(d.scope, "team:eng");
+                    assert_eq!(d.limit_nano_usd, 1_000_000);
+                    assert_eq!(d.spent_nano_usd, spent);
+                    assert!(spent + 400_000 > 1_000_000);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            let first = settle(&via, next, 300_000).await;
+            assert_eq!(
+                first,
+                pb::settle_result::Outcome::Settled(pb::Settled { charged_nano_usd: 300_000, duplicate: false })
+            );
+            // The same settle again (a retry from an outbox): answered, not applied.
+            let again = settle(&c.addrs[&leader], next, 300_000).await;
+            assert_eq!(
+                again,
+                pb::settle_result::Outcome::Settled(pb::Settled { charged_nano_usd: 300_000, duplicate: true })
+            );
+            spent += 300_000;
+            next += 1;
+        }
+        assert_eq!(spent, 900_000);
+    });
+    let usage = c.admin_json(3, &["usage", "--json"]);
+    let team = row(&usage, "team:eng");
+    assert_eq!(team["spent_nano_usd"], 900_000);
+    assert_eq!(team["held_nano_usd"], 0);
+    assert_eq!(team["limit_nano_usd"], 1_000_000);
+    assert_eq!(team["requests"], 3);
+    let by_user = c.admin_json(2, &["usage", "--by", "user", "--json"]);
+    assert_eq!(row(&by_user, "user:ana@corp.io")["spent_nano_usd"], 900_000);
+    assert_eq!(row(&by_user, "user:ana@corp.io")["input_tokens"], 3000);
+    assert_eq!(row(&by_user, "user:ana@corp.io")["limit_nano_usd"], Value::Null);
+
+    // Kill the leader with SIGKILL and time the election.
+    c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "1", "--period", "monthly"]);
+    let killed_at = Instant::now();
+    c.kill9(leader);
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let s = c.wait_status(&survivors, "a new leader", Duration::from_secs(15), |s| {
+        s["leader"].as_u64().is_some_and(|l| l != leader)
+    });
+    let elected = killed_at.elapsed();
+    eprintln!("new leader {} elected {} ms after kill -9 of {leader}", s["leader"], elected.as_millis());
+    assert!(elected < Duration::from_secs(5), "election took {elected:?}");
+
+    // Writes continue through a survivor.
+    rt.block_on(async {
+        let via = c.addrs[&survivors[0]].clone();
+        assert!(matches!(reserve(&via, &key_id, 500, 1000).await, pb::reserve_result::Outcome::GrantedExpiresAtMs(_)));
+        assert!(matches!(settle(&via, 500, 700).await, pb::settle_result::Outcome::Settled(_)));
+    });
+    c.admin_ok(survivors[1], &["team", "create", "ops"]);
+
+    // The killed node restarts from its data dir and catches up.
+    c.spawn(leader);
+    let s = c.wait_status(&survivors, "all three converged", Duration::from_secs(30), |s| converged(s, 3));
+    let m = &s["members"][0];
+    assert_eq!(m["state_digest"].as_str().unwrap().len(), 64);
+    let usage = c.admin_json(leader, &["usage", "--json"]);
+    assert_eq!(row(&usage, "team:eng")["spent_nano_usd"], 900_700);
+}
+
+/// Bad input gets a clear gRPC status and changes nothing.
+#[test]
+fn bad_input_is_refused_with_clear_errors() {
+    let c = Cluster::start(3, &[]);
+    c.wait_ready();
+    c.admin_ok(1, &["team", "create", "eng"]);
+    let before = c.admin_json(2, &["budget", "list", "--json"]);
+    let fails = |id: u64, args: &[&str], want: &str| {
+        let out = c.admin_at(&c.addrs[&id], args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err:?}");
+    };
+    fails(2, &["budget", "set", "team:nope", "--limit-usd", "5", "--period", "daily"], "unknown scope team:nope");
+    fails(2, &["budget", "set", "galaxy:x", "--limit-usd", "5", "--period", "daily"], "is not one of org");
+    fails(3, &["budget", "set", "team:eng", "--limit-usd", "-5", "--period", "daily"], "negative");
+    fails(3, &["budget", "set", "team:eng", "--limit-usd", "5.x", "--period", "daily"], "not a decimal number");
+    fails(3, &["budget", "set", "team:eng", "--limit-usd", "5", "--period", "hourly"], "must be one of daily");
+    fails(
+        1,
+        &["budget", "set", "team:eng", "--limit-usd", "5", "--period", "daily", "--mode", "maybe"],
+        "hard or soft",
+    );
+    fails(1, &["user", "create", "bob@corp.io", "--team", "nope"], "unknown team nope");
+    fails(1, &["key", "create", "--user", "ghost@corp.io"], "unknown user ghost@corp.io");
+    fails(1, &["key", "revoke", "key_000000000000"], "unknown key");
+    fails(1, &["team", "create", "eng"], "already exists");
+    fails(1, &["usage", "--by", "planet"], "must be one of team, user, key, model");
+    // A wrong admin token.
+    let bad = c.dir.path().join("bad.token");
+    std::fs::write(&bad, "tga_wrong\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--server", &c.addrs[&2], "--token-file", bad.to_str().unwrap(), "team", "create", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid admin token"));
+    // Malformed ledger requests.
+    rt().block_on(async {
+        let client = LedgerClient::new(&[c.addrs[&3].clone()], Duration::from_secs(5)).unwrap();
+        let bad_hold = pb::ReserveBatch {
+            requests: vec![pb::ReserveRequest {
+                hold_id: Some(pb::HoldId { id: vec![1, 2, 3] }),
+                key_id: "k".into(),
+                model: "m".into(),
+                amount_nano_usd: 1,
+                ttl_ms: 1000,
+            }],
+        };
+        let e = client.at(0).reserve(bad_hold).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("hold_id must be exactly 16 bytes"));
+        let unknown_key = pb::ReserveBatch {
+            requests: vec![pb::ReserveRequest {
+                hold_id: Some(hold(9)),
+                key_id: "key_nope".into(),
+                model: "m".into(),
+                amount_nano_usd: 1,
+                ttl_ms: 1000,
+            }],
+        };
+        let r = client.at(0).reserve(unknown_key).await.unwrap().into_inner();
+        let pb::reserve_result::Outcome::Error(e) = r.results[0].outcome.clone().unwrap() else { panic!("{r:?}") };
+        assert_eq!(e.code, "not_found");
+        assert!(e.message.contains("unknown key key_nope"));
+    });
+    let after = c.admin_json(2, &["budget", "list", "--json"]);
+    assert_eq!(before, after);
+}
+
+/// A node that is not part of any initialized cluster says so.
+#[test]
+fn node_outside_the_cluster_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(BIN)
+        .args(["ledger", "--id", "4", "--grpc", &addr, "--peers", &format!("4={addr}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        let out = std::process::Command::new(BIN)
+            .args(["admin", "--server", &addr, "team", "create", "eng"])
+            .env("TOLLGATE_ADMIN_TOKEN", "x")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success());
+        if err.contains("not part of an initialized cluster") || Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(err.contains("node 4 is not part of an initialized cluster"), "{err}");
+}
+
+/// A node that fell far behind (its log already compacted away on the
+/// leader) catches up from a snapshot.
+#[test]
+fn lagging_node_catches_up_from_snapshot() {
+    let mut c = Cluster::start(3, &["--snapshot-every", "20", "--logs-to-keep", "5"]);
+    let leader = c.wait_ready();
+    let lagger = (1..=3).rev().find(|i| *i != leader).unwrap();
+    let s = c.wait_status(&[leader], "converged", Duration::from_secs(10), |s| converged(s, 3));
+    let lagger_index =
+        s["members"].as_array().unwrap().iter().find(|m| m["id"] == lagger).unwrap()["applied_index"].as_u64().unwrap();
+    c.kill9(lagger);
+    let up: Vec<u64> = (1..=3).filter(|i| *i != lagger).collect();
+    for i in 0..60 {
+        c.admin_ok(up[i % 2], &["team", "create", &format!("team{i}")]);
+    }
+    let s = c.wait_status(&[leader], "leader purged its log", Duration::from_secs(10), |s| {
+        s["members"].as_array().unwrap().iter().any(|m| m["id"] == leader && m["applied_index"].as_u64() > Some(60))
+    });
+    eprintln!("before restart: {s}");
+    // The entries the lagger is missing are gone from the leader's log: only a snapshot can bring them.
+    let purged = common::node_status(&c, leader).purged_index;
+    assert!(purged > lagger_index, "leader purged only up to {purged}, lagger has {lagger_index}");
+    c.spawn(lagger);
+    let s = c.wait_status(&[leader], "the lagger converged", Duration::from_secs(30), |s| converged(s, 3));
+    eprintln!("after restart: {s}");
+    let snap = common::node_status(&c, lagger).snapshot_index;
+    assert!(snap > 20, "node {lagger} has no snapshot (snapshot_index {snap})");
+    let teams = c.admin_json(lagger, &["budget", "list", "--json"]);
+    assert!(teams["budgets"].is_array());
+}
