@@ -31,25 +31,35 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Teams: the second link of the chain org → team → user → key.
     Team {
         #[command(subcommand)]
         cmd: TeamCmd,
     },
+    /// Users, each in one team.
     User {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// Virtual keys that clients send instead of a provider key.
     Key {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Spend caps on the org, a team, a user or a key.
     Budget {
         #[command(subcommand)]
         cmd: BudgetCmd,
     },
+    /// Which models a scope may use.
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
+    },
+    /// The most recent config changes with who made them and when.
+    Audit {
+        #[arg(long)]
+        json: bool,
     },
     /// Spend per budget, or per team, user, key or model.
     Usage {
@@ -63,6 +73,7 @@ pub enum AdminCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
+    /// Each member's own view: role, term, applied index, state digest.
     Status {
         #[arg(long)]
         json: bool,
@@ -71,11 +82,13 @@ pub enum ClusterCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum TeamCmd {
+    /// Creates a team.
     Create { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserCmd {
+    /// Creates a user in a team.
     Create {
         email: String,
         #[arg(long)]
@@ -116,6 +129,7 @@ pub enum BudgetCmd {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Lists every budget.
     List {
         #[arg(long)]
         json: bool,
@@ -252,6 +266,23 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let msg = pb::SetPolicyRequest { scope: scope.clone(), allowed_models: allow_models };
             let r = client.call(msg, |mut c, r| async move { c.set_policy(r).await }).await.map_err(fail)?;
             println!("policy for {scope} set (index {})", r.index);
+            Ok(())
+        }
+        AdminCmd::Audit { json } => {
+            let r = client.call(pb::AuditRequest {}, |mut c, r| async move { c.audit(r).await }).await.map_err(fail)?;
+            if json {
+                let entries: Vec<Value> = r
+                    .entries
+                    .iter()
+                    .map(|e| json!({"index": e.index, "time_ms": e.time_ms, "actor": e.actor, "what": e.what}))
+                    .collect();
+                println!("{}", json!({ "entries": entries }));
+            } else {
+                println!("{:>8} {:>15} {:<16} WHAT", "INDEX", "TIME_MS", "ACTOR");
+                for e in &r.entries {
+                    println!("{:>8} {:>15} {:<16} {}", e.index, e.time_ms, e.actor, e.what);
+                }
+            }
             Ok(())
         }
         AdminCmd::Usage { by, json } => {

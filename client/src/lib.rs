@@ -25,9 +25,11 @@ pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Status> {
         .connect_lazy())
 }
 
-/// Errors worth trying on another server, or again after a pause.
+/// Errors that mean "not applied": worth trying on another server, or again
+/// after a pause. `Unknown` (maybe applied) and `DeadlineExceeded` are not
+/// retried, so a write is never applied twice by a retry.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
+    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
 }
 
 /// The operator's client: tries each server in turn, and retries a few

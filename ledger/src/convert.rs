@@ -65,7 +65,10 @@ pub fn propose_status(e: &ProposeError) -> Status {
         ProposeError::NotMember(_) => Status::failed_precondition(format!(
             "{e}: start one node with --bootstrap, or point at a member of the cluster"
         )),
-        _ => Status::unavailable(e.to_string()),
+        // Maybe applied: the caller must not blindly retry (an edge releases the hold).
+        ProposeError::Unknown(_) => Status::unknown(e.to_string()),
+        // Not applied: safe to retry, here or on another node.
+        ProposeError::NoLeader | ProposeError::ShuttingDown => Status::unavailable(e.to_string()),
     }
 }
 
@@ -131,7 +134,7 @@ pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status
             .collect());
     }
     if !matches!(by, "team" | "user" | "key" | "model") {
-        return Err(Status::invalid_argument(format!("--by {by:?} must be one of team, user, key, model")));
+        return Err(Status::invalid_argument(format!("usage grouping {by:?} must be one of team, user, key, model")));
     }
     let prefix = format!("{by}:");
     Ok(s.usage

@@ -1,5 +1,5 @@
 //! A ledger node: sled storage, openraft, group commit and the gRPC
-//! services, wired together. `tollgate ledger` and `tollgate up` start one.
+//! services, wired together. `tollgate ledger` starts one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -147,10 +147,9 @@ impl LedgerNode {
             .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .concurrency_limit_per_connection(4096)
             .add_service(
-                RaftServiceServer::new(RaftRpc { raft: raft.clone(), proposer: proposer.clone() })
+                RaftServiceServer::new(RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone() })
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
@@ -166,7 +165,14 @@ impl LedgerNode {
                 sm: sm.clone(),
             }))
             .add_service(reflection);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Nagle plus delayed ACKs would stall small RPCs for tens of ms; the
+        // builder's tcp_nodelay only covers sockets tonic accepts itself.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        });
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown_rx.wait_for(|s| *s).await;
         }));
@@ -231,13 +237,19 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    // The rename itself must survive a crash, or a restart would mint a second token.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+    }
     tracing::info!(path = %path.display(), "wrote a new admin token");
     Ok(token)
 }
 
-/// Proposes the admin token's hash until the state has one.
+/// Proposes the admin token's hash until the state has one. Keeps trying
+/// (backing off to 5 s) for as long as the node runs: peers may start late.
 async fn ensure_admin_token(proposer: Proposer, sm: StateMachineStore, hash: String, mut stop: watch::Receiver<bool>) {
-    for attempt in 0u32..600 {
+    let mut pause = Duration::from_millis(200);
+    loop {
         if *stop.borrow() {
             return;
         }
@@ -258,14 +270,14 @@ async fn ensure_admin_token(proposer: Proposer, sm: StateMachineStore, hash: Str
             }
             Ok((_, o)) if matches!(o.first(), Some(Outcome::Rejected(r)) if r.code == ErrorCode::AlreadyExists) => {}
             Ok((_, o)) => tracing::warn!(outcome = ?o, "setting the admin token was refused"),
-            Err(e) => tracing::debug!(attempt, error = %e, "admin token not set yet"),
+            Err(e) => tracing::debug!(error = %e, "admin token not set yet"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
-    tracing::error!("gave up registering the admin token after 600 attempts");
 }
 
 /// On the leader, proposes a tick when holds are due to expire and no other

@@ -55,7 +55,7 @@ impl Default for ProposerConfig {
     fn default() -> Self {
         ProposerConfig {
             max_batch_cmds: 2048,
-            max_inflight: 8,
+            max_inflight: 2,
             max_queued: 100_000,
             leader_wait: Duration::from_secs(3),
         }
@@ -67,15 +67,23 @@ pub type Proposed = Result<(u64, Vec<Outcome>), ProposeError>;
 
 struct Pending {
     cmds: Vec<Command>,
+    /// The admin token that authorized these commands, if they are admin commands.
+    admin_token: Option<String>,
+    /// How many commands (and so outcomes) this submission has.
+    n: usize,
     /// Came from another node already: never forward again (no ping-pong).
     forwarded: bool,
     reply: oneshot::Sender<Proposed>,
 }
 
-/// The wire form of a forwarded proposal.
+/// The wire form of a forwarded proposal. Admin commands travel with the
+/// admin token their caller presented, so the leader checks it again rather
+/// than trusting whoever can reach its Raft port.
 #[derive(Serialize, Deserialize)]
 pub struct ForwardRequest {
     pub cmds: Vec<Command>,
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -109,15 +117,21 @@ impl Proposer {
 
     /// Proposes `cmds` (forwarding to the leader when needed).
     pub async fn submit(&self, cmds: Vec<Command>) -> Proposed {
-        self.submit_inner(cmds, false).await
+        self.submit_inner(cmds, None, false).await
+    }
+
+    /// Proposes admin commands authorized by `token` (checked again by the
+    /// leader if they are forwarded).
+    pub async fn submit_admin(&self, cmds: Vec<Command>, token: String) -> Proposed {
+        self.submit_inner(cmds, Some(token), false).await
     }
 
     /// Proposes commands another node forwarded here; never forwards again.
     pub async fn submit_forwarded(&self, cmds: Vec<Command>) -> Proposed {
-        self.submit_inner(cmds, true).await
+        self.submit_inner(cmds, None, true).await
     }
 
-    async fn submit_inner(&self, cmds: Vec<Command>, forwarded: bool) -> Proposed {
+    async fn submit_inner(&self, cmds: Vec<Command>, admin_token: Option<String>, forwarded: bool) -> Proposed {
         use std::sync::atomic::Ordering;
         if cmds.is_empty() {
             return Ok((0, Vec::new()));
@@ -129,7 +143,7 @@ impl Proposer {
             return Err(ProposeError::Overloaded(before));
         }
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Pending { cmds, forwarded, reply }).await.is_err() {
+        if self.tx.send(Pending { cmds, admin_token, n, forwarded, reply }).await.is_err() {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return Err(ProposeError::ShuttingDown);
         }
@@ -144,12 +158,12 @@ async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, queued: Arc<std::sy
         // queue and the next batch carries all of them.
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
-        let mut n = first.cmds.len();
+        let mut n = first.n;
         let mut batch = vec![first];
         while n < ctx.cfg.max_batch_cmds {
             match rx.try_recv() {
                 Ok(p) => {
-                    n += p.cmds.len();
+                    n += p.n;
                     batch.push(p);
                 }
                 Err(_) => break,
@@ -159,41 +173,65 @@ async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, queued: Arc<std::sy
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let (local, fwd): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.forwarded);
-            // Forwarded commands are only ever proposed here; the rest may move on.
-            let (a, b) = tokio::join!(propose_group(&ctx, local, false), propose_group(&ctx, fwd, true));
-            let _ = (a, b);
+            propose_group(&ctx, batch).await;
         });
     }
 }
 
-/// Proposes one group of pendings as one entry and hands each its outcomes.
-async fn propose_group(ctx: &Ctx, group: Vec<Pending>, may_forward: bool) {
-    if group.is_empty() {
-        return;
-    }
-    let mut cmds = Vec::with_capacity(group.iter().map(|p| p.cmds.len()).sum());
-    let mut sizes = Vec::with_capacity(group.len());
-    let mut replies = Vec::with_capacity(group.len());
-    for p in group {
-        sizes.push(p.cmds.len());
-        cmds.extend(p.cmds);
-        replies.push(p.reply);
-    }
-    let result = propose(ctx, cmds, may_forward).await;
+/// Hands each pending its slice of `result` (outcomes in submission order).
+fn distribute(group: Vec<Pending>, result: Proposed) {
     match result {
         Ok((index, outcomes)) => {
             let mut it = outcomes.into_iter();
-            for (size, reply) in sizes.into_iter().zip(replies) {
-                let part: Vec<Outcome> = it.by_ref().take(size).collect();
-                let _ = reply.send(Ok((index, part)));
+            for p in group {
+                let part: Vec<Outcome> = it.by_ref().take(p.n).collect();
+                let _ = p.reply.send(Ok((index, part)));
             }
         }
         Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+            for p in group {
+                let _ = p.reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+/// Moves every pending's commands, in order, into one list.
+fn concat(group: &mut [Pending]) -> Vec<Command> {
+    let mut cmds = Vec::with_capacity(group.iter().map(|p| p.n).sum());
+    for p in group.iter_mut() {
+        cmds.append(&mut p.cmds);
+    }
+    cmds
+}
+
+/// On the leader, proposes the whole group as one entry (local and
+/// forwarded commands alike). On a follower, forwards the commands that may
+/// move and fails those that were already forwarded here (no ping-pong).
+async fn propose_group(ctx: &Ctx, mut group: Vec<Pending>) {
+    let (leader_id, addr) = match leader(ctx).await {
+        Ok(l) => l,
+        Err(e) => return distribute(group, Err(e)),
+    };
+    if leader_id == ctx.id {
+        let cmds = concat(&mut group);
+        let result = propose_local(ctx, cmds).await;
+        return distribute(group, result);
+    }
+    let (fwd, local): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| p.forwarded);
+    distribute(fwd, Err(ProposeError::NoLeader));
+    // Admin submissions travel alone, each with its own token.
+    let (admin, mut plain): (Vec<_>, Vec<_>) = local.into_iter().partition(|p| p.admin_token.is_some());
+    for mut p in admin {
+        let token = p.admin_token.take();
+        let cmds = std::mem::take(&mut p.cmds);
+        let result = forward(ctx, &addr, cmds, token).await;
+        distribute(vec![p], result);
+    }
+    if !plain.is_empty() {
+        let cmds = concat(&mut plain);
+        let result = forward(ctx, &addr, cmds, None).await;
+        distribute(plain, result);
     }
 }
 
@@ -222,16 +260,13 @@ async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
     Ok((id, addr))
 }
 
-async fn propose(ctx: &Ctx, cmds: Vec<Command>, may_forward: bool) -> Proposed {
-    let (leader_id, addr) = leader(ctx).await?;
-    if leader_id != ctx.id {
-        if !may_forward {
-            return Err(ProposeError::NoLeader);
-        }
-        return forward(ctx, &addr, cmds).await;
-    }
+async fn propose_local(ctx: &Ctx, cmds: Vec<Command>) -> Proposed {
     let batch = Batch { time_ms: now_ms(), cmds };
-    match ctx.raft.client_write(batch).await {
+    let started = std::time::Instant::now();
+    let n = batch.cmds.len();
+    let res = ctx.raft.client_write(batch).await;
+    tracing::debug!(cmds = n, commit_us = started.elapsed().as_micros() as u64, "proposed");
+    match res {
         Ok(resp) => Ok((resp.log_id.index, resp.data.0)),
         // Lost leadership before proposing: nothing was applied.
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NoLeader),
@@ -240,7 +275,7 @@ async fn propose(ctx: &Ctx, cmds: Vec<Command>, may_forward: bool) -> Proposed {
     }
 }
 
-async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>) -> Proposed {
+async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<String>) -> Proposed {
     let client = {
         let mut peers = ctx.peers.lock().unwrap_or_else(|p| p.into_inner());
         match peers.get(addr) {
@@ -252,7 +287,8 @@ async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>) -> Proposed {
             }
         }
     };
-    let data = serde_json::to_vec(&ForwardRequest { cmds }).map_err(|e| ProposeError::Unknown(e.to_string()))?;
+    let data =
+        serde_json::to_vec(&ForwardRequest { cmds, admin_token }).map_err(|e| ProposeError::Unknown(e.to_string()))?;
     let mut req = tonic::Request::new(RaftPayload { data });
     req.set_timeout(Duration::from_secs(10));
     let mut client = client;

@@ -39,13 +39,26 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Statu
 pub struct RaftRpc {
     pub raft: Raft,
     pub proposer: Proposer,
+    pub sm: StateMachineStore,
 }
 
 #[tonic::async_trait]
 impl pb::raft_service_server::RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let started = std::time::Instant::now();
+        let bytes = req.get_ref().data.len();
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        encode(&self.raft.append_entries(rpc).await)
+        let n = rpc.entries.len();
+        let decoded = started.elapsed();
+        let out = encode(&self.raft.append_entries(rpc).await);
+        tracing::debug!(
+            entries = n,
+            bytes,
+            decode_us = decoded.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "append_entries served"
+        );
+        out
     }
 
     async fn install_snapshot(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
@@ -62,6 +75,19 @@ impl pb::raft_service_server::RaftService for RaftRpc {
         let fwd: ForwardRequest = decode(req.get_ref())?;
         if fwd.cmds.len() > MAX_ITEMS_PER_CALL * 4 {
             return Err(Status::invalid_argument("forwarded batch is too large"));
+        }
+        // Config changes need the admin token here too (the bootstrap's
+        // one-time SetAdminToken excepted: the state machine takes it once).
+        let needs_token = fwd
+            .cmds
+            .iter()
+            .any(|c| matches!(c, Command::Admin { op, .. } if !matches!(op, AdminOp::SetAdminToken { .. })));
+        if needs_token {
+            let want = self.sm.read(|a| a.state.admin_token_sha256.clone());
+            let ok = matches!((&fwd.admin_token, want), (Some(t), Some(w)) if sha256_hex(t) == w);
+            if !ok {
+                return Err(Status::permission_denied("forwarded admin commands need a valid admin token"));
+            }
         }
         encode(&self.proposer.submit_forwarded(fwd.cmds).await)
     }
@@ -255,7 +281,8 @@ impl AdminApi {
         Ok(())
     }
 
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Checks the bearer token against the replicated hash; returns it.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
         self.check_member()?;
         let token = req
             .metadata()
@@ -270,11 +297,13 @@ impl AdminApi {
         if sha256_hex(token) != want {
             return Err(Status::unauthenticated("invalid admin token"));
         }
-        Ok(())
+        Ok(token.to_string())
     }
 
-    async fn admin(&self, op: AdminOp) -> Result<u64, Status> {
-        let (index, outcomes) = submit(&self.proposer, vec![Command::Admin { actor: ACTOR.to_string(), op }]).await?;
+    async fn admin(&self, token: &str, op: AdminOp) -> Result<u64, Status> {
+        let cmds = vec![Command::Admin { actor: ACTOR.to_string(), op }];
+        let (index, outcomes) =
+            self.proposer.submit_admin(cmds, token.to_string()).await.map_err(|e| propose_status(&e))?;
         match outcomes.first() {
             Some(Outcome::Done) => Ok(index),
             Some(Outcome::Rejected(r)) => Err(rejection_status(r)),
@@ -338,7 +367,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         // Unauthenticated on purpose: like a health check, it shows topology
         // and progress, nothing about principals or money.
         let m = self.raft.metrics().borrow().clone();
-        let (applied, digest) = self.sm.read(|a| (a.applied_index(), a.state.digest()));
+        let (applied, digest) = self.sm.digest().await;
         let members: Vec<pb::Member> = m
             .membership_config
             .membership()
@@ -366,8 +395,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::CreateTeamRequest>,
     ) -> Result<Response<pb::CreateTeamResponse>, Status> {
-        self.authorize(&req)?;
-        let index = self.admin(AdminOp::CreateTeam { name: req.into_inner().name }).await?;
+        let token = self.authorize(&req)?;
+        let index = self.admin(&token, AdminOp::CreateTeam { name: req.into_inner().name }).await?;
         Ok(Response::new(pb::CreateTeamResponse { index }))
     }
 
@@ -375,34 +404,33 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        self.authorize(&req)?;
+        let token = self.authorize(&req)?;
         let r = req.into_inner();
-        let index = self.admin(AdminOp::CreateUser { email: r.email, team: r.team }).await?;
+        let index = self.admin(&token, AdminOp::CreateUser { email: r.email, team: r.team }).await?;
         Ok(Response::new(pb::CreateUserResponse { index }))
     }
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        self.authorize(&req)?;
+        let token = self.authorize(&req)?;
         let r = req.into_inner();
         let id = random_token("key_", 6)?;
         let secret = random_token("tg_", 24)?;
         let op = AdminOp::CreateKey { id: id.clone(), user: r.user, name: r.name, secret_sha256: sha256_hex(&secret) };
-        let index = self.admin(op).await?;
+        let index = self.admin(&token, op).await?;
         Ok(Response::new(pb::CreateKeyResponse { id, secret, index }))
     }
 
     async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        self.authorize(&req)?;
-        let index = self.admin(AdminOp::RevokeKey { id: req.into_inner().id }).await?;
+        let token = self.authorize(&req)?;
+        let index = self.admin(&token, AdminOp::RevokeKey { id: req.into_inner().id }).await?;
         Ok(Response::new(pb::RevokeKeyResponse { index }))
     }
 
     async fn set_budget(&self, req: Request<pb::SetBudgetRequest>) -> Result<Response<pb::SetBudgetResponse>, Status> {
-        self.authorize(&req)?;
+        let token = self.authorize(&req)?;
         let r = req.into_inner();
         let scope = parse_scope(&r.scope)?;
-        let limit =
-            NanoUsd::from_str(&r.limit_usd).map_err(|e| Status::invalid_argument(format!("--limit-usd: {e}")))?;
+        let limit = NanoUsd::from_str(&r.limit_usd).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
         let period = Period::parse(&r.period).ok_or_else(|| {
             Status::invalid_argument(format!("period {:?} must be one of daily, weekly, monthly, total", r.period))
         })?;
@@ -410,7 +438,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .ok_or_else(|| Status::invalid_argument(format!("mode {:?} must be hard or soft", r.mode)))?;
         let model = (!r.model.is_empty()).then_some(r.model);
         let op = AdminOp::SetBudget { scope: scope.clone(), model: model.clone(), limit, period, mode };
-        let index = self.admin(op).await?;
+        let index = self.admin(&token, op).await?;
         let budget = pb::Budget {
             scope: scope.to_string(),
             model: model.unwrap_or_default(),
@@ -422,10 +450,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        self.authorize(&req)?;
+        let token = self.authorize(&req)?;
         let r = req.into_inner();
         let scope = parse_scope(&r.scope)?;
-        let index = self.admin(AdminOp::SetPolicy { scope, allowed_models: r.allowed_models }).await?;
+        let index = self.admin(&token, AdminOp::SetPolicy { scope, allowed_models: r.allowed_models }).await?;
         Ok(Response::new(pb::SetPolicyResponse { index }))
     }
 
@@ -458,5 +486,25 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let by = req.get_ref().by.clone();
         let (rows, index) = self.sm.read(|a| usage_rows(&a.state, &by).map(|r| (r, a.applied_index())))?;
         Ok(Response::new(pb::UsageResponse { rows, index }))
+    }
+
+    async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
+        self.authorize(&req)?;
+        if let Some(mut leader) = self.read_at_leader().await? {
+            return leader.audit(forwarded(&req, pb::AuditRequest {})).await;
+        }
+        let entries = self.sm.read(|a| {
+            a.state
+                .audit
+                .iter()
+                .map(|r| pb::AuditEntry {
+                    index: r.stamp.index,
+                    time_ms: r.stamp.time_ms,
+                    actor: r.stamp.actor.clone(),
+                    what: r.what.clone(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::AuditResponse { entries }))
     }
 }

@@ -153,14 +153,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let mut batch = sled::Batch::default();
+        let mut n = 0usize;
         for entry in entries {
             let v = to_json(&entry, ErrorSubject::Logs)?;
             batch.insert(&entry.get_log_id().index.to_be_bytes(), v);
+            n += 1;
         }
         self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let written = started.elapsed();
         // Entries must be on disk before openraft counts them toward a quorum.
         let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        tracing::debug!(
+            entries = n,
+            write_us = written.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "log append flushed"
+        );
         callback.log_io_completed(res);
         Ok(())
     }
@@ -215,6 +225,8 @@ pub struct StateMachineStore {
     config_tx: Arc<watch::Sender<u64>>,
     /// Bumped with every applied index.
     applied_tx: Arc<watch::Sender<u64>>,
+    /// The digest of the state at an applied index, computed at most once per index.
+    digest_cache: Arc<std::sync::Mutex<Option<(u64, String)>>>,
 }
 
 impl StateMachineStore {
@@ -232,6 +244,7 @@ impl StateMachineStore {
             db: db.clone(),
             config_tx: Arc::new(config_tx),
             applied_tx: Arc::new(applied_tx),
+            digest_cache: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -247,6 +260,22 @@ impl StateMachineStore {
     pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
         let guard = self.applied.read().unwrap_or_else(|p| p.into_inner());
         f(&guard)
+    }
+
+    /// The applied index and the state digest at it. Hashing runs on a
+    /// blocking thread over a copy, so applies wait only for the copy.
+    pub async fn digest(&self) -> (u64, String) {
+        let index = self.read(|a| a.applied_index());
+        if let Some((i, d)) = self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            if i == index {
+                return (i, d);
+            }
+        }
+        let copy = self.read(|a| (a.applied_index(), a.state.clone()));
+        let (index, digest) =
+            tokio::task::spawn_blocking(move || (copy.0, copy.1.digest())).await.unwrap_or_else(|_| (0, String::new()));
+        *self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, digest.clone()));
+        (index, digest)
     }
 
     fn publish(&self) {
@@ -277,11 +306,11 @@ fn decode_applied(data: &[u8], meta: &SnapshotMeta) -> Result<Applied, StorageEr
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // Copy under the lock, encode outside it so applies are not held up.
+        // Copy under the lock (applies wait only for the copy), encode on a
+        // blocking thread so the runtime keeps serving RPCs meanwhile.
         let applied = self.read(|a| a.clone());
-        let data = to_json(&applied, ErrorSubject::Snapshot(None))?;
         let snapshot_id = match applied.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, applied.state.digest()),
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
             None => "empty".to_string(),
         };
         let meta = SnapshotMeta {
@@ -289,6 +318,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             last_membership: applied.last_membership.clone(),
             snapshot_id,
         };
+        let data = tokio::task::spawn_blocking(move || to_json(&applied, ErrorSubject::Snapshot(None)))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
         self.save_snapshot(&meta, &data).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }

@@ -96,8 +96,11 @@ struct MHold {
     key: usize,
     model: usize,
     amount: u64,
+    ttl: u64,
     budgets: Vec<(usize, u64)>,
     state: MState,
+    /// A finished hold is forgotten one ttl after it finished.
+    forget_at: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,8 +108,8 @@ struct Model {
     clock: u64,
     budgets: Vec<MBudget>,
     holds: BTreeMap<u128, MHold>,
-    /// Released before any reserve was seen.
-    tombstones: Vec<u128>,
+    /// Released before any reserve was seen, with when they are forgotten.
+    tombstones: Vec<(u128, u64)>,
 }
 
 impl Model {
@@ -140,12 +143,15 @@ impl Model {
                 *p = b.pstart;
             }
             h.state = MState::Expired;
+            h.forget_at = now + h.ttl;
         }
+        self.holds.retain(|_, h| matches!(h.state, MState::Active(_)) || h.forget_at > now);
+        self.tombstones.retain(|(_, at)| *at > now);
     }
 
     /// Returns the expected outcome kind: granted, denied(scope) or rejected.
     fn reserve(&mut self, id: u128, key: usize, model: usize, amount: u64, ttl: u64) -> String {
-        if self.tombstones.contains(&id) {
+        if self.tombstones.iter().any(|(t, _)| *t == id) {
             return "rejected".into();
         }
         if let Some(h) = self.holds.get(&id) {
@@ -169,7 +175,8 @@ impl Model {
             self.budgets[i].held += amount;
             budgets.push((i, self.budgets[i].pstart));
         }
-        self.holds.insert(id, MHold { key, model, amount, budgets, state: MState::Active(now + ttl) });
+        self.holds
+            .insert(id, MHold { key, model, amount, ttl, budgets, state: MState::Active(now + ttl), forget_at: 0 });
         "granted".into()
     }
 
@@ -201,14 +208,15 @@ impl Model {
             }
         }
         h.state = MState::Settled(cost);
+        h.forget_at = now + h.ttl;
         format!("settled:{cost}")
     }
 
     fn release(&mut self, id: u128) -> String {
         let now = self.clock;
         let Some(h) = self.holds.get_mut(&id) else {
-            if !self.tombstones.contains(&id) {
-                self.tombstones.push(id);
+            if !self.tombstones.iter().any(|(t, _)| *t == id) {
+                self.tombstones.push((id, now + MAX_TTL_MS));
             }
             return "released".into();
         };
@@ -220,6 +228,7 @@ impl Model {
                     self.budgets[*bi].held -= h.amount;
                 }
                 h.state = MState::Released;
+                h.forget_at = now + h.ttl;
                 "released".into()
             }
             MState::Expired => {
@@ -231,6 +240,7 @@ impl Model {
                     }
                 }
                 h.state = MState::Released;
+                h.forget_at = now + h.ttl;
                 "released".into()
             }
         }
@@ -362,21 +372,24 @@ fn model_apply(m: &mut Model, op: &Op) -> String {
     }
 }
 
-/// Effective (period-aware) accounting of a budget as of `clock`.
-fn effective(
+/// A budget's accounting as stored: period start and amounts.
+struct Acct {
     period: Period,
     pstart: u64,
-    clock: u64,
     settled: u64,
     unsettled: u64,
     held: u64,
     excess: u64,
     limit: u64,
-) -> (u64, u64, u64, u64) {
-    if period.start_ms(clock) == pstart {
-        (settled, unsettled, held, excess)
+}
+
+/// Effective (period-aware) accounting of a budget as of `clock`:
+/// (settled, unsettled, held, excess).
+fn effective(a: Acct, clock: u64) -> (u64, u64, u64, u64) {
+    if a.period.start_ms(clock) == a.pstart {
+        (a.settled, a.unsettled, a.held, a.excess)
     } else {
-        (0, 0, held, held.saturating_sub(limit))
+        (0, 0, a.held, a.held.saturating_sub(a.limit))
     }
 }
 
@@ -416,8 +429,30 @@ proptest! {
             prop_assert!(state.clock_ms >= before.clock_ms, "the clock went backwards");
             for (i, mb) in model.budgets.iter().enumerate() {
                 let b = &state.budgets[&BudgetId(i as u64)];
-                let got = effective(b.period, b.period_start_ms, state.clock_ms, b.settled.0, b.unsettled.0, b.held.0, b.excess.0, b.limit.0);
-                let want = effective(mb.spec.period, mb.pstart, model.clock, mb.settled, mb.unsettled, mb.held, mb.excess, mb.spec.limit);
+                let got = effective(
+                    Acct {
+                        period: b.period,
+                        pstart: b.period_start_ms,
+                        settled: b.settled.0,
+                        unsettled: b.unsettled.0,
+                        held: b.held.0,
+                        excess: b.excess.0,
+                        limit: b.limit.0,
+                    },
+                    state.clock_ms,
+                );
+                let want = effective(
+                    Acct {
+                        period: mb.spec.period,
+                        pstart: mb.pstart,
+                        settled: mb.settled,
+                        unsettled: mb.unsettled,
+                        held: mb.held,
+                        excess: mb.excess,
+                        limit: mb.spec.limit,
+                    },
+                    model.clock,
+                );
                 prop_assert_eq!(got, want, "budget {} ({}) after step {}", i, b.scope, step);
                 if b.mode == Mode::Hard {
                     prop_assert!(got.0 + got.1 + got.2 <= b.limit.0 + got.3, "hard cap broken on {}", b.scope);

@@ -108,7 +108,7 @@ fn expiry_charges_the_full_hold_as_unsettled_and_a_late_settle_replaces_it() {
     assert_eq!((b.settled, b.unsettled, b.held), (NanoUsd(0), NanoUsd(300), NanoUsd(0)));
     assert_eq!(s.active_holds(), 0);
     assert_eq!(
-        one(&mut s, &mut i, T0 + 2_000, settle(1, 90)),
+        one(&mut s, &mut i, T0 + 1_500, settle(1, 90)),
         Outcome::Settled { charged: NanoUsd(90), duplicate: false }
     );
     let b = team_budget(&s);

@@ -20,8 +20,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 }
 
 #[test]
-fn sled_store_passes_openraft_suite() -> Result<(), StorageError<u64>> {
-    Suite::test_all(SledBuilder)
+fn sled_store_passes_openraft_suite() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("storage suite failed: {e}");
+    }
 }
 
 /// The state machine comes back from its last snapshot after a restart, with

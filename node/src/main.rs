@@ -87,7 +87,7 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
     cfg.bootstrap = a.bootstrap;
     cfg.heartbeat_ms = a.heartbeat_ms;
     cfg.election_timeout_min_ms = a.election_timeout_ms;
-    cfg.election_timeout_max_ms = a.election_timeout_ms * 2;
+    cfg.election_timeout_max_ms = a.election_timeout_ms.saturating_mul(2);
     cfg.snapshot_every_entries = a.snapshot_every;
     cfg.logs_to_keep = a.logs_to_keep;
     let cfg = match cfg.validate() {

@@ -19,32 +19,41 @@ fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// Reserve then settle one request through `addr`, retrying while the
-/// cluster has no leader (bounded). Returns the reserve result.
-async fn reserve(addr: &str, key: &str, id: u128, amount: u64) -> pb::reserve_result::Outcome {
+/// Reserves through `addr`, retrying while the cluster has no leader
+/// (bounded). When the outcome is unknown the id is released, as an edge
+/// would, and a fresh one is used. Returns the id used and the outcome.
+async fn reserve_any(addr: &str, key: &str, id: u128, amount: u64) -> (u128, pb::reserve_result::Outcome) {
     let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5)).unwrap();
-    let req = pb::ReserveBatch {
-        requests: vec![pb::ReserveRequest {
-            hold_id: Some(hold(id)),
-            key_id: key.to_string(),
-            model: "claude-sonnet-4-5".to_string(),
-            amount_nano_usd: amount,
-            ttl_ms: 600_000,
-        }],
-    };
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = id;
     loop {
-        match client.at(0).reserve(req.clone()).await {
-            Ok(r) => return r.into_inner().results[0].outcome.clone().unwrap(),
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                // Outcome unknown: release the id (as an edge would) and use a new one.
+        let req = pb::ReserveBatch {
+            requests: vec![pb::ReserveRequest {
+                hold_id: Some(hold(id)),
+                key_id: key.to_string(),
+                model: "claude-sonnet-4-5".to_string(),
+                amount_nano_usd: amount,
+                ttl_ms: 600_000,
+            }],
+        };
+        match client.at(0).reserve(req).await {
+            Ok(r) => return (id, r.into_inner().results[0].outcome.clone().unwrap()),
+            Err(s)
+                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) && Instant::now() < deadline =>
+            {
                 let _ = client.at(0).release(pb::ReleaseBatch { hold_ids: vec![hold(id)] }).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return Box::pin(reserve(addr, key, id + 1_000_000, amount)).await;
+                id += 1_000_000;
             }
             Err(s) => panic!("reserve via {addr}: {s}"),
         }
     }
+}
+
+async fn reserve(addr: &str, key: &str, id: u128, amount: u64) -> pb::reserve_result::Outcome {
+    let (used, outcome) = reserve_any(addr, key, id, amount).await;
+    assert_eq!(used, id, "reserve of {id} needed a retry");
+    outcome
 }
 
 async fn settle(addr: &str, id: u128, cost: u64) -> pb::settle_result::Outcome {
@@ -93,6 +102,15 @@ fn three_node_ledger_survives_leader_kill() {
     c.admin_ok(3, &["budget", "set", "org", "--limit-usd", "1000", "--period", "total", "--mode", "soft"]);
     let budgets = c.admin_json(1, &["budget", "list", "--json"]);
     assert_eq!(budgets["budgets"].as_array().unwrap().len(), 2);
+    // Every config change is recorded with who made it, at which index and time.
+    let audit = c.admin_json(3, &["audit", "--json"]);
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["what"], "set admin token");
+    assert_eq!(entries[0]["actor"], "bootstrap");
+    let team = entries.iter().find(|e| e["what"] == "create team eng").unwrap();
+    assert_eq!(team["actor"], "admin-token");
+    assert!(team["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    assert!(entries.windows(2).all(|w| w[0]["index"].as_u64() < w[1]["index"].as_u64()));
 
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     let rt = rt();
@@ -155,8 +173,9 @@ fn three_node_ledger_survives_leader_kill() {
     // Writes continue through a survivor.
     rt.block_on(async {
         let via = c.addrs[&survivors[0]].clone();
-        assert!(matches!(reserve(&via, &key_id, 500, 1000).await, pb::reserve_result::Outcome::GrantedExpiresAtMs(_)));
-        assert!(matches!(settle(&via, 500, 700).await, pb::settle_result::Outcome::Settled(_)));
+        let (id, outcome) = reserve_any(&via, &key_id, 500, 1000).await;
+        assert!(matches!(outcome, pb::reserve_result::Outcome::GrantedExpiresAtMs(_)));
+        assert!(matches!(settle(&via, id, 700).await, pb::settle_result::Outcome::Settled(_)));
     });
     c.admin_ok(survivors[1], &["team", "create", "ops"]);
 
@@ -235,8 +254,23 @@ fn bad_input_is_refused_with_clear_errors() {
         assert_eq!(e.code, "not_found");
         assert!(e.message.contains("unknown key key_nope"));
     });
+    // A forged forward straight to a Raft port cannot change config without the token.
+    rt().block_on(async {
+        use tollgate_ledger::proposer::ForwardRequest;
+        use tollgate_ledger::state::{AdminOp, Command};
+        let cmd = Command::Admin { actor: "mallory".into(), op: AdminOp::CreateTeam { name: "evil".into() } };
+        let data = serde_json::to_vec(&ForwardRequest { cmds: vec![cmd], admin_token: None }).unwrap();
+        let mut raft =
+            tollgate_proto::v1::raft_service_client::RaftServiceClient::connect(format!("http://{}", c.addrs[&1]))
+                .await
+                .unwrap();
+        let e = raft.propose(pb::RaftPayload { data }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    });
     let after = c.admin_json(2, &["budget", "list", "--json"]);
     assert_eq!(before, after);
+    let audit = c.admin_json(2, &["audit", "--json"]);
+    assert!(!audit["entries"].as_array().unwrap().iter().any(|e| e["what"] == "create team evil"));
 }
 
 /// A node that is not part of any initialized cluster says so.

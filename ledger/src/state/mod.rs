@@ -137,7 +137,8 @@ pub struct HoldRec {
     /// `None` for a release that arrived before (or instead of) its reserve.
     pub info: Option<HoldInfo>,
     pub state: HoldState,
-    /// When a finished hold is forgotten; 0 while active.
+    /// When a finished hold is forgotten (its ttl after it finished; the
+    /// longest ttl for a release seen before its reserve); 0 while active.
     pub forget_at_ms: u64,
 }
 
@@ -477,7 +478,7 @@ impl LedgerState {
             }
             _ => self.charge(&info, cost, Some(info.amount), usage, estimated),
         }
-        self.finish(hold, HoldState::Settled { cost }, info.ttl_ms.max(MAX_TTL_MS));
+        self.finish(hold, HoldState::Settled { cost }, info.ttl_ms);
         Outcome::Settled { charged: cost, duplicate: false }
     }
 
@@ -497,13 +498,13 @@ impl LedgerState {
             ),
             (HoldState::Active { .. }, Some(info)) => {
                 self.unhold(&info);
-                self.finish(hold, HoldState::Released, info.ttl_ms.max(MAX_TTL_MS));
+                self.finish(hold, HoldState::Released, info.ttl_ms);
                 Outcome::Released
             }
             (HoldState::Expired, Some(info)) => {
                 // Billed nothing after all: the unsettled charge becomes zero.
                 self.charge(&info, NanoUsd::ZERO, Some(info.amount), &Usage::default(), false);
-                self.finish(hold, HoldState::Released, info.ttl_ms.max(MAX_TTL_MS));
+                self.finish(hold, HoldState::Released, info.ttl_ms);
                 Outcome::Released
             }
             (_, None) => unreachable!("only released tombstones have no info"),
@@ -547,7 +548,8 @@ impl LedgerState {
             c.held = c.held.saturating_sub(info.amount);
             c.unsettled = c.unsettled.saturating_add(info.amount);
         });
-        let keep = info.ttl_ms.max(MAX_TTL_MS);
+        // A late settle may still replace the unsettled charge for one more ttl.
+        let keep = info.ttl_ms;
         if let Some(h) = self.holds.get_mut(&hold) {
             if let Some(i) = h.info.as_mut() {
                 i.charges = charges;
@@ -677,11 +679,13 @@ impl LedgerState {
                     requests: 0,
                     updated: stamp.clone(),
                 });
-                if b.period != *period {
-                    b.period = *period;
-                    b.period_start_ms = u64::MAX; // forces a fresh period below
-                }
                 b.roll(now);
+                if b.period != *period {
+                    // Keep what this period already counted: a new, shorter
+                    // period may over-count until it resets, never under-count.
+                    b.period = *period;
+                    b.period_start_ms = period.start_ms(now);
+                }
                 b.limit = *limit;
                 b.mode = *mode;
                 b.updated = stamp.clone();

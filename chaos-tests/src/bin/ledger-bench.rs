@@ -1,0 +1,263 @@
+//! Ledger benchmark: a 3-node cluster of real `tollgate ledger` processes on
+//! loopback, fsync on (every append is flushed before it counts).
+//!
+//! Phase 1 (throughput): `--concurrency` clients each loop Reserve → Settle
+//! through the nodes in turn for `--seconds`; prints settled pairs per second.
+//! Phase 2 (latency): an open loop issuing `--rate` Reserves per second for
+//! `--seconds` (each followed by its Settle, untimed); prints Reserve latency
+//! p50/p99/max. Every loop is bounded in time and count.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use tollgate_chaos::cluster::{sibling_binary, LedgerCluster};
+use tollgate_client::LedgerClient;
+use tollgate_proto::v1 as pb;
+
+#[derive(Parser)]
+struct Args {
+    /// Concurrent clients in the throughput phase.
+    #[arg(long, default_value_t = 512)]
+    concurrency: usize,
+    /// Reserves per second in the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of each phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Ledger nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Send all requests to the leader instead of spreading them over every node.
+    #[arg(long)]
+    leader_only: bool,
+    /// Settles per call in the throughput phase (edges batch their outbox).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Skip the throughput phase (so the latency phase starts on a fresh ledger).
+    #[arg(long)]
+    latency_only: bool,
+    /// Keep the nodes' data dirs and logs after the run.
+    #[arg(long)]
+    keep: bool,
+    /// Directory under which the nodes keep their data (default: a temp dir).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+const KEYS: usize = 64;
+
+fn hold(n: u64, worker: u64) -> pb::HoldId {
+    let id = (u128::from(worker) << 64) | u128::from(n);
+    pb::HoldId { id: id.to_be_bytes().to_vec() }
+}
+
+fn reserve_req(h: pb::HoldId, key: &str) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        hold_id: Some(h),
+        key_id: key.to_string(),
+        model: "claude-sonnet-4-5".to_string(),
+        amount_nano_usd: 50_000,
+        ttl_ms: 600_000,
+    }
+}
+
+fn settle_req(h: pb::HoldId) -> pb::SettleRequest {
+    pb::SettleRequest {
+        hold_id: Some(h),
+        cost_nano_usd: 30_000,
+        usage: Some(pb::Usage { input_tokens: 5, output_tokens: 1, ..Default::default() }),
+        estimated: false,
+        session_id: String::new(),
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = sibling_binary()?;
+    let dir = match &args.data_dir {
+        Some(base) => tempfile::tempdir_in(base)?,
+        None => tempfile::tempdir()?,
+    };
+    let dir_path = dir.path().to_path_buf();
+    if args.keep {
+        println!("keeping node data and logs in {}", dir.keep().display());
+    }
+    let cluster = LedgerCluster::start(&bin, &dir_path, args.nodes)?;
+    let admin = cluster.admin(Duration::from_secs(30)).await.context("cluster did not come up")?;
+
+    // One team, one user, KEYS keys, budgets far above what the run spends.
+    admin
+        .call(pb::CreateTeamRequest { name: "bench".into() }, |mut c, r| async move { c.create_team(r).await })
+        .await?;
+    let user = pb::CreateUserRequest { email: "bench@corp.io".into(), team: "bench".into() };
+    admin.call(user, |mut c, r| async move { c.create_user(r).await }).await?;
+    let mut keys = Vec::new();
+    for i in 0..KEYS {
+        let req = pb::CreateKeyRequest { user: "bench@corp.io".into(), name: format!("k{i}") };
+        keys.push(admin.call(req, |mut c, r| async move { c.create_key(r).await }).await?.id);
+    }
+    for scope in ["org", "team:bench", "user:bench@corp.io"] {
+        let req = pb::SetBudgetRequest {
+            scope: scope.into(),
+            model: String::new(),
+            limit_usd: "1000000".into(),
+            period: "monthly".into(),
+            mode: "hard".into(),
+        };
+        admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+    }
+    let status = tollgate_client::AdminClient::node_status_at(&cluster.addrs[&1], Duration::from_secs(2)).await?;
+    let leader_addr = cluster.addrs[&status.leader_id].clone();
+    let targets: Vec<String> = if args.leader_only { vec![leader_addr.clone()] } else { cluster.servers() };
+    // One channel per target per 64 workers: HTTP/2 multiplexes, but one
+    // connection per target would serialize on a single socket.
+    let mut clients = Vec::new();
+    for _ in 0..(args.concurrency / 64).max(1) {
+        clients.push(LedgerClient::new(&targets, Duration::from_secs(10))?);
+    }
+    println!(
+        "ledger-bench: {} nodes (leader {}), fsync on, {} keys, requests to {}",
+        args.nodes,
+        status.leader_id,
+        KEYS,
+        if args.leader_only { "the leader only" } else { "every node in turn" }
+    );
+
+    if !args.latency_only {
+        throughput(&args, &clients, &keys, &leader_addr, status.applied_index).await?;
+    }
+    latency(&args, &clients, &keys).await
+}
+
+async fn throughput(
+    args: &Args,
+    clients: &[LedgerClient],
+    keys: &[String],
+    leader_addr: &str,
+    start_index: u64,
+) -> anyhow::Result<()> {
+    // ---- phase 1: saturation ----
+    let pairs = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop_at = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.concurrency {
+        let client = clients[w % clients.len()].clone();
+        let key = keys[w % KEYS].clone();
+        let (pairs, errors) = (pairs.clone(), errors.clone());
+        let batch = args.batch.max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut c = client.at(w);
+            let mut n = 0u64;
+            while Instant::now() < stop_at {
+                let holds: Vec<pb::HoldId> = (0..batch).map(|i| hold(n + i as u64, w as u64 + 1)).collect();
+                n += batch as u64;
+                let reserve =
+                    pb::ReserveBatch { requests: holds.iter().map(|h| reserve_req(h.clone(), &key)).collect() };
+                match c.reserve(reserve).await {
+                    Ok(r)
+                        if r.get_ref()
+                            .results
+                            .iter()
+                            .all(|x| matches!(x.outcome, Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_)))) => {
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+                let settle = pb::SettleBatch { requests: holds.into_iter().map(settle_req).collect() };
+                match c.settle(settle).await {
+                    Ok(_) => {
+                        pairs.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let done = pairs.load(Ordering::Relaxed);
+    println!(
+        "throughput: {done} reserve+settle pairs in {secs:.1} s = {:.0} settles/s ({} clients, {} per call, {} errors)",
+        done as f64 / secs,
+        args.concurrency,
+        args.batch,
+        errors.load(Ordering::Relaxed)
+    );
+    let after = tollgate_client::AdminClient::node_status_at(leader_addr, Duration::from_secs(2)).await?;
+    println!(
+        "  log entries used: {} for {} commands ({:.0} commands per entry)",
+        after.applied_index - start_index,
+        done * 2,
+        (done * 2) as f64 / (after.applied_index - start_index).max(1) as f64
+    );
+    Ok(())
+}
+
+async fn latency(args: &Args, clients: &[LedgerClient], keys: &[String]) -> anyhow::Result<()> {
+    // ---- phase 2: latency at a fixed rate ----
+    let total = args.rate * args.seconds;
+    let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<u64>>(total as usize + 1);
+    for i in 0..total {
+        ticker.tick().await;
+        let client = clients[i as usize % clients.len()].clone();
+        let key = keys[i as usize % KEYS].clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut c = client.at(i as usize);
+            let h = hold(i, u64::MAX);
+            let t0 = Instant::now();
+            let r = c.reserve(pb::ReserveBatch { requests: vec![reserve_req(h.clone(), &key)] }).await;
+            let micros = t0.elapsed().as_micros() as u64;
+            let ok = matches!(r, Ok(ref r) if matches!(r.get_ref().results[0].outcome, Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_))));
+            let _ = tx.send(ok.then_some(micros)).await;
+            if ok {
+                let _ = c.settle(pb::SettleBatch { requests: vec![settle_req(h)] }).await;
+            }
+        });
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(total as usize);
+    let mut failed = 0;
+    while let Ok(Some(v)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+        match v {
+            Some(us) => lat.push(us),
+            None => failed += 1,
+        }
+    }
+    lat.sort_unstable();
+    println!(
+        "latency at {} reserves/s for {} s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} ok, {} failed)",
+        args.rate,
+        args.seconds,
+        pct(&lat, 0.50) as f64 / 1000.0,
+        pct(&lat, 0.99) as f64 / 1000.0,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0,
+        lat.len(),
+        failed
+    );
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Runs a ledger cluster from the built `tollgate` binary on loopback.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tollgate_client::AdminClient;
+
+/// The `tollgate` binary next to the running executable (same cargo profile).
+pub fn sibling_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let bin = dir.join("tollgate");
+    if !bin.exists() {
+        bail!("{} not found: build it first (cargo build --release -p tollgate-node)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A free loopback port, released for a child to bind.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct LedgerCluster {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub addrs: BTreeMap<u64, String>,
+    children: BTreeMap<u64, Child>,
+}
+
+impl LedgerCluster {
+    /// Starts `n` nodes under `dir`; node 1 bootstraps the cluster.
+    pub fn start(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<LedgerCluster> {
+        let mut addrs = BTreeMap::new();
+        for id in 1..=n {
+            addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
+        }
+        let mut c = LedgerCluster { bin: bin.to_path_buf(), dir: dir.to_path_buf(), addrs, children: BTreeMap::new() };
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        Ok(c)
+    }
+
+    pub fn peers(&self) -> String {
+        self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("node{id}.log")))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("ledger")
+            .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node{id}")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if id == 1 {
+            cmd.arg("--bootstrap");
+        }
+        self.children.insert(id, cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?);
+        Ok(())
+    }
+
+    pub fn token(&self) -> anyhow::Result<String> {
+        let p = self.dir.join("node1").join("admin.token");
+        Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
+    }
+
+    pub fn servers(&self) -> Vec<String> {
+        self.addrs.values().cloned().collect()
+    }
+
+    /// Waits (bounded) until the admin API answers with the bootstrap token.
+    pub async fn admin(&self, timeout: Duration) -> anyhow::Result<AdminClient> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(token) = self.token() {
+                let client = AdminClient::new(&self.servers(), Some(token))?;
+                let probe = client
+                    .call(tollgate_proto::v1::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
+                    .await;
+                if probe.is_ok() {
+                    return Ok(client);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("cluster not ready after {timeout:?}; see logs in {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Process id of node `id`, for fault injection from outside.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(|c| c.id())
+    }
+
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.children.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LedgerCluster {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.children) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
