@@ -4,6 +4,7 @@
 //! Only this crate knows openraft and sled.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod convert;
 pub mod money;
 pub mod network;

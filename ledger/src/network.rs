@@ -1,6 +1,7 @@
 //! Raft RPCs between ledger nodes over tonic. The gRPC message is only an
-//! envelope: openraft's own request and `Result` types travel as JSON inside
-//! it, so the other side gets back exactly the error openraft produced.
+//! envelope: openraft's own request and `Result` types travel inside it in
+//! the ledger's binary encoding ([`crate::codec`]), so the other side gets
+//! back exactly the error openraft produced.
 
 use std::time::Duration;
 
@@ -83,7 +84,7 @@ impl PeerClient {
             Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = crate::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let mut client = client;
@@ -101,7 +102,7 @@ impl PeerClient {
             Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
         };
         let result: Result<Resp, E> =
-            serde_json::from_slice(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            crate::codec::decode(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
     }
 }

@@ -115,11 +115,16 @@ impl LedgerNode {
         let cfg = cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-        let db = open_db(&cfg.data_dir.join("raft")).with_context(|| {
-            format!("opening ledger storage in {} (is another node using it?)", cfg.data_dir.display())
-        })?;
+        let open = |sub: &str| {
+            open_db(&cfg.data_dir.join(sub)).with_context(|| {
+                format!("opening ledger storage in {} (is another node using it?)", cfg.data_dir.display())
+            })
+        };
+        let db = open("raft")?;
         let log_store = LogStore::new(&db)?;
-        let sm = StateMachineStore::new(&db)?;
+        // Snapshots get a database of their own: writing a large one must not
+        // hold up the flush that every log append waits for.
+        let sm = StateMachineStore::new(&open("snapshots")?)?;
 
         let raft_config = openraft::Config {
             cluster_name: "tollgate".to_string(),
@@ -127,7 +132,7 @@ impl LedgerNode {
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
             // Keep append messages well under the gRPC limit: entries carry batches.
-            max_payload_entries: 64,
+            max_payload_entries: 8,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
             snapshot_max_chunk_size: 2 * 1024 * 1024,
             max_in_snapshot_log_to_keep: cfg.logs_to_keep,

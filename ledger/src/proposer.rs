@@ -21,9 +21,10 @@ use tonic::transport::Channel;
 use crate::raft_types::{NodeId, Raft};
 use crate::state::{Batch, Command, Outcome};
 
-/// Why a proposal has no outcome. Every variant but `Rejected` means "retry,
-/// possibly elsewhere"; whether the commands were applied is unknown unless
-/// the variant says they were not.
+/// Why a proposal has no outcome. `NoLeader`, `NotMember`, `Overloaded` and
+/// `ShuttingDown` mean nothing was proposed: retry, here or elsewhere.
+/// `Unknown` means the commands may or may not be applied: an edge releases
+/// the hold, an operator checks before repeating a write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ProposeError {
     #[error("no ledger leader is known yet (an election may be under way); retry shortly")]
@@ -82,7 +83,6 @@ struct Pending {
 #[derive(Serialize, Deserialize)]
 pub struct ForwardRequest {
     pub cmds: Vec<Command>,
-    #[serde(default)]
     pub admin_token: Option<String>,
 }
 
@@ -147,7 +147,8 @@ impl Proposer {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             return Err(ProposeError::ShuttingDown);
         }
-        rx.await.unwrap_or(Err(ProposeError::ShuttingDown))
+        // Queued and then dropped: it may have reached the log.
+        rx.await.unwrap_or_else(|_| Err(ProposeError::Unknown("the node stopped while proposing".to_string())))
     }
 }
 
@@ -271,7 +272,8 @@ async fn propose_local(ctx: &Ctx, cmds: Vec<Command>) -> Proposed {
         // Lost leadership before proposing: nothing was applied.
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NoLeader),
         Err(RaftError::APIError(e)) => Err(ProposeError::Unknown(e.to_string())),
-        Err(RaftError::Fatal(_)) => Err(ProposeError::ShuttingDown),
+        // Raft stopped with the entry possibly appended: it may still commit.
+        Err(RaftError::Fatal(e)) => Err(ProposeError::Unknown(format!("raft stopped: {e}"))),
     }
 }
 
@@ -287,8 +289,8 @@ async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<
             }
         }
     };
-    let data =
-        serde_json::to_vec(&ForwardRequest { cmds, admin_token }).map_err(|e| ProposeError::Unknown(e.to_string()))?;
+    let data = crate::codec::encode(&ForwardRequest { cmds, admin_token })
+        .map_err(|e| ProposeError::Unknown(e.to_string()))?;
     let mut req = tonic::Request::new(RaftPayload { data });
     req.set_timeout(Duration::from_secs(10));
     let mut client = client;
@@ -296,6 +298,6 @@ async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<
         .propose(req)
         .await
         .map_err(|s| ProposeError::Unknown(format!("forward to leader at {addr}: {}", s.message())))?;
-    serde_json::from_slice::<Proposed>(&resp.into_inner().data)
+    crate::codec::decode::<Proposed>(&resp.into_inner().data)
         .map_err(|e| ProposeError::Unknown(format!("bad answer from leader at {addr}: {e}")))?
 }

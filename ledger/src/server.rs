@@ -26,11 +26,11 @@ use crate::store::StateMachineStore;
 pub const MAX_ITEMS_PER_CALL: usize = 4096;
 
 fn decode<T: serde::de::DeserializeOwned>(p: &pb::RaftPayload) -> Result<T, Status> {
-    serde_json::from_slice(&p.data).map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
+    crate::codec::decode(&p.data).map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
-    serde_json::to_vec(v)
+    crate::codec::encode(v)
         .map(|data| Response::new(pb::RaftPayload { data }))
         .map_err(|e| Status::internal(format!("encoding raft payload: {e}")))
 }

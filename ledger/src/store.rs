@@ -51,10 +51,17 @@ fn to_json<T: Serialize>(v: &T, subject: ErrorSubject<NodeId>) -> Result<Vec<u8>
     serde_json::to_vec(v).map_err(|e| io_err(subject, ErrorVerb::Write, e))
 }
 
+/// sled's log segment size (a power of two).
+pub const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+
 /// Opens (or creates) the ledger's sled database under `dir`.
 pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
     sled::Config::new()
         .path(dir)
+        // Values (and the leaf pages holding them) above a quarter of a
+        // segment become separate blob files, each written and synced on its
+        // own; batched entries are tens of KB, so give them room.
+        .segment_size(SEGMENT_BYTES)
         // Durability comes from explicit flushes; the background flusher
         // only adds writes.
         .flush_every_ms(None)
@@ -98,8 +105,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in self.log.range::<[u8; 8], _>((start, end)) {
             let (_, v) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let entry: Entry =
-                serde_json::from_slice(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry: Entry = crate::codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             out.push(entry);
         }
         Ok(out)
@@ -114,8 +120,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last = match self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
             None => None,
             Some((_, v)) => {
-                let e: Entry =
-                    serde_json::from_slice(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let e: Entry = crate::codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Some(*e.get_log_id())
             }
         };
@@ -157,7 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
         for entry in entries {
-            let v = to_json(&entry, ErrorSubject::Logs)?;
+            let v = crate::codec::encode(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&entry.get_log_id().index.to_be_bytes(), v);
             n += 1;
         }
@@ -272,8 +277,10 @@ impl StateMachineStore {
             }
         }
         let copy = self.read(|a| (a.applied_index(), a.state.clone()));
-        let (index, digest) =
-            tokio::task::spawn_blocking(move || (copy.0, copy.1.digest())).await.unwrap_or_else(|_| (0, String::new()));
+        let index = copy.0;
+        let Ok(digest) = tokio::task::spawn_blocking(move || copy.1.digest()).await else {
+            return (index, String::new());
+        };
         *self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, digest.clone()));
         (index, digest)
     }
@@ -299,7 +306,7 @@ fn load_snapshot(tree: &sled::Tree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, S
 
 fn decode_applied(data: &[u8], meta: &SnapshotMeta) -> Result<Applied, StorageError> {
     let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-    let mut applied: Applied = serde_json::from_slice(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+    let mut applied: Applied = crate::codec::decode(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
     applied.state.rebuild_indexes();
     Ok(applied)
 }
@@ -318,9 +325,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             last_membership: applied.last_membership.clone(),
             snapshot_id,
         };
-        let data = tokio::task::spawn_blocking(move || to_json(&applied, ErrorSubject::Snapshot(None)))
+        let data = tokio::task::spawn_blocking(move || crate::codec::encode(&applied))
             .await
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))??;
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         self.save_snapshot(&meta, &data).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
@@ -351,6 +359,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         {
             let mut a = self.applied.write().unwrap_or_else(|p| p.into_inner());
@@ -374,6 +383,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         self.publish();
+        tracing::debug!(entries = out.len(), apply_us = started.elapsed().as_micros() as u64, "applied");
         Ok(out)
     }
 

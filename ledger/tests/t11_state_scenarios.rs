@@ -135,10 +135,15 @@ fn finished_holds_are_forgotten_after_the_retention_window() {
     one(&mut s, &mut i, T0, reserve(1, 100, 60_000));
     one(&mut s, &mut i, T0 + 10, settle(1, 10));
     assert_eq!(s.holds.len(), 1);
-    one(&mut s, &mut i, T0 + 10 + MAX_TTL_MS, Command::Tick);
+    // Kept for one ttl (60 s) after it finished, so a retried settle is answered...
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 60_000, settle(1, 10)),
+        Outcome::Settled { charged: NanoUsd(10), duplicate: true }
+    );
+    one(&mut s, &mut i, T0 + 10 + 60_000, Command::Tick);
     assert_eq!(s.holds.len(), 0);
-    // Forgotten: a very late duplicate is refused, never charged again.
-    assert!(matches!(one(&mut s, &mut i, T0 + 20 + MAX_TTL_MS, settle(1, 10)), Outcome::Rejected(_)));
+    // ...then forgotten: a very late duplicate is refused, never charged again.
+    assert!(matches!(one(&mut s, &mut i, T0 + 20 + 60_000, settle(1, 10)), Outcome::Rejected(_)));
     assert_eq!(team_budget(&s).spent(), NanoUsd(10));
 }
 

@@ -12,9 +12,9 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = open_db(dir.path()).expect("open sled");
+        let db = open_db(&dir.path().join("raft")).expect("open sled");
         let log = LogStore::new(&db).expect("log store");
-        let sm = StateMachineStore::new(&db)?;
+        let sm = StateMachineStore::new(&open_db(&dir.path().join("snapshots")).expect("open sled"))?;
         Ok((dir, log, sm))
     }
 }
@@ -37,9 +37,9 @@ fn snapshot_and_vote_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let digest;
         {
-            let db = open_db(dir.path()).unwrap();
+            let db = open_db(&dir.path().join("raft")).unwrap();
             let mut log = LogStore::new(&db).unwrap();
-            let mut sm = StateMachineStore::new(&db).unwrap();
+            let mut sm = StateMachineStore::new(&open_db(&dir.path().join("snapshots")).unwrap()).unwrap();
             log.save_vote(&openraft::Vote::new(7, 2)).await.unwrap();
             let entry = openraft::Entry::<TypeConfig> {
                 log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(7, 2), 1),
@@ -56,9 +56,9 @@ fn snapshot_and_vote_survive_reopen() {
             assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(1));
             digest = sm.read(|a| a.state.digest());
         }
-        let db = open_db(dir.path()).unwrap();
+        let db = open_db(&dir.path().join("raft")).unwrap();
         let mut log = LogStore::new(&db).unwrap();
-        let mut sm = StateMachineStore::new(&db).unwrap();
+        let mut sm = StateMachineStore::new(&open_db(&dir.path().join("snapshots")).unwrap()).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(openraft::Vote::new(7, 2)));
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));

@@ -259,7 +259,7 @@ fn bad_input_is_refused_with_clear_errors() {
         use tollgate_ledger::proposer::ForwardRequest;
         use tollgate_ledger::state::{AdminOp, Command};
         let cmd = Command::Admin { actor: "mallory".into(), op: AdminOp::CreateTeam { name: "evil".into() } };
-        let data = serde_json::to_vec(&ForwardRequest { cmds: vec![cmd], admin_token: None }).unwrap();
+        let data = tollgate_ledger::codec::encode(&ForwardRequest { cmds: vec![cmd], admin_token: None }).unwrap();
         let mut raft =
             tollgate_proto::v1::raft_service_client::RaftServiceClient::connect(format!("http://{}", c.addrs[&1]))
                 .await

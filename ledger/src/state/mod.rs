@@ -9,7 +9,9 @@
 mod period;
 mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+
+use imbl::{OrdMap, OrdSet};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -162,16 +164,18 @@ pub struct LedgerState {
     pub budgets: BTreeMap<BudgetId, BudgetRec>,
     pub next_budget_id: u64,
     pub policies: BTreeMap<String, Vec<String>>,
-    pub holds: BTreeMap<HoldId, HoldRec>,
+    /// Persistent (structurally shared) map: copying the state for a
+    /// snapshot or digest is O(1), so applies never wait on it.
+    pub holds: OrdMap<HoldId, HoldRec>,
     /// Usage by `team:…`, `user:…`, `key:…`, `model:…`.
     pub usage: BTreeMap<String, Counters>,
     pub audit: Vec<AuditRec>,
     /// Derived: live holds by expiry.
     #[serde(skip)]
-    expiries: BTreeSet<(u64, HoldId)>,
+    expiries: OrdSet<(u64, HoldId)>,
     /// Derived: finished holds by the time they are forgotten.
     #[serde(skip)]
-    forgets: BTreeSet<(u64, HoldId)>,
+    forgets: OrdSet<(u64, HoldId)>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -199,8 +203,8 @@ impl LedgerState {
 
     /// Rebuilds the derived indexes after deserialization.
     pub fn rebuild_indexes(&mut self) {
-        self.expiries.clear();
-        self.forgets.clear();
+        self.expiries = OrdSet::new();
+        self.forgets = OrdSet::new();
         for (id, h) in &self.holds {
             match h.state {
                 HoldState::Active { expires_at_ms } => {
@@ -238,7 +242,7 @@ impl LedgerState {
 
     /// The earliest expiry of a live hold, so the leader can tick then.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiries.first().map(|(t, _)| *t)
+        self.expiries.get_min().map(|(t, _)| *t)
     }
 
     /// Applies one log entry. Never fails: a bad command yields a rejection
@@ -257,18 +261,18 @@ impl LedgerState {
 
     fn advance_clock(&mut self, time_ms: u64) {
         self.clock_ms = self.clock_ms.max(time_ms);
-        while let Some(&(at, id)) = self.expiries.first() {
+        while let Some(&(at, id)) = self.expiries.get_min() {
             if at > self.clock_ms {
                 break;
             }
-            self.expiries.pop_first();
+            self.expiries.remove(&(at, id));
             self.expire(id);
         }
-        while let Some(&(at, id)) = self.forgets.first() {
+        while let Some(&(at, id)) = self.forgets.get_min() {
             if at > self.clock_ms {
                 break;
             }
-            self.forgets.pop_first();
+            self.forgets.remove(&(at, id));
             self.holds.remove(&id);
         }
     }
@@ -681,8 +685,10 @@ impl LedgerState {
                 });
                 b.roll(now);
                 if b.period != *period {
-                    // Keep what this period already counted: a new, shorter
-                    // period may over-count until it resets, never under-count.
+                    // The counters carry over as they are: the ledger does not
+                    // know how past spend splits into the new period's windows
+                    // (to a shorter period it over-counts until the next reset;
+                    // to a longer one it starts from what the old period had).
                     b.period = *period;
                     b.period_start_ms = period.start_ms(now);
                 }
