@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use tollgate_chaos::cluster::{sibling_binary, LedgerCluster};
+use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
 
@@ -34,9 +35,13 @@ struct Args {
     /// Send all requests to the leader instead of spreading them over every node.
     #[arg(long)]
     leader_only: bool,
-    /// Settles per call in the throughput phase (edges batch their outbox).
+    /// Items per call when --no-coalesce is given (the caller batches by hand).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Send each request as its own gRPC call instead of coalescing
+    /// concurrent requests into batched calls (as an edge does).
+    #[arg(long)]
+    no_coalesce: bool,
     /// Skip the throughput phase (so the latency phase starts on a fresh ledger).
     #[arg(long)]
     latency_only: bool,
@@ -136,15 +141,56 @@ async fn main() -> anyhow::Result<()> {
         if args.leader_only { "the leader only" } else { "every node in turn" }
     );
 
+    // As an edge does: concurrent requests share batched calls to every node.
+    let coalescer = (!args.no_coalesce).then(|| {
+        Coalescer::start(
+            LedgerClient::new(&targets, Duration::from_secs(10)).expect("client"),
+            CoalescerConfig::default(),
+        )
+    });
+    println!(
+        "  {}",
+        if coalescer.is_some() {
+            "one request per caller, coalesced into batched calls (--no-coalesce: one call per request)".to_string()
+        } else {
+            format!("{} items per gRPC call, no coalescing", args.batch.max(1))
+        }
+    );
     if !args.latency_only {
-        throughput(&args, &clients, &keys, &leader_addr, status.applied_index).await?;
+        throughput(&args, &clients, coalescer.clone(), &keys, &leader_addr, status.applied_index).await?;
     }
-    latency(&args, &clients, &keys).await
+    latency(&args, &clients, coalescer, &keys).await
+}
+
+/// One reserve then its settle through the coalescer; true if both succeeded.
+async fn coalesced_pair(co: &Coalescer, h: pb::HoldId, key: &str) -> bool {
+    let r = co.reserve(reserve_req(h.clone(), key)).await;
+    let granted =
+        matches!(r, Ok(pb::ReserveResult { outcome: Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_)) }));
+    if !granted {
+        report_error("reserve", &r);
+        return false;
+    }
+    let s = co.settle(settle_req(h)).await;
+    if !matches!(s, Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Settled(_)) })) {
+        report_error("settle", &s);
+        return false;
+    }
+    true
+}
+
+/// Prints the first few failures, so a run with errors says what they were.
+fn report_error<T: std::fmt::Debug>(what: &str, r: &T) {
+    static SHOWN: AtomicU64 = AtomicU64::new(0);
+    if SHOWN.fetch_add(1, Ordering::Relaxed) < 3 {
+        eprintln!("  {what} failed: {r:?}");
+    }
 }
 
 async fn throughput(
     args: &Args,
     clients: &[LedgerClient],
+    coalescer: Option<Coalescer>,
     keys: &[String],
     leader_addr: &str,
     start_index: u64,
@@ -160,10 +206,20 @@ async fn throughput(
         let key = keys[w % KEYS].clone();
         let (pairs, errors) = (pairs.clone(), errors.clone());
         let batch = args.batch.max(1);
+        let coalescer = coalescer.clone();
         tasks.push(tokio::spawn(async move {
             let mut c = client.at(w);
             let mut n = 0u64;
             while Instant::now() < stop_at {
+                if let Some(co) = &coalescer {
+                    n += 1;
+                    if coalesced_pair(co, hold(n, w as u64 + 1), &key).await {
+                        pairs.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
                 let holds: Vec<pb::HoldId> = (0..batch).map(|i| hold(n + i as u64, w as u64 + 1)).collect();
                 n += batch as u64;
                 let reserve =
@@ -198,10 +254,9 @@ async fn throughput(
     let secs = started.elapsed().as_secs_f64();
     let done = pairs.load(Ordering::Relaxed);
     println!(
-        "throughput: {done} reserve+settle pairs in {secs:.1} s = {:.0} settles/s ({} clients, {} per call, {} errors)",
+        "throughput: {done} reserve+settle pairs in {secs:.1} s = {:.0} settles/s ({} clients, {} errors)",
         done as f64 / secs,
         args.concurrency,
-        args.batch,
         errors.load(Ordering::Relaxed)
     );
     let after = tollgate_client::AdminClient::node_status_at(leader_addr, Duration::from_secs(2)).await?;
@@ -214,7 +269,12 @@ async fn throughput(
     Ok(())
 }
 
-async fn latency(args: &Args, clients: &[LedgerClient], keys: &[String]) -> anyhow::Result<()> {
+async fn latency(
+    args: &Args,
+    clients: &[LedgerClient],
+    coalescer: Option<Coalescer>,
+    keys: &[String],
+) -> anyhow::Result<()> {
     // ---- phase 2: latency at a fixed rate ----
     let total = args.rate * args.seconds;
     let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
@@ -226,13 +286,27 @@ async fn latency(args: &Args, clients: &[LedgerClient], keys: &[String]) -> anyh
         let client = clients[i as usize % clients.len()].clone();
         let key = keys[i as usize % KEYS].clone();
         let tx = tx.clone();
+        let coalescer = coalescer.clone();
         tokio::spawn(async move {
-            let mut c = client.at(i as usize);
             let h = hold(i, u64::MAX);
+            let granted = |o: &Option<pb::reserve_result::Outcome>| {
+                matches!(o, Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_)))
+            };
             let t0 = Instant::now();
+            if let Some(co) = coalescer {
+                let r = co.reserve(reserve_req(h.clone(), &key)).await;
+                let micros = t0.elapsed().as_micros() as u64;
+                let ok = matches!(&r, Ok(r) if granted(&r.outcome));
+                let _ = tx.send(ok.then_some(micros)).await;
+                if ok {
+                    let _ = co.settle(settle_req(h)).await;
+                }
+                return;
+            }
+            let mut c = client.at(i as usize);
             let r = c.reserve(pb::ReserveBatch { requests: vec![reserve_req(h.clone(), &key)] }).await;
             let micros = t0.elapsed().as_micros() as u64;
-            let ok = matches!(r, Ok(ref r) if matches!(r.get_ref().results[0].outcome, Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_))));
+            let ok = matches!(&r, Ok(r) if granted(&r.get_ref().results[0].outcome));
             let _ = tx.send(ok.then_some(micros)).await;
             if ok {
                 let _ = c.settle(pb::SettleBatch { requests: vec![settle_req(h)] }).await;
