@@ -358,14 +358,16 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
         anyhow::bail!("no member answered: {}", errors.join("; "));
     };
     let mut members = Vec::new();
-    let mut leader: Option<u64> = None;
+    // The leader is the member that says it leads in the highest term (a
+    // deposed leader may not know yet).
+    let mut leader: Option<(u64, u64)> = None;
     for m in &first.members {
         let status =
             if m.id == first.id { Ok(first.clone()) } else { AdminClient::node_status_at(&m.addr, timeout).await };
         match status {
             Ok(s) => {
-                if s.role == "leader" {
-                    leader = Some(s.id);
+                if s.role == "leader" && leader.is_none_or(|(term, _)| s.term > term) {
+                    leader = Some((s.term, s.id));
                 }
                 members.push(json!({
                     "id": m.id, "addr": m.addr, "reachable": true, "role": s.role, "term": s.term,
@@ -379,9 +381,7 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
             })),
         }
     }
-    if leader.is_none() && first.has_leader {
-        leader = Some(first.leader_id);
-    }
+    let leader = leader.map(|(_, id)| id).or(first.has_leader.then_some(first.leader_id));
     if json_out {
         println!("{}", json!({ "leader": leader, "members": members }));
         return Ok(());

@@ -405,3 +405,80 @@ fn coalesced_requests_each_get_their_own_answer() {
     assert_eq!(team["held_nano_usd"], 0);
     assert_eq!(team["requests"], 40);
 }
+
+async fn next_config(s: &mut tonic::Streaming<pb::ConfigSnapshot>) -> pb::ConfigSnapshot {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), s.next()).await.unwrap().unwrap().unwrap()
+}
+
+/// The config watch an edge relies on: a follower streams the whole config
+/// at once, then again after each change (a new team, a revoked key), with
+/// the index it reflects; and gRPC reflection lists the services.
+#[test]
+fn config_watch_streams_changes_and_reflection_lists_services() {
+    use tokio_stream::StreamExt;
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_ready();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    c.admin_ok(1, &["team", "create", "eng"]);
+    c.admin_ok(1, &["user", "create", "ana@corp.io", "--team", "eng"]);
+    let key =
+        c.admin_json(1, &["key", "create", "--user", "ana@corp.io", "--json"])["id"].as_str().unwrap().to_string();
+    rt().block_on(async {
+        let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::connect(format!(
+            "http://{}",
+            c.addrs[&follower]
+        ))
+        .await
+        .unwrap();
+        let mut stream = client.watch_config(pb::WatchConfigRequest {}).await.unwrap().into_inner();
+
+        // The first snapshot may predate the follower applying the key; wait for it.
+        let mut snap = next_config(&mut stream).await;
+        while !snap.keys.iter().any(|k| k.id == key) {
+            snap = next_config(&mut stream).await;
+        }
+        assert_eq!(snap.teams, vec![pb::Team { name: "eng".into() }]);
+        assert_eq!(snap.users, vec![pb::User { email: "ana@corp.io".into(), team: "eng".into() }]);
+        let k = snap.keys.iter().find(|k| k.id == key).unwrap();
+        assert_eq!((k.user.as_str(), k.revoked, k.secret_sha256.len()), ("ana@corp.io", false, 64));
+        let first_index = snap.index;
+
+        let revoked_at = Instant::now();
+        c.admin_ok(leader, &["key", "revoke", &key]);
+        let mut snap = next_config(&mut stream).await;
+        while !snap.keys.iter().any(|k| k.id == key && k.revoked) {
+            snap = next_config(&mut stream).await;
+        }
+        assert!(snap.index > first_index);
+        eprintln!(
+            "revocation reached the follower's watch {} ms after the CLI started",
+            revoked_at.elapsed().as_millis()
+        );
+        assert!(revoked_at.elapsed() < Duration::from_secs(5));
+
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs[&follower]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+        let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+        let msg = resp.next().await.unwrap().unwrap();
+        let Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            msg.message_response
+        else {
+            panic!("unexpected reflection answer {msg:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in ["tollgate.v1.AdminService", "tollgate.v1.LedgerService", "tollgate.v1.RaftService"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        }
+    });
+}

@@ -142,11 +142,15 @@ impl Cluster {
 
     /// Waits for a leader and for the admin token to be registered.
     pub fn wait_ready(&self) -> u64 {
-        let s = self.wait_status(&[1], "a leader", Duration::from_secs(20), |s| s["leader"].is_u64());
+        self.wait_status(&[1], "a leader", Duration::from_secs(20), |s| s["leader"].is_u64());
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             let out = self.admin_at(&self.addrs[&1], &["budget", "list", "--json"]);
             if out.status.success() {
+                // Every node has heard from the leader (a node that has not
+                // yet says it is not part of an initialized cluster).
+                let n = self.children.len();
+                let s = self.wait_status(&[1], "all members caught up", Duration::from_secs(20), |s| converged(s, n));
                 return s["leader"].as_u64().unwrap();
             }
             std::thread::sleep(Duration::from_millis(100));
