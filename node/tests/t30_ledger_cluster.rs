@@ -91,6 +91,13 @@ fn three_node_ledger_survives_leader_kill() {
     let leader = c.wait_ready();
     let s = c.wait_status(&[2], "three reachable members", Duration::from_secs(10), |s| converged(s, 3));
     assert_eq!(s["members"].as_array().unwrap().len(), 3);
+    // The bootstrap node wrote the admin token, readable by its owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.token_file()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(std::fs::read_to_string(c.token_file()).unwrap().trim().starts_with("tga_"));
+    }
 
     // Admin writes through every node, leader or not.
     c.admin_ok(2, &["team", "create", "eng"]);
@@ -350,6 +357,8 @@ fn coalesced_requests_each_get_their_own_answer() {
     // Room for exactly 40 of the 100-nano reserves below.
     c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "0.000004", "--period", "total"]);
     let servers: Vec<String> = c.addrs.values().cloned().collect();
+    let leader = c.leader(&[1]).unwrap();
+    let index_before = common::node_status(&c, leader).applied_index;
     let granted: Vec<u128> = rt().block_on(async {
         let co = Coalescer::start(
             LedgerClient::new(&servers, Duration::from_secs(10)).unwrap(),
@@ -382,6 +391,16 @@ fn coalesced_requests_each_get_their_own_answer() {
                 other => panic!("{other:?}"),
             }
         }
+        // Group commit: the 60 concurrent reserves took far fewer log
+        // entries than commands.
+        let leader_addr = c.addrs[&leader].clone();
+        let index_mid = tollgate_client::AdminClient::node_status_at(&leader_addr, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .applied_index;
+        let entries = index_mid - index_before;
+        eprintln!("60 concurrent reserves used {entries} log entries");
+        assert!(entries <= 20, "{entries} log entries for 60 concurrent reserves");
         // Settle each granted hold at a cost that identifies it.
         for (n, id) in granted.iter().enumerate() {
             let r = co
