@@ -8,11 +8,10 @@ use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
 use crate::state::{BudgetRec, Denial, ErrorCode, HoldId, LedgerState, Rejection, Usage};
 
-pub fn hold_id(h: Option<&pb::HoldId>, item: usize) -> Result<HoldId, Status> {
+pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
     let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
-    let arr: [u8; 16] = bytes.try_into().map_err(|_| {
-        Status::invalid_argument(format!("item {item}: hold_id must be exactly 16 bytes, got {}", bytes.len()))
-    })?;
+    let arr: [u8; 16] =
+        bytes.try_into().map_err(|_| format!("hold_id must be exactly 16 bytes, got {}", bytes.len()))?;
     Ok(HoldId(u128::from_be_bytes(arr)))
 }
 

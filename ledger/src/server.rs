@@ -100,8 +100,52 @@ fn check_items(n: usize) -> Result<(), Status> {
     Ok(())
 }
 
-async fn submit(proposer: &Proposer, cmds: Vec<Command>) -> Result<(u64, Vec<Outcome>), Status> {
-    proposer.submit(cmds).await.map_err(|e| propose_status(&e))
+/// The longest `session_id` a settle may carry.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// Key ids and model names are checked before they reach the log, so no
+/// entry carries an oversized string (the state machine checks them again).
+fn check_key_model(key: &str, model: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 64 {
+        return Err(format!("key_id must be 1-64 bytes, got {}", key.len()));
+    }
+    if model.is_empty() || model.len() > 128 || model.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("model must be 1-128 bytes with no whitespace or control characters".to_string());
+    }
+    Ok(())
+}
+
+/// Builds one command per item; an item that fails its checks gets an
+/// `invalid_argument` item error and is not proposed, so one bad item never
+/// fails the others batched with it. The rest go into one proposal.
+async fn propose_items<T, R>(
+    proposer: &Proposer,
+    items: &[T],
+    build: impl Fn(&T) -> Result<Command, String>,
+    ok: impl Fn(&Outcome) -> R,
+    err: impl Fn(pb::ItemError) -> R,
+) -> Result<Vec<R>, Status> {
+    check_items(items.len())?;
+    let mut results: Vec<Option<R>> = Vec::with_capacity(items.len());
+    let mut cmds = Vec::with_capacity(items.len());
+    for item in items {
+        match build(item) {
+            Ok(cmd) => {
+                cmds.push(cmd);
+                results.push(None);
+            }
+            Err(message) => results.push(Some(err(pb::ItemError { code: "invalid_argument".to_string(), message }))),
+        }
+    }
+    if !cmds.is_empty() {
+        let (_, outcomes) = proposer.submit(cmds).await.map_err(|e| propose_status(&e))?;
+        let mut outcomes = outcomes.iter();
+        for slot in results.iter_mut().filter(|r| r.is_none()) {
+            let o = outcomes.next().ok_or_else(|| Status::internal("fewer outcomes than commands"))?;
+            *slot = Some(ok(o));
+        }
+    }
+    Ok(results.into_iter().map(|r| r.expect("every slot filled")).collect())
 }
 
 /// The API edges use: admission, settlement and the config watch.
@@ -115,107 +159,100 @@ type ConfigStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigSnapshot, Status>
 #[tonic::async_trait]
 impl pb::ledger_service_server::LedgerService for LedgerApi {
     async fn reserve(&self, req: Request<pb::ReserveBatch>) -> Result<Response<pb::ReserveResults>, Status> {
+        use pb::reserve_result::Outcome as R;
         let batch = req.into_inner();
-        check_items(batch.requests.len())?;
-        let mut cmds = Vec::with_capacity(batch.requests.len());
-        for (i, r) in batch.requests.iter().enumerate() {
-            cmds.push(Command::Reserve {
-                hold: hold_id(r.hold_id.as_ref(), i)?,
-                key: r.key_id.clone(),
-                model: r.model.clone(),
-                amount: NanoUsd(r.amount_nano_usd),
-                ttl_ms: r.ttl_ms,
-            });
-        }
-        let (_, outcomes) = submit(&self.proposer, cmds).await?;
-        let results = outcomes
-            .iter()
-            .map(|o| pb::ReserveResult {
-                outcome: Some(match o {
-                    Outcome::Granted { expires_at_ms } => {
-                        pb::reserve_result::Outcome::GrantedExpiresAtMs(*expires_at_ms)
-                    }
-                    Outcome::Denied(d) => pb::reserve_result::Outcome::Denied(denial_to_pb(d)),
-                    Outcome::Rejected(r) => pb::reserve_result::Outcome::Error(item_error(r)),
-                    other => pb::reserve_result::Outcome::Error(unexpected(other)),
-                }),
-            })
-            .collect();
+        let results = propose_items(
+            &self.proposer,
+            &batch.requests,
+            |r| {
+                check_key_model(&r.key_id, &r.model)?;
+                Ok(Command::Reserve {
+                    hold: hold_id(r.hold_id.as_ref())?,
+                    key: r.key_id.clone(),
+                    model: r.model.clone(),
+                    amount: NanoUsd(r.amount_nano_usd),
+                    ttl_ms: r.ttl_ms,
+                })
+            },
+            |o| match o {
+                Outcome::Granted { expires_at_ms } => R::GrantedExpiresAtMs(*expires_at_ms),
+                Outcome::Denied(d) => R::Denied(denial_to_pb(d)),
+                Outcome::Rejected(r) => R::Error(item_error(r)),
+                other => R::Error(unexpected(other)),
+            },
+            R::Error,
+        )
+        .await?;
+        let results = results.into_iter().map(|o| pb::ReserveResult { outcome: Some(o) }).collect();
         Ok(Response::new(pb::ReserveResults { results }))
     }
 
     async fn settle(&self, req: Request<pb::SettleBatch>) -> Result<Response<pb::SettleResults>, Status> {
+        use pb::settle_result::Outcome as R;
         let batch = req.into_inner();
-        check_items(batch.requests.len())?;
-        let mut cmds = Vec::with_capacity(batch.requests.len());
-        for (i, r) in batch.requests.iter().enumerate() {
-            if r.session_id.len() > 256 {
-                return Err(Status::invalid_argument(format!("item {i}: session_id is longer than 256 bytes")));
-            }
-            cmds.push(Command::Settle {
-                hold: hold_id(r.hold_id.as_ref(), i)?,
-                cost: NanoUsd(r.cost_nano_usd),
-                usage: usage_from_pb(r.usage.as_ref()),
-                estimated: r.estimated,
-                session: (!r.session_id.is_empty()).then(|| r.session_id.clone()),
-            });
-        }
-        let (_, outcomes) = submit(&self.proposer, cmds).await?;
-        let results = outcomes
-            .iter()
-            .map(|o| pb::SettleResult {
-                outcome: Some(match o {
-                    Outcome::Settled { charged, duplicate } => pb::settle_result::Outcome::Settled(pb::Settled {
-                        charged_nano_usd: charged.0,
-                        duplicate: *duplicate,
-                    }),
-                    Outcome::Rejected(r) => pb::settle_result::Outcome::Error(item_error(r)),
-                    other => pb::settle_result::Outcome::Error(unexpected(other)),
-                }),
-            })
-            .collect();
+        let results = propose_items(
+            &self.proposer,
+            &batch.requests,
+            |r| {
+                if r.session_id.len() > MAX_SESSION_ID_BYTES {
+                    return Err(format!("session_id is longer than {MAX_SESSION_ID_BYTES} bytes"));
+                }
+                Ok(Command::Settle {
+                    hold: hold_id(r.hold_id.as_ref())?,
+                    cost: NanoUsd(r.cost_nano_usd),
+                    usage: usage_from_pb(r.usage.as_ref()),
+                    estimated: r.estimated,
+                    session: (!r.session_id.is_empty()).then(|| r.session_id.clone()),
+                })
+            },
+            |o| match o {
+                Outcome::Settled { charged, duplicate } => {
+                    R::Settled(pb::Settled { charged_nano_usd: charged.0, duplicate: *duplicate })
+                }
+                Outcome::Rejected(r) => R::Error(item_error(r)),
+                other => R::Error(unexpected(other)),
+            },
+            R::Error,
+        )
+        .await?;
+        let results = results.into_iter().map(|o| pb::SettleResult { outcome: Some(o) }).collect();
         Ok(Response::new(pb::SettleResults { results }))
     }
 
     async fn release(&self, req: Request<pb::ReleaseBatch>) -> Result<Response<pb::ReleaseResults>, Status> {
         let batch = req.into_inner();
-        check_items(batch.hold_ids.len())?;
-        let mut cmds = Vec::with_capacity(batch.hold_ids.len());
-        for (i, h) in batch.hold_ids.iter().enumerate() {
-            cmds.push(Command::Release { hold: hold_id(Some(h), i)? });
-        }
-        let (_, outcomes) = submit(&self.proposer, cmds).await?;
-        let results = outcomes
-            .iter()
-            .map(|o| pb::ReleaseResult {
-                error: match o {
-                    Outcome::Released => None,
-                    Outcome::Rejected(r) => Some(item_error(r)),
-                    other => Some(unexpected(other)),
-                },
-            })
-            .collect();
+        let results = propose_items(
+            &self.proposer,
+            &batch.hold_ids,
+            |h| Ok(Command::Release { hold: hold_id(Some(h))? }),
+            |o| match o {
+                Outcome::Released => None,
+                Outcome::Rejected(r) => Some(item_error(r)),
+                other => Some(unexpected(other)),
+            },
+            Some,
+        )
+        .await?;
+        let results = results.into_iter().map(|error| pb::ReleaseResult { error }).collect();
         Ok(Response::new(pb::ReleaseResults { results }))
     }
 
     async fn extend(&self, req: Request<pb::ExtendBatch>) -> Result<Response<pb::ExtendResults>, Status> {
+        use pb::extend_result::Outcome as R;
         let batch = req.into_inner();
-        check_items(batch.requests.len())?;
-        let mut cmds = Vec::with_capacity(batch.requests.len());
-        for (i, r) in batch.requests.iter().enumerate() {
-            cmds.push(Command::Extend { hold: hold_id(r.hold_id.as_ref(), i)?, ttl_ms: r.ttl_ms });
-        }
-        let (_, outcomes) = submit(&self.proposer, cmds).await?;
-        let results = outcomes
-            .iter()
-            .map(|o| pb::ExtendResult {
-                outcome: Some(match o {
-                    Outcome::Extended { expires_at_ms } => pb::extend_result::Outcome::ExpiresAtMs(*expires_at_ms),
-                    Outcome::Rejected(r) => pb::extend_result::Outcome::Error(item_error(r)),
-                    other => pb::extend_result::Outcome::Error(unexpected(other)),
-                }),
-            })
-            .collect();
+        let results = propose_items(
+            &self.proposer,
+            &batch.requests,
+            |r| Ok(Command::Extend { hold: hold_id(r.hold_id.as_ref())?, ttl_ms: r.ttl_ms }),
+            |o| match o {
+                Outcome::Extended { expires_at_ms } => R::ExpiresAtMs(*expires_at_ms),
+                Outcome::Rejected(r) => R::Error(item_error(r)),
+                other => R::Error(unexpected(other)),
+            },
+            R::Error,
+        )
+        .await?;
+        let results = results.into_iter().map(|o| pb::ExtendResult { outcome: Some(o) }).collect();
         Ok(Response::new(pb::ExtendResults { results }))
     }
 

@@ -259,3 +259,47 @@ fn lowering_a_limit_below_usage_is_recorded_as_excess_and_blocks_new_reserves() 
     assert!(matches!(one(&mut s, &mut i, T0, reserve(2, 1, 60_000)), Outcome::Denied(_)));
     assert!(s.check_invariants().is_ok());
 }
+
+#[test]
+fn a_late_settle_only_replaces_unsettled_spend_of_the_same_period() {
+    // total → daily → (next day) → total again: the period start is back to
+    // 0, but the expired hold's unsettled charge belongs to a period that is
+    // gone; the late settle must not take it off the current one.
+    let (mut s, mut i) = org(100, Period::Total);
+    let set = |period| {
+        admin(AdminOp::SetBudget {
+            scope: Scope::Team("eng".into()),
+            model: None,
+            limit: NanoUsd(100),
+            period,
+            mode: Mode::Hard,
+        })
+    };
+    let min = 60_000;
+    one(&mut s, &mut i, T0, reserve(1, 50, 40 * min)); // 23:00, expires 23:40, kept until 00:20
+    one(&mut s, &mut i, T0 + 40 * min, Command::Tick); // expired: 50 unsettled
+    assert_eq!(team_budget(&s).unsettled, NanoUsd(50));
+    assert_eq!(one(&mut s, &mut i, T0 + 41 * min, set(Period::Daily)), Outcome::Done);
+    // 00:01: a new day, a new daily period with nothing spent.
+    assert!(matches!(one(&mut s, &mut i, T0 + 61 * min, reserve(2, 100, HOUR)), Outcome::Granted { .. }));
+    assert_eq!(one(&mut s, &mut i, T0 + 62 * min, set(Period::Total)), Outcome::Done);
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 63 * min, settle(1, 10)),
+        Outcome::Settled { charged: NanoUsd(10), duplicate: false }
+    );
+    let b = team_budget(&s);
+    assert_eq!((b.settled, b.unsettled, b.held), (NanoUsd(0), NanoUsd(0), NanoUsd(100)));
+    assert!(s.check_invariants().is_ok());
+}
+
+#[test]
+fn token_counts_saturate_instead_of_overflowing() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    for h in [1, 2] {
+        one(&mut s, &mut i, T0, reserve(h, 1, 60_000));
+        let big = Usage { input_tokens: u64::MAX, ..Default::default() };
+        let cmd = Command::Settle { hold: HoldId(h), cost: NanoUsd(1), usage: big, estimated: false, session: None };
+        assert!(matches!(one(&mut s, &mut i, T0, cmd), Outcome::Settled { .. }));
+    }
+    assert_eq!(s.usage["team:eng"].usage.input_tokens, u64::MAX);
+}

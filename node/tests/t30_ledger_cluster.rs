@@ -235,31 +235,42 @@ fn bad_input_is_refused_with_clear_errors() {
     // Malformed ledger requests.
     rt().block_on(async {
         let client = LedgerClient::new(&[c.addrs[&3].clone()], Duration::from_secs(5)).unwrap();
-        let bad_hold = pb::ReserveBatch {
-            requests: vec![pb::ReserveRequest {
-                hold_id: Some(pb::HoldId { id: vec![1, 2, 3] }),
-                key_id: "k".into(),
-                model: "m".into(),
-                amount_nano_usd: 1,
-                ttl_ms: 1000,
-            }],
+        // One call, three items: a malformed hold id and an oversized key are
+        // refused item by item; the well-formed item next to them is still
+        // decided (unknown key), so one bad item never fails its neighbours.
+        let item = |id: Vec<u8>, key: &str| pb::ReserveRequest {
+            hold_id: Some(pb::HoldId { id }),
+            key_id: key.into(),
+            model: "m".into(),
+            amount_nano_usd: 1,
+            ttl_ms: 1000,
         };
-        let e = client.at(0).reserve(bad_hold).await.unwrap_err();
+        let batch = pb::ReserveBatch {
+            requests: vec![
+                item(vec![1, 2, 3], "key_x"),
+                item(hold(8).id, &"k".repeat(4096)),
+                item(hold(9).id, "key_nope"),
+            ],
+        };
+        let r = client.at(0).reserve(batch).await.unwrap().into_inner();
+        let errs: Vec<pb::ItemError> = r
+            .results
+            .into_iter()
+            .map(|x| match x.outcome.unwrap() {
+                pb::reserve_result::Outcome::Error(e) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(errs[0].code, "invalid_argument");
+        assert!(errs[0].message.contains("hold_id must be exactly 16 bytes"), "{}", errs[0].message);
+        assert_eq!(errs[1].code, "invalid_argument");
+        assert!(errs[1].message.contains("key_id must be 1-64 bytes"), "{}", errs[1].message);
+        assert_eq!(errs[2].code, "not_found");
+        assert!(errs[2].message.contains("unknown key key_nope"));
+        // Too many items in one call is refused whole.
+        let huge = pb::ReleaseBatch { hold_ids: (0..5000u128).map(hold).collect() };
+        let e = client.at(0).release(huge).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().contains("hold_id must be exactly 16 bytes"));
-        let unknown_key = pb::ReserveBatch {
-            requests: vec![pb::ReserveRequest {
-                hold_id: Some(hold(9)),
-                key_id: "key_nope".into(),
-                model: "m".into(),
-                amount_nano_usd: 1,
-                ttl_ms: 1000,
-            }],
-        };
-        let r = client.at(0).reserve(unknown_key).await.unwrap().into_inner();
-        let pb::reserve_result::Outcome::Error(e) = r.results[0].outcome.clone().unwrap() else { panic!("{r:?}") };
-        assert_eq!(e.code, "not_found");
-        assert!(e.message.contains("unknown key key_nope"));
     });
     // A forged forward straight to a Raft port cannot change config without the token.
     rt().block_on(async {

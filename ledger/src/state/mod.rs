@@ -60,6 +60,10 @@ pub struct BudgetRec {
     pub period: Period,
     pub mode: Mode,
     pub period_start_ms: u64,
+    /// Bumped at every new period and every change of period kind: a charge
+    /// records the epoch it fell in, so a late settle only replaces an
+    /// unsettled charge of the very same period.
+    pub epoch: u64,
     /// Actual cost of settled holds charged in this period.
     pub settled: NanoUsd,
     /// Full reservations of holds that expired unsettled, charged in this period.
@@ -83,6 +87,7 @@ impl BudgetRec {
         let start = self.period.start_ms(now_ms);
         if start != self.period_start_ms {
             self.period_start_ms = start;
+            self.epoch += 1;
             self.settled = NanoUsd::ZERO;
             self.unsettled = NanoUsd::ZERO;
             // Live holds carry over; if a lowered limit left them above it,
@@ -117,7 +122,7 @@ pub struct HoldInfo {
     pub model: String,
     pub amount: NanoUsd,
     pub ttl_ms: u64,
-    /// The budgets this hold counts against, with the period each charge fell in.
+    /// The budgets this hold counts against, with the epoch (period) each charge fell in.
     pub charges: Vec<(BudgetId, u64)>,
 }
 
@@ -387,12 +392,12 @@ impl LedgerState {
             let b = self.budgets.get_mut(id).expect("chain budget exists");
             b.held = b.held.saturating_add(amount);
             b.requests += 1;
-            charges.push((*id, b.period_start_ms));
+            charges.push((*id, b.epoch));
             self.assert_cap(*id);
         }
         self.bump(key, &user, &team, model, |c| {
             c.held = c.held.saturating_add(amount);
-            c.requests += 1;
+            c.requests = c.requests.saturating_add(1);
         });
         let expires_at_ms = now.saturating_add(ttl_ms);
         let info = HoldInfo { key: key.to_string(), user, team, model: model.to_string(), amount, ttl_ms, charges };
@@ -416,11 +421,11 @@ impl LedgerState {
     /// (made at expiry, in the recorded periods) that this cost replaces.
     fn charge(&mut self, info: &HoldInfo, cost: NanoUsd, replacing: Option<NanoUsd>, usage: &Usage, estimated: bool) {
         let now = self.clock_ms;
-        for (id, charged_period) in &info.charges {
+        for (id, charged_epoch) in &info.charges {
             let Some(b) = self.budgets.get_mut(id) else { continue };
             b.roll(now);
             let reserved = match replacing {
-                Some(unsettled) if b.period_start_ms == *charged_period => {
+                Some(unsettled) if b.epoch == *charged_epoch => {
                     b.unsettled = b.unsettled.saturating_sub(unsettled);
                     unsettled
                 }
@@ -440,13 +445,13 @@ impl LedgerState {
                 c.unsettled = c.unsettled.saturating_sub(unsettled);
             }
             c.settled = c.settled.saturating_add(cost);
-            c.estimated_settles += u64::from(estimated);
-            c.usage.input_tokens += usage.input_tokens;
-            c.usage.output_tokens += usage.output_tokens;
-            c.usage.cache_write_5m_tokens += usage.cache_write_5m_tokens;
-            c.usage.cache_write_1h_tokens += usage.cache_write_1h_tokens;
-            c.usage.cache_read_tokens += usage.cache_read_tokens;
-            c.usage.web_search_requests += usage.web_search_requests;
+            c.estimated_settles = c.estimated_settles.saturating_add(u64::from(estimated));
+            c.usage.input_tokens = c.usage.input_tokens.saturating_add(usage.input_tokens);
+            c.usage.output_tokens = c.usage.output_tokens.saturating_add(usage.output_tokens);
+            c.usage.cache_write_5m_tokens = c.usage.cache_write_5m_tokens.saturating_add(usage.cache_write_5m_tokens);
+            c.usage.cache_write_1h_tokens = c.usage.cache_write_1h_tokens.saturating_add(usage.cache_write_1h_tokens);
+            c.usage.cache_read_tokens = c.usage.cache_read_tokens.saturating_add(usage.cache_read_tokens);
+            c.usage.web_search_requests = c.usage.web_search_requests.saturating_add(usage.web_search_requests);
         });
     }
 
@@ -545,7 +550,7 @@ impl LedgerState {
                 b.roll(now);
                 b.held = b.held.saturating_sub(info.amount);
                 b.unsettled = b.unsettled.saturating_add(info.amount);
-                charges.push((*id, b.period_start_ms));
+                charges.push((*id, b.epoch));
             }
         }
         self.bump(&info.key, &info.user, &info.team, &info.model, |c| {
@@ -676,6 +681,7 @@ impl LedgerState {
                     period: *period,
                     mode: *mode,
                     period_start_ms: period.start_ms(now),
+                    epoch: 0,
                     settled: NanoUsd::ZERO,
                     unsettled: NanoUsd::ZERO,
                     held: NanoUsd::ZERO,
@@ -691,6 +697,7 @@ impl LedgerState {
                     // to a longer one it starts from what the old period had).
                     b.period = *period;
                     b.period_start_ms = period.start_ms(now);
+                    b.epoch += 1;
                 }
                 b.limit = *limit;
                 b.mode = *mode;
