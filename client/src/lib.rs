@@ -26,11 +26,16 @@ pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Status> {
         .connect_lazy())
 }
 
-/// Errors that mean "not applied": worth trying on another server, or again
-/// after a pause. `Unknown` (maybe applied) and `DeadlineExceeded` are not
-/// retried, so a write is never applied twice by a retry.
+/// Errors that certainly mean "not applied", so trying another server (or
+/// again after a pause) cannot apply a write twice: the ledger marks such
+/// statuses with `x-tollgate-retry-safe`, and a connection that could not be
+/// opened never carried the request. A transport `UNAVAILABLE` after the
+/// request may have been delivered, `UNKNOWN` and `DEADLINE_EXCEEDED` are not
+/// retried.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
+    let marked = s.metadata().get("x-tollgate-retry-safe").is_some();
+    let never_connected = s.code() == Code::Unavailable && s.message().contains("tcp connect error");
+    marked || never_connected
 }
 
 /// The operator's client: tries each server in turn, and retries a few

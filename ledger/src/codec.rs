@@ -7,19 +7,24 @@ use bincode::Options;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The largest value the ledger decodes (a snapshot of a very large state).
-pub const MAX_DECODE_BYTES: u64 = 1 << 30;
-
-fn options() -> impl Options {
-    bincode::DefaultOptions::new().with_limit(MAX_DECODE_BYTES)
-}
+/// The most a value received from the network or read from the log may ask
+/// the decoder to allocate. Snapshots written by this node are decoded with
+/// [`decode_snapshot`], bounded by their own size instead.
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
-    options().serialize(v)
+    bincode::DefaultOptions::new().serialize(v)
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    options().deserialize(bytes)
+    bincode::DefaultOptions::new().with_limit(MAX_DECODE_BYTES).deserialize(bytes)
+}
+
+/// Decodes a snapshot: it may be larger than any message, so the bound is
+/// a multiple of its encoded size (what the decoded state can take).
+pub fn decode_snapshot<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    let limit = (bytes.len() as u64).saturating_mul(8).max(MAX_DECODE_BYTES);
+    bincode::DefaultOptions::new().with_limit(limit).deserialize(bytes)
 }
 
 #[cfg(test)]

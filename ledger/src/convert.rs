@@ -58,7 +58,19 @@ pub fn rejection_status(r: &Rejection) -> Status {
     Status::new(code, r.message.clone())
 }
 
+/// Metadata on a status that says the request was certainly not applied,
+/// so a client may send it again (to this node or another).
+pub const RETRY_SAFE_HEADER: &str = "x-tollgate-retry-safe";
+
 pub fn propose_status(e: &ProposeError) -> Status {
+    let mut status = propose_status_inner(e);
+    if !matches!(e, ProposeError::Unknown(_)) {
+        status.metadata_mut().insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    }
+    status
+}
+
+fn propose_status_inner(e: &ProposeError) -> Status {
     match e {
         ProposeError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
         ProposeError::NotMember(_) => Status::failed_precondition(format!(

@@ -50,6 +50,8 @@ pub struct ProposerConfig {
     pub max_queued: usize,
     /// How long a proposal waits for a leader to be elected.
     pub leader_wait: Duration,
+    /// How long a proposal waits to commit before its outcome is "unknown".
+    pub commit_timeout: Duration,
 }
 
 impl Default for ProposerConfig {
@@ -59,6 +61,7 @@ impl Default for ProposerConfig {
             max_inflight: 2,
             max_queued: 100_000,
             leader_wait: Duration::from_secs(3),
+            commit_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -171,6 +174,13 @@ async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, queued: Arc<std::sy
             }
         }
         queued.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        // A caller that gave up (deadline passed, connection gone) has been
+        // told nothing was decided; proposing its commands now would apply
+        // them behind its back, long after an edge released the hold.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -265,7 +275,14 @@ async fn propose_local(ctx: &Ctx, cmds: Vec<Command>) -> Proposed {
     let batch = Batch { time_ms: now_ms(), cmds };
     let started = std::time::Instant::now();
     let n = batch.cmds.len();
-    let res = ctx.raft.client_write(batch).await;
+    // Bounded: a leader cut off from its quorum must not hold a proposal
+    // slot forever. The entry may still commit later, so the outcome is unknown.
+    let res = match tokio::time::timeout(ctx.cfg.commit_timeout, ctx.raft.client_write(batch)).await {
+        Ok(res) => res,
+        Err(_) => {
+            return Err(ProposeError::Unknown(format!("not committed within {:?}", ctx.cfg.commit_timeout)));
+        }
+    };
     tracing::debug!(cmds = n, commit_us = started.elapsed().as_micros() as u64, "proposed");
     match res {
         Ok(resp) => Ok((resp.log_id.index, resp.data.0)),

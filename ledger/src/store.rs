@@ -230,8 +230,9 @@ pub struct StateMachineStore {
     config_tx: Arc<watch::Sender<u64>>,
     /// Bumped with every applied index.
     applied_tx: Arc<watch::Sender<u64>>,
-    /// The digest of the state at an applied index, computed at most once per index.
-    digest_cache: Arc<std::sync::Mutex<Option<(u64, String)>>>,
+    /// The digest of the state at an applied index, computed at most once per
+    /// index and by one caller at a time (status calls cannot pile up work).
+    digest_cache: Arc<tokio::sync::Mutex<Option<(u64, String)>>>,
 }
 
 impl StateMachineStore {
@@ -249,7 +250,7 @@ impl StateMachineStore {
             db: db.clone(),
             config_tx: Arc::new(config_tx),
             applied_tx: Arc::new(applied_tx),
-            digest_cache: Arc::new(std::sync::Mutex::new(None)),
+            digest_cache: Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -270,10 +271,11 @@ impl StateMachineStore {
     /// The applied index and the state digest at it. Hashing runs on a
     /// blocking thread over a copy, so applies wait only for the copy.
     pub async fn digest(&self) -> (u64, String) {
+        let mut cache = self.digest_cache.lock().await;
         let index = self.read(|a| a.applied_index());
-        if let Some((i, d)) = self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            if i == index {
-                return (i, d);
+        if let Some((i, d)) = cache.as_ref() {
+            if *i == index {
+                return (*i, d.clone());
             }
         }
         let copy = self.read(|a| (a.applied_index(), a.state.clone()));
@@ -281,7 +283,7 @@ impl StateMachineStore {
         let Ok(digest) = tokio::task::spawn_blocking(move || copy.1.digest()).await else {
             return (index, String::new());
         };
-        *self.digest_cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((index, digest.clone()));
+        *cache = Some((index, digest.clone()));
         (index, digest)
     }
 
@@ -306,7 +308,7 @@ fn load_snapshot(tree: &sled::Tree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, S
 
 fn decode_applied(data: &[u8], meta: &SnapshotMeta) -> Result<Applied, StorageError> {
     let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-    let mut applied: Applied = crate::codec::decode(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+    let mut applied: Applied = crate::codec::decode_snapshot(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
     applied.state.rebuild_indexes();
     Ok(applied)
 }
