@@ -1,0 +1,222 @@
+//! Prices: nano-USD per token (and per web search), by model, from a table
+//! shipped with the binary. Models match by the longest listed prefix, so
+//! dated ids (`claude-sonnet-4-5-20250929`) find their family. A model that
+//! matches nothing is priced by the fallback, never at $0.
+//!
+//! List prices as published by Anthropic and OpenAI (USD per million tokens,
+//! which is nano-USD per 1,000 tokens: $3 / MTok = 3,000 nano-USD per token).
+//! Cache writes are 1.25× input (5 minutes) or 2× (1 hour); cache reads 0.1×.
+//! Sonnet 4 and 4.5 charge a long-context tier when a request's total input
+//! (uncached + cache writes + cache reads) exceeds 200,000 tokens.
+
+use tollgate_ledger::money::NanoUsd;
+use tollgate_ledger::state::Usage;
+
+/// Nano-USD per token for each kind of token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    pub input: u64,
+    pub output: u64,
+    pub cache_write_5m: u64,
+    pub cache_write_1h: u64,
+    pub cache_read: u64,
+}
+
+impl Rates {
+    /// Anthropic's rule: cache writes 1.25× / 2× input, reads 0.1× input.
+    pub const fn anthropic(input: u64, output: u64) -> Rates {
+        Rates { input, output, cache_write_5m: input * 5 / 4, cache_write_1h: input * 2, cache_read: input / 10 }
+    }
+
+    /// OpenAI: cached input has its own rate; there are no cache writes.
+    pub const fn openai(input: u64, cached: u64, output: u64) -> Rates {
+        Rates { input, output, cache_write_5m: input, cache_write_1h: input, cache_read: cached }
+    }
+}
+
+/// The price of one model family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Price {
+    pub rates: Rates,
+    /// Above this many input tokens in one request, `long` applies instead.
+    pub long_context: Option<(u64, Rates)>,
+    /// Nano-USD per server-side web search.
+    pub web_search: u64,
+}
+
+/// $10 per 1,000 searches.
+pub const WEB_SEARCH_NANO: u64 = 10_000_000;
+
+const fn anthropic(input: u64, output: u64) -> Price {
+    Price { rates: Rates::anthropic(input, output), long_context: None, web_search: WEB_SEARCH_NANO }
+}
+
+const fn openai(input: u64, cached: u64, output: u64) -> Price {
+    Price { rates: Rates::openai(input, cached, output), long_context: None, web_search: 0 }
+}
+
+/// The table shipped with the binary: (model id prefix, price).
+pub fn builtin() -> Vec<(String, Price)> {
+    let sonnet_long = Some((200_000, Rates::anthropic(6_000, 22_500)));
+    let mut t: Vec<(&str, Price)> = vec![
+        ("claude-opus-4-6", anthropic(5_000, 25_000)),
+        ("claude-opus-4-5", anthropic(5_000, 25_000)),
+        ("claude-opus-4-1", anthropic(15_000, 75_000)),
+        ("claude-opus-4", anthropic(15_000, 75_000)),
+        ("claude-sonnet-4-6", anthropic(3_000, 15_000)),
+        ("claude-sonnet-4-5", Price { long_context: sonnet_long, ..anthropic(3_000, 15_000) }),
+        ("claude-sonnet-4", Price { long_context: sonnet_long, ..anthropic(3_000, 15_000) }),
+        ("claude-3-7-sonnet", anthropic(3_000, 15_000)),
+        ("claude-haiku-4-5", anthropic(1_000, 5_000)),
+        ("claude-3-5-haiku", anthropic(800, 4_000)),
+        ("claude-3-haiku", anthropic(250, 1_250)),
+        ("gpt-5-nano", openai(50, 5, 400)),
+        ("gpt-5-mini", openai(250, 25, 2_000)),
+        ("gpt-5", openai(1_250, 125, 10_000)),
+        ("gpt-4.1-nano", openai(100, 25, 400)),
+        ("gpt-4.1-mini", openai(400, 100, 1_600)),
+        ("gpt-4.1", openai(2_000, 500, 8_000)),
+        ("gpt-4o-mini", openai(150, 75, 600)),
+        ("gpt-4o", openai(2_500, 1_250, 10_000)),
+        ("o4-mini", openai(1_100, 275, 4_400)),
+        ("o3", openai(2_000, 500, 8_000)),
+    ];
+    // Longest prefix first, so `gpt-5-mini` wins over `gpt-5`.
+    t.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    t.into_iter().map(|(p, price)| (p.to_string(), price)).collect()
+}
+
+/// A price table with its fallback for unknown models.
+#[derive(Debug, Clone)]
+pub struct PriceTable {
+    entries: Vec<(String, Price)>,
+    fallback: Price,
+}
+
+impl Default for PriceTable {
+    /// The built-in table; unknown models are priced like the most expensive
+    /// model listed (Opus 4.1), so an unknown model can only over-reserve.
+    fn default() -> Self {
+        PriceTable { entries: builtin(), fallback: anthropic(15_000, 75_000) }
+    }
+}
+
+impl PriceTable {
+    pub fn new(mut entries: Vec<(String, Price)>, fallback: Price) -> PriceTable {
+        entries.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        PriceTable { entries, fallback }
+    }
+
+    /// Adds or replaces the price of a model prefix (config overrides).
+    pub fn set(&mut self, prefix: &str, price: Price) {
+        self.entries.retain(|(p, _)| p != prefix);
+        self.entries.push((prefix.to_string(), price));
+        self.entries.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    }
+
+    /// The price of `model`, and whether it came from the fallback.
+    pub fn price(&self, model: &str) -> (&Price, bool) {
+        match self.entries.iter().find(|(p, _)| model.starts_with(p.as_str())) {
+            Some((_, price)) => (price, false),
+            None => (&self.fallback, true),
+        }
+    }
+
+    /// The exact cost of `usage` on `model`. `input_tokens` are uncached
+    /// input (Anthropic's meaning; an OpenAI meter subtracts cached tokens
+    /// from `prompt_tokens` first).
+    pub fn cost(&self, model: &str, usage: &Usage) -> NanoUsd {
+        let (price, _) = self.price(model);
+        let total_input = usage
+            .input_tokens
+            .saturating_add(usage.cache_write_5m_tokens)
+            .saturating_add(usage.cache_write_1h_tokens)
+            .saturating_add(usage.cache_read_tokens);
+        let rates = match price.long_context {
+            Some((threshold, long)) if total_input > threshold => long,
+            _ => price.rates,
+        };
+        let sum: u128 = [
+            (usage.input_tokens, rates.input),
+            (usage.output_tokens, rates.output),
+            (usage.cache_write_5m_tokens, rates.cache_write_5m),
+            (usage.cache_write_1h_tokens, rates.cache_write_1h),
+            (usage.cache_read_tokens, rates.cache_read),
+            (usage.web_search_requests, price.web_search),
+        ]
+        .iter()
+        .map(|(n, rate)| u128::from(*n) * u128::from(*rate))
+        .sum();
+        NanoUsd(u64::try_from(sum).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(input: u64, output: u64) -> Usage {
+        Usage { input_tokens: input, output_tokens: output, ..Default::default() }
+    }
+
+    #[test]
+    fn dated_ids_find_their_family_and_longest_prefix_wins() {
+        let t = PriceTable::default();
+        // Sonnet 4.5: $3 in, $15 out per MTok (below the long-context tier).
+        assert_eq!(t.cost("claude-sonnet-4-5-20250929", &usage(100_000, 0)), NanoUsd(300_000_000));
+        assert_eq!(t.cost("claude-sonnet-4-5-20250929", &usage(0, 1_000_000)), NanoUsd(15_000_000_000));
+        // gpt-5-mini is not priced as gpt-5.
+        assert_eq!(t.cost("gpt-5-mini-2025-08-07", &usage(1_000_000, 0)), NanoUsd(250_000_000));
+        assert_eq!(t.cost("gpt-5", &usage(1_000_000, 0)), NanoUsd(1_250_000_000));
+        // Opus 4.5 is not priced as Opus 4.
+        assert_eq!(t.cost("claude-opus-4-5-20251101", &usage(1_000_000, 0)), NanoUsd(5_000_000_000));
+        assert_eq!(t.cost("claude-opus-4-20250514", &usage(1_000_000, 0)), NanoUsd(15_000_000_000));
+    }
+
+    #[test]
+    fn cache_tokens_have_their_own_rates() {
+        let t = PriceTable::default();
+        let u = Usage {
+            input_tokens: 100,
+            output_tokens: 10,
+            cache_write_5m_tokens: 1_000,
+            cache_write_1h_tokens: 2_000,
+            cache_read_tokens: 50_000,
+            web_search_requests: 2,
+        };
+        // Sonnet 4.5: 100×3000 + 10×15000 + 1000×3750 + 2000×6000 + 50000×300 + 2×10,000,000.
+        let want = 300_000 + 150_000 + 3_750_000 + 12_000_000 + 15_000_000 + 20_000_000;
+        assert_eq!(t.cost("claude-sonnet-4-5", &u), NanoUsd(want));
+        // Cache reads are not priced as input.
+        assert!(t.cost("claude-sonnet-4-5", &Usage { cache_read_tokens: 1000, ..Default::default() }).0 < 3_000_000);
+        // OpenAI cached input: gpt-4o $1.25 / MTok.
+        assert_eq!(
+            t.cost("gpt-4o", &Usage { cache_read_tokens: 1_000_000, ..Default::default() }),
+            NanoUsd(1_250_000_000)
+        );
+    }
+
+    #[test]
+    fn long_context_tier_applies_above_200k_input_tokens() {
+        let t = PriceTable::default();
+        let at = Usage { input_tokens: 150_000, cache_read_tokens: 50_000, output_tokens: 1_000, ..Default::default() };
+        let over = Usage { input_tokens: 150_001, ..at };
+        assert_eq!(t.cost("claude-sonnet-4-5", &at), NanoUsd(150_000 * 3_000 + 50_000 * 300 + 1_000 * 15_000));
+        assert_eq!(t.cost("claude-sonnet-4-5", &over), NanoUsd(150_001 * 6_000 + 50_000 * 600 + 1_000 * 22_500));
+        // Sonnet 4.6 has no long-context surcharge.
+        assert_eq!(t.cost("claude-sonnet-4-6", &over), NanoUsd(150_001 * 3_000 + 50_000 * 300 + 1_000 * 15_000));
+    }
+
+    #[test]
+    fn unknown_models_use_the_fallback_never_zero() {
+        let mut t = PriceTable::default();
+        let (_, fallback) = t.price("mystery-model-9");
+        assert!(fallback);
+        assert_eq!(t.cost("mystery-model-9", &usage(1_000, 1_000)), NanoUsd(1_000 * 15_000 + 1_000 * 75_000));
+        t.set("mystery-model", anthropic(1, 2));
+        assert_eq!(t.price("mystery-model-9"), (&anthropic(1, 2), false));
+        assert_eq!(t.cost("mystery-model-9", &usage(1_000, 1_000)), NanoUsd(3_000));
+        // Huge counts saturate instead of wrapping.
+        assert_eq!(t.cost("claude-opus-4-1", &usage(u64::MAX, u64::MAX)), NanoUsd(u64::MAX));
+    }
+}
