@@ -2,4 +2,5 @@
 //! `tollgate` binary (`src/main.rs`), which composes the roles.
 #![forbid(unsafe_code)]
 
+pub mod meter;
 pub mod pricing;

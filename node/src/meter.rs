@@ -1,0 +1,321 @@
+//! Metering: token usage read from provider responses, JSON or streamed.
+//!
+//! Anthropic: usage = `input_tokens` + cache writes (5m/1h split when given)
+//! + `cache_read_input_tokens` + `output_tokens` (+ web searches). In a
+//! stream, `message_start` carries input and cache counts and an initial
+//! output count; each `message_delta` carries **cumulative** counts, so the
+//! last one wins and nothing is summed. OpenAI: `prompt_tokens` already
+//! includes `cached_tokens`, so uncached input is the difference; in a stream
+//! usage arrives in one chunk when `stream_options.include_usage` is set.
+//!
+//! The SSE parser is incremental and bounded: feed it whatever byte chunks
+//! arrive, split anywhere, and it yields whole events.
+
+use serde_json::Value;
+use tollgate_ledger::state::Usage;
+
+/// The most one SSE event may buffer before it is dropped as malformed.
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// An incremental `text/event-stream` parser.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    event: String,
+    data: String,
+    /// Set when an event outgrew [`MAX_EVENT_BYTES`]; it is skipped.
+    oversized: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; calls `on_event(name, data)` for every complete event
+    /// (name `message` when the event had no `event:` line).
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&str, &str)) {
+        for &b in chunk {
+            if b != b'\n' {
+                if self.line.len() + self.data.len() < MAX_EVENT_BYTES {
+                    self.line.push(b);
+                } else {
+                    self.oversized = true;
+                }
+                continue;
+            }
+            let mut line = std::mem::take(&mut self.line);
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                if !self.oversized && (!self.data.is_empty() || !self.event.is_empty()) {
+                    let name = if self.event.is_empty() { "message" } else { self.event.as_str() };
+                    on_event(name, &self.data);
+                }
+                self.event.clear();
+                self.data.clear();
+                self.oversized = false;
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let (field, value) = match text.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (text.as_ref(), ""),
+            };
+            match field {
+                "event" => self.event = value.to_string(),
+                "data" => {
+                    if !self.data.is_empty() {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                }
+                _ => {} // comments (":…"), id, retry
+            }
+        }
+    }
+}
+
+fn u(v: &Value, pointer: &str) -> Option<u64> {
+    v.pointer(pointer).and_then(Value::as_u64)
+}
+
+/// Reads an Anthropic `usage` object into `into`, overwriting only the
+/// fields it carries (a `message_delta` may carry just `output_tokens`).
+pub fn read_anthropic_usage(usage: &Value, into: &mut Usage) {
+    if let Some(n) = u(usage, "/input_tokens") {
+        into.input_tokens = n;
+    }
+    if let Some(n) = u(usage, "/output_tokens") {
+        into.output_tokens = n;
+    }
+    if let Some(n) = u(usage, "/cache_read_input_tokens") {
+        into.cache_read_tokens = n;
+    }
+    let split =
+        (u(usage, "/cache_creation/ephemeral_5m_input_tokens"), u(usage, "/cache_creation/ephemeral_1h_input_tokens"));
+    match (split, u(usage, "/cache_creation_input_tokens")) {
+        ((Some(m5), Some(h1)), _) => {
+            into.cache_write_5m_tokens = m5;
+            into.cache_write_1h_tokens = h1;
+        }
+        // No split given: the default cache lifetime is 5 minutes.
+        (_, Some(total)) => {
+            into.cache_write_5m_tokens = total;
+            into.cache_write_1h_tokens = 0;
+        }
+        _ => {}
+    }
+    if let Some(n) = u(usage, "/server_tool_use/web_search_requests") {
+        into.web_search_requests = n;
+    }
+}
+
+/// Reads an OpenAI `usage` object (`prompt_tokens` includes cached tokens).
+pub fn read_openai_usage(usage: &Value) -> Usage {
+    let prompt = u(usage, "/prompt_tokens").unwrap_or(0);
+    let cached = u(usage, "/prompt_tokens_details/cached_tokens").unwrap_or(0).min(prompt);
+    Usage {
+        input_tokens: prompt - cached,
+        cache_read_tokens: cached,
+        output_tokens: u(usage, "/completion_tokens").unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+/// What a stream reported so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMeter {
+    pub usage: Usage,
+    /// A usage report was seen (`message_start`, or OpenAI's usage chunk).
+    pub saw_usage: bool,
+    /// The stream ended normally (`message_stop` / `[DONE]`).
+    pub finished: bool,
+    /// The provider sent an `error` event.
+    pub errored: bool,
+    /// Bytes of generated text seen, to estimate output if the stream is cut.
+    pub text_bytes: u64,
+}
+
+impl StreamMeter {
+    /// Folds one Anthropic SSE event in.
+    pub fn anthropic_event(&mut self, name: &str, data: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+        match name {
+            "message_start" => {
+                if let Some(usage) = v.pointer("/message/usage") {
+                    read_anthropic_usage(usage, &mut self.usage);
+                    self.saw_usage = true;
+                }
+            }
+            "message_delta" => {
+                if let Some(usage) = v.get("usage") {
+                    read_anthropic_usage(usage, &mut self.usage);
+                }
+            }
+            "content_block_delta" => {
+                let d = &v["delta"];
+                for key in ["text", "partial_json", "thinking"] {
+                    if let Some(s) = d.get(key).and_then(Value::as_str) {
+                        self.text_bytes += s.len() as u64;
+                    }
+                }
+            }
+            "message_stop" => self.finished = true,
+            "error" => self.errored = true,
+            _ => {}
+        }
+    }
+
+    /// Folds one OpenAI SSE event (`data:` payload) in.
+    pub fn openai_event(&mut self, data: &str) {
+        if data.trim() == "[DONE]" {
+            self.finished = true;
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+        if let Some(usage) = v.get("usage").filter(|u| !u.is_null()) {
+            self.usage = read_openai_usage(usage);
+            self.saw_usage = true;
+        }
+        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+            for c in choices {
+                if let Some(s) = c.pointer("/delta/content").and_then(Value::as_str) {
+                    self.text_bytes += s.len() as u64;
+                }
+            }
+        }
+    }
+
+    /// Output tokens for a stream cut short: the last cumulative count, or
+    /// an estimate from the text seen (~4 bytes per token), whichever is more.
+    pub fn output_estimate(&self) -> u64 {
+        self.usage.output_tokens.max(self.text_bytes.div_ceil(4))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANTHROPIC_STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":300,\"cache_read_input_tokens\":4000,\"cache_creation\":{\"ephemeral_5m_input_tokens\":100,\"ephemeral_1h_input_tokens\":200},\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: future_event_type\n",
+        "data: {\"type\":\"future_event_type\",\"usage\":{\"output_tokens\":999999}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":null},\"usage\":{\"output_tokens\":10}}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15,\"server_tool_use\":{\"web_search_requests\":1}}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    fn meter_anthropic(chunks: &[&[u8]]) -> StreamMeter {
+        let mut p = SseParser::default();
+        let mut m = StreamMeter::default();
+        for c in chunks {
+            p.feed(c, |name, data| m.anthropic_event(name, data));
+        }
+        m
+    }
+
+    #[test]
+    fn anthropic_stream_takes_message_start_and_the_last_cumulative_delta() {
+        let m = meter_anthropic(&[ANTHROPIC_STREAM.as_bytes()]);
+        let want = Usage {
+            input_tokens: 25,
+            output_tokens: 15,
+            cache_write_5m_tokens: 100,
+            cache_write_1h_tokens: 200,
+            cache_read_tokens: 4000,
+            web_search_requests: 1,
+        };
+        assert_eq!(m.usage, want);
+        assert!(m.finished && m.saw_usage && !m.errored);
+        assert_eq!(m.text_bytes, 5);
+    }
+
+    #[test]
+    fn any_split_of_the_bytes_gives_the_same_result() {
+        let whole = meter_anthropic(&[ANTHROPIC_STREAM.as_bytes()]);
+        let bytes = ANTHROPIC_STREAM.as_bytes();
+        let one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(meter_anthropic(&one_by_one), whole);
+        for size in [2, 3, 7, 64, 100] {
+            let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+            assert_eq!(meter_anthropic(&chunks), whole, "chunks of {size}");
+        }
+        let crlf = ANTHROPIC_STREAM.replace('\n', "\r\n");
+        assert_eq!(meter_anthropic(&[crlf.as_bytes()]), whole);
+    }
+
+    #[test]
+    fn a_cut_stream_keeps_what_was_reported_and_estimates_output() {
+        let cut = ANTHROPIC_STREAM.find("event: content_block_stop").unwrap();
+        let m = meter_anthropic(&[&ANTHROPIC_STREAM.as_bytes()[..cut]]);
+        assert!(!m.finished);
+        assert_eq!((m.usage.input_tokens, m.usage.cache_read_tokens, m.usage.output_tokens), (25, 4000, 1));
+        assert_eq!(m.output_estimate(), 2); // "Hello" = 5 bytes ≈ 2 tokens > 1 reported
+        let mut p = SseParser::default();
+        let mut e = StreamMeter::default();
+        p.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", |n, d| {
+            e.anthropic_event(n, d)
+        });
+        assert!(e.errored);
+    }
+
+    #[test]
+    fn json_usage_without_a_split_counts_cache_writes_as_5_minutes() {
+        let mut usage = Usage::default();
+        let v: Value = serde_json::from_str(
+            r#"{"input_tokens":3,"cache_creation_input_tokens":40,"cache_read_input_tokens":5,"output_tokens":7}"#,
+        )
+        .unwrap();
+        read_anthropic_usage(&v, &mut usage);
+        assert_eq!(
+            usage,
+            Usage {
+                input_tokens: 3,
+                output_tokens: 7,
+                cache_write_5m_tokens: 40,
+                cache_read_tokens: 5,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn openai_prompt_tokens_include_cached_ones() {
+        let stream = concat!(
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":1200,\"completion_tokens\":30,\"total_tokens\":1230,\"prompt_tokens_details\":{\"cached_tokens\":1000}}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let mut p = SseParser::default();
+        let mut m = StreamMeter::default();
+        p.feed(stream.as_bytes(), |_, d| m.openai_event(d));
+        assert_eq!(
+            m.usage,
+            Usage { input_tokens: 200, cache_read_tokens: 1000, output_tokens: 30, ..Default::default() }
+        );
+        assert!(m.finished && m.saw_usage);
+        assert_eq!(m.text_bytes, 2);
+    }
+
+    #[test]
+    fn an_oversized_event_is_dropped_and_parsing_goes_on() {
+        let mut p = SseParser::default();
+        let mut seen = Vec::new();
+        let big = vec![b'x'; MAX_EVENT_BYTES + 10];
+        p.feed(b"event: message_delta\ndata: ", |n, _| seen.push(n.to_string()));
+        p.feed(&big, |n, _| seen.push(n.to_string()));
+        p.feed(b"\n\nevent: message_stop\ndata: {}\n\n", |n, _| seen.push(n.to_string()));
+        assert_eq!(seen, vec!["message_stop".to_string()]);
+    }
+}
