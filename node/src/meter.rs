@@ -1,7 +1,7 @@
 //! Metering: token usage read from provider responses, JSON or streamed.
 //!
-//! Anthropic: usage = `input_tokens` + cache writes (5m/1h split when given)
-//! + `cache_read_input_tokens` + `output_tokens` (+ web searches). In a
+//! Anthropic: usage is `input_tokens`, cache writes (5m/1h split when
+//! given), `cache_read_input_tokens`, `output_tokens` and web searches. In a
 //! stream, `message_start` carries input and cache counts and an initial
 //! output count; each `message_delta` carries **cumulative** counts, so the
 //! last one wins and nothing is summed. OpenAI: `prompt_tokens` already
