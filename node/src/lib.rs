@@ -2,5 +2,6 @@
 //! `tollgate` binary (`src/main.rs`), which composes the roles.
 #![forbid(unsafe_code)]
 
+pub mod errors;
 pub mod meter;
 pub mod pricing;

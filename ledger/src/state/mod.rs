@@ -16,7 +16,7 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use period::Period;
+pub use period::{utc_rfc3339, Period};
 pub use types::*;
 
 use crate::money::NanoUsd;

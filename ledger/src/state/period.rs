@@ -71,6 +71,14 @@ impl Period {
     }
 }
 
+/// `2026-12-01T00:00:00Z` for milliseconds since the epoch (UTC, RFC 3339).
+pub fn utc_rfc3339(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -112,6 +120,13 @@ mod tests {
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(days_from_civil(2026, 11, 28), 20_785);
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(utc_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_rfc3339(ms(2026, 12, 1, 0)), "2026-12-01T00:00:00Z");
+        assert_eq!(utc_rfc3339(ms(2028, 2, 29, 23) + 59 * 60_000 + 58_999), "2028-02-29T23:59:58Z");
     }
 
     #[test]

@@ -1,0 +1,139 @@
+//! Errors in the caller's own protocol shape. A client of the Anthropic API
+//! must get Anthropic's error JSON, an OpenAI client OpenAI's, so its SDK
+//! and retry logic read them as they would the provider's own.
+//!
+//! Budget denials are **402**: Claude Code shows a 402's message at once,
+//! while a 429 would make it retry for a minute.
+
+use serde_json::json;
+use tollgate_ledger::money::NanoUsd;
+use tollgate_ledger::state::{utc_rfc3339, Denial};
+
+/// Which provider's wire format a route speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+/// An error response: HTTP status and JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The error `type` each provider uses for a status.
+fn kind(api: Api, status: u16) -> &'static str {
+    match (api, status) {
+        (Api::Anthropic, 400) => "invalid_request_error",
+        (Api::Anthropic, 401) => "authentication_error",
+        (Api::Anthropic, 402) => "billing_error",
+        (Api::Anthropic, 403) => "permission_error",
+        (Api::Anthropic, 404) => "not_found_error",
+        (Api::Anthropic, 413) => "request_too_large",
+        (Api::Anthropic, 429) => "rate_limit_error",
+        (Api::Anthropic, 504) => "timeout_error",
+        (Api::Anthropic, 529) => "overloaded_error",
+        (Api::Anthropic, _) => "api_error",
+        (Api::OpenAi, 400 | 404 | 413) => "invalid_request_error",
+        (Api::OpenAi, 401) => "authentication_error",
+        (Api::OpenAi, 402) => "insufficient_quota",
+        (Api::OpenAi, 403) => "permission_error",
+        (Api::OpenAi, 429) => "rate_limit_error",
+        (Api::OpenAi, _) => "server_error",
+    }
+}
+
+/// An error of `status` with `message`, in `api`'s shape.
+pub fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorResponse {
+    let body = match api {
+        Api::Anthropic => json!({"type": "error", "error": {"type": kind(api, status), "message": message}}),
+        Api::OpenAi => {
+            json!({"error": {"message": message, "type": kind(api, status), "param": null, "code": code}})
+        }
+    };
+    ErrorResponse { status, body: body.to_string() }
+}
+
+/// The 402 for a budget denial, naming the scope, spent, limit and reset.
+pub fn budget_denied(api: Api, d: &Denial) -> ErrorResponse {
+    let model = d.model.as_deref().map(|m| format!(" for model {m}")).unwrap_or_default();
+    let resets = match d.resets_at_ms {
+        Some(ms) => format!("it resets at {}", utc_rfc3339(ms)),
+        None => "it does not reset (total budget)".to_string(),
+    };
+    let message = format!(
+        "Tollgate: the {} budget of {}{model} is exhausted: {} spent and {} held of {} limit; \
+         this request needs up to {} more; {resets}. Ask your admin to raise it.",
+        d.period.as_str(),
+        d.scope,
+        d.spent,
+        d.held,
+        d.limit,
+        NanoUsd(d.requested.0),
+    );
+    error(api, 402, &message, Some("budget_exceeded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use tollgate_ledger::state::{Period, Scope};
+
+    use super::*;
+
+    fn denial() -> Denial {
+        Denial {
+            scope: Scope::Team("eng".into()),
+            model: None,
+            limit: NanoUsd(250_000_000_000),
+            spent: NanoUsd(249_990_000_000),
+            held: NanoUsd(1_000_000),
+            requested: NanoUsd(520_000_000),
+            period: Period::Monthly,
+            resets_at_ms: Some(1_796_083_200_000), // 2026-12-01T00:00:00Z
+        }
+    }
+
+    #[test]
+    fn anthropic_402_is_a_billing_error_naming_scope_spent_limit_and_reset() {
+        let r = budget_denied(Api::Anthropic, &denial());
+        assert_eq!(r.status, 402);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "billing_error");
+        let msg = v["error"]["message"].as_str().unwrap();
+        for part in ["team:eng", "$249.99 spent", "$250.00 limit", "$0.52 more", "2026-12-01T00:00:00Z", "monthly"] {
+            assert!(msg.contains(part), "{part:?} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn openai_402_is_insufficient_quota_with_budget_exceeded_code() {
+        let mut d = denial();
+        d.resets_at_ms = None;
+        d.period = Period::Total;
+        d.model = Some("gpt-5".into());
+        let v: Value = serde_json::from_str(&budget_denied(Api::OpenAi, &d).body).unwrap();
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert_eq!(v["error"]["param"], Value::Null);
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("for model gpt-5") && msg.contains("does not reset"), "{msg}");
+    }
+
+    #[test]
+    fn statuses_map_to_each_providers_types() {
+        let t = |api, status| {
+            let v: Value = serde_json::from_str(&error(api, status, "m", None).body).unwrap();
+            v["error"]["type"].as_str().unwrap().to_string()
+        };
+        assert_eq!(t(Api::Anthropic, 401), "authentication_error");
+        assert_eq!(t(Api::Anthropic, 403), "permission_error");
+        assert_eq!(t(Api::Anthropic, 413), "request_too_large");
+        assert_eq!(t(Api::Anthropic, 503), "api_error");
+        assert_eq!(t(Api::OpenAi, 401), "authentication_error");
+        assert_eq!(t(Api::OpenAi, 503), "server_error");
+    }
+}
