@@ -188,6 +188,34 @@ struct Plan {
     credential: String,
 }
 
+impl Plan {
+    /// The ground-truth record of this request's response.
+    fn truth(&self, id: String, api: &str, status: u16, completed: bool, usage: TruthUsage) -> TruthRecord {
+        TruthRecord {
+            seq: self.seq,
+            id,
+            api: api.to_string(),
+            model: self.model.clone(),
+            stream: self.stream,
+            status,
+            completed,
+            usage,
+            credential: self.credential.clone(),
+        }
+    }
+}
+
+/// Sends `frames` with `delay` after each; false if the client went away.
+async fn send_paced(tx: &mpsc::Sender<Bytes>, frames: impl IntoIterator<Item = Bytes>, delay: Duration) -> bool {
+    for f in frames {
+        if tx.send(f).await.is_err() {
+            return false;
+        }
+        tokio::time::sleep(delay).await;
+    }
+    true
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
@@ -317,17 +345,7 @@ fn models() -> Value {
 fn status_error(state: &State, api: &str, plan: &Plan) -> Option<Response<Body>> {
     let code: u16 = plan.error.as_deref()?.parse().ok()?;
     let status = StatusCode::from_u16(code).ok()?;
-    state.record(&TruthRecord {
-        seq: plan.seq,
-        id: format!("err_mock_{}", plan.seq),
-        api: api.to_string(),
-        model: plan.model.clone(),
-        stream: plan.stream,
-        status: code,
-        completed: true,
-        usage: TruthUsage::default(),
-        credential: plan.credential.clone(),
-    });
+    state.record(&plan.truth(format!("err_mock_{}", plan.seq), api, code, true, TruthUsage::default()));
     Some(match (api, code) {
         ("openai", 429) => openai_error(status, "requests", "rate_limit_exceeded", "Rate limit reached"),
         ("openai", _) => openai_error(status, "server_error", "server_error", "The server had an error"),
@@ -365,17 +383,7 @@ fn anthropic_json(state: &State, plan: Plan) -> Response<Body> {
         "stop_reason": "end_turn", "stop_sequence": null,
         "usage": anthropic_usage(&plan.usage, plan.usage.output_tokens),
     });
-    state.record(&TruthRecord {
-        seq: plan.seq,
-        id,
-        api: "anthropic".into(),
-        model: plan.model,
-        stream: false,
-        status: 200,
-        completed: true,
-        usage: plan.usage,
-        credential: plan.credential,
-    });
+    state.record(&plan.truth(id, "anthropic", 200, true, plan.usage.clone()));
     let mut r = json_response(StatusCode::OK, &body);
     r.headers_mut().insert("request-id", format!("req_mock_{}", plan.seq).parse().expect("ascii"));
     r
@@ -405,17 +413,8 @@ fn anthropic_sse(state: Arc<State>, plan: Plan) -> Response<Body> {
         let total = u.output_tokens;
         let midstream = plan.error.as_deref() == Some("midstream");
         let mut reported = 1u64; // message_start carries an initial output count
-        let mut truth = TruthRecord {
-            seq: plan.seq,
-            id: id.clone(),
-            api: "anthropic".into(),
-            model: plan.model.clone(),
-            stream: true,
-            status: 200,
-            completed: false,
-            usage: TruthUsage { output_tokens: reported, ..u.clone() },
-            credential: plan.credential.clone(),
-        };
+        let mut truth =
+            plan.truth(id.clone(), "anthropic", 200, false, TruthUsage { output_tokens: reported, ..u.clone() });
         let mut events = vec![
             sse_event(
                 "message_start",
@@ -439,14 +438,7 @@ fn anthropic_sse(state: Arc<State>, plan: Plan) -> Response<Body> {
                 &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lorem "}}),
             ));
         }
-        let mut sent_all = true;
-        for ev in events {
-            if tx.send(ev).await.is_err() {
-                sent_all = false;
-                break;
-            }
-            tokio::time::sleep(delay).await;
-        }
+        let mut sent_all = send_paced(&tx, events, delay).await;
         if sent_all && midstream {
             // The provider failed after HTTP 200: it bills what it reported.
             let err = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
@@ -511,17 +503,7 @@ fn openai_json(state: &State, plan: Plan) -> Response<Body> {
         "usage": openai_usage(&plan.usage),
         "service_tier": "default", "system_fingerprint": "fp_mock",
     });
-    state.record(&TruthRecord {
-        seq: plan.seq,
-        id,
-        api: "openai".into(),
-        model: plan.model,
-        stream: false,
-        status: 200,
-        completed: true,
-        usage: plan.usage,
-        credential: plan.credential,
-    });
+    state.record(&plan.truth(id, "openai", 200, true, plan.usage.clone()));
     json_response(StatusCode::OK, &body)
 }
 
@@ -550,25 +532,8 @@ fn openai_sse(state: Arc<State>, plan: Plan, include_usage: bool) -> Response<Bo
             frames.push(Bytes::from(format!("data: {c}\n\n")));
         }
         frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        let mut completed = true;
-        for f in frames {
-            if tx.send(f).await.is_err() {
-                completed = false;
-                break;
-            }
-            tokio::time::sleep(delay).await;
-        }
-        state.record(&TruthRecord {
-            seq: plan.seq,
-            id: id.clone(),
-            api: "openai".into(),
-            model: plan.model.clone(),
-            stream: true,
-            status: 200,
-            completed,
-            usage: plan.usage.clone(),
-            credential: plan.credential.clone(),
-        });
+        let completed = send_paced(&tx, frames, delay).await;
+        state.record(&plan.truth(id.clone(), "openai", 200, completed, plan.usage.clone()));
     });
     sse_response(rx)
 }
