@@ -32,7 +32,7 @@ pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Status> {
 /// opened never carried the request. A transport `UNAVAILABLE` after the
 /// request may have been delivered, `UNKNOWN` and `DEADLINE_EXCEEDED` are not
 /// retried.
-fn retryable(s: &Status) -> bool {
+pub fn retryable(s: &Status) -> bool {
     let marked = s.metadata().get("x-tollgate-retry-safe").is_some();
     let never_connected = s.code() == Code::Unavailable && s.message().contains("tcp connect error");
     marked || never_connected

@@ -1,7 +1,9 @@
-//! The edge gateway's building blocks (issue 3, in progress) and the
+//! The edge gateway ([`edge`]) and its building blocks, used by the
 //! `tollgate` binary (`src/main.rs`), which composes the roles.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod edge;
 pub mod errors;
 pub mod meter;
 pub mod pricing;

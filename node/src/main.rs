@@ -1,5 +1,7 @@
-//! `tollgate`: one binary that composes the roles — a ledger node
-//! (`tollgate ledger`) and the operator CLI (`tollgate admin`).
+//! `tollgate`: one binary that composes the roles — the embedded default
+//! (`tollgate up`: a single-node ledger and an edge in one process), a
+//! ledger node (`tollgate ledger`), an edge (`tollgate edge`) and the
+//! operator CLI (`tollgate admin`).
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -7,8 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
 use tollgate_ledger::node::{LedgerConfig, LedgerNode};
+use tollgate_node::config::{EdgeSettings, EstimateMode, FileConfig, Overrides};
+use tollgate_node::edge::Edge;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "A self-hosted AI gateway cluster with a Raft-replicated budget ledger")]
@@ -19,6 +25,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run the embedded default: a single-node ledger and an edge in one process.
+    Up(UpArgs),
+    /// Run an edge gateway (the HTTP proxy clients point their base URL at).
+    Edge(EdgeArgs),
     /// Run a ledger node (a voter of the Raft-replicated budget ledger).
     Ledger(LedgerArgs),
     /// Manage teams, users, keys and budgets; show usage and cluster status.
@@ -55,6 +65,171 @@ struct LedgerArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, default_value_t = 1000)]
     logs_to_keep: u64,
+}
+
+#[derive(Debug, Args)]
+struct EdgeArgs {
+    /// Config file (TOML, `version = 1`); flags and TOLLGATE_* variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Ledger gRPC addresses, comma separated (any members of the cluster).
+    #[arg(long, value_delimiter = ',')]
+    ledger: Option<Vec<String>>,
+    /// Directory for the settle outbox [default: ./tollgate-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Anthropic API base URL [default: https://api.anthropic.com].
+    #[arg(long)]
+    upstream_anthropic: Option<String>,
+    /// OpenAI API base URL [default: https://api.openai.com].
+    #[arg(long)]
+    upstream_openai: Option<String>,
+    /// Admission estimate: `strict` (worst case, caps never exceeded) or `estimate` [default: estimate].
+    #[arg(long, value_parser = ["strict", "estimate"])]
+    estimate: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    edge: EdgeArgs,
+    /// gRPC address of the embedded ledger (admin API: `tollgate admin --server`) [default: 127.0.0.1:7070].
+    #[arg(long)]
+    grpc: Option<SocketAddr>,
+}
+
+fn edge_settings(a: &EdgeArgs, ledger_default: Option<Vec<String>>) -> Result<EdgeSettings, String> {
+    let file = match &a.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig { version: tollgate_node::config::CONFIG_VERSION, ..Default::default() },
+    };
+    let flags = Overrides {
+        listen: a.listen,
+        ledger: a.ledger.clone(),
+        data_dir: a.data_dir.clone(),
+        upstream_anthropic: a.upstream_anthropic.clone(),
+        upstream_openai: a.upstream_openai.clone(),
+        estimate: a.estimate.as_deref().map(EstimateMode::parse).transpose()?,
+    };
+    EdgeSettings::resolve(&file, &flags, ledger_default)
+}
+
+async fn run_edge(a: EdgeArgs) -> ExitCode {
+    let settings = match edge_settings(&a, None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let edge = match Edge::start(settings).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    edge.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn run_up(a: UpArgs) -> ExitCode {
+    let file = match &a.edge.config {
+        Some(p) => match FileConfig::load(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
+    let grpc = match a.grpc {
+        Some(g) => g,
+        None => match std::env::var("TOLLGATE_GRPC").ok().filter(|v| !v.is_empty()) {
+            Some(v) => match v.parse() {
+                Ok(g) => g,
+                Err(_) => {
+                    eprintln!("error: TOLLGATE_GRPC={v:?} is not HOST:PORT");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            None => file.as_ref().and_then(|f| f.up.grpc).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+        },
+    };
+    let settings = match edge_settings(&a.edge, Some(vec![grpc.to_string()])) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let data_dir = settings.data_dir.clone();
+    let first_start = !data_dir.join("admin.token").exists();
+    let mut cfg = LedgerConfig::new(1, grpc, data_dir.clone(), BTreeMap::from([(1, grpc.to_string())]));
+    cfg.bootstrap = true;
+    let node = match LedgerNode::start(cfg).await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let edge = match Edge::start(settings.clone()).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            node.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    };
+    if !edge.wait_ready(Duration::from_secs(30)).await {
+        tracing::warn!("the edge has not yet received its config from the embedded ledger");
+    }
+    print_onboarding(&settings, grpc, &data_dir, first_start, edge.local_addr);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    edge.shutdown().await;
+    node.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn print_onboarding(s: &EdgeSettings, grpc: SocketAddr, data_dir: &std::path::Path, first: bool, http: SocketAddr) {
+    let token = data_dir.join("admin.token");
+    let admin =
+        if grpc == SocketAddr::from(([127, 0, 0, 1], 7070)) && data_dir == std::path::Path::new("./tollgate-data") {
+            "tollgate admin".to_string()
+        } else {
+            format!("tollgate admin --server {grpc} --token-file {}", token.display())
+        };
+    let mut out = String::new();
+    out.push_str(&format!("\nTollgate is up.\n  gateway (HTTP):  http://{http}\n  admin (gRPC):    {grpc}\n"));
+    out.push_str(&format!("  data:            {}\n  estimate mode:   {:?}\n", data_dir.display(), s.estimate));
+    if first {
+        out.push_str(&format!("  admin token:     written to {} (mode 0600)\n", token.display()));
+    }
+    for (name, up, var) in [("Anthropic", &s.anthropic, "ANTHROPIC_API_KEY"), ("OpenAI", &s.openai, "OPENAI_API_KEY")] {
+        let cred =
+            if up.api_key.is_some() { "credential set".to_string() } else { format!("no credential: set {var}") };
+        out.push_str(&format!("  {name:<16} {} ({cred})\n", up.url));
+    }
+    out.push_str(&format!(
+        "\nCreate a team, a user, a key and a budget:\n\
+         \x20 {admin} team create eng\n\
+         \x20 {admin} user create ann@example.com --team eng\n\
+         \x20 {admin} key create --user ann@example.com --name laptop     # prints the key once\n\
+         \x20 {admin} budget set team:eng --limit-usd 100 --period monthly\n\
+         \nPoint Claude Code at it (the key from `key create`):\n\
+         \x20 ANTHROPIC_BASE_URL=http://{http} ANTHROPIC_AUTH_TOKEN=<key> claude\n\
+         \nSee spend:\n\
+         \x20 {admin} usage --by user\n"
+    ));
+    println!("{out}");
 }
 
 fn parse_peers(peers: &[String]) -> Result<BTreeMap<u64, String>, String> {
@@ -140,6 +315,8 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Ledger(a) => run_ledger(a).await,
+            Cmd::Edge(a) => run_edge(a).await,
+            Cmd::Up(a) => run_up(a).await,
             Cmd::Admin(a) => match tollgate_client::cli::run(a).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

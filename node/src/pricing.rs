@@ -114,6 +114,32 @@ impl PriceTable {
         self.entries.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     }
 
+    /// Replaces the price used for models no prefix matches.
+    pub fn set_fallback(&mut self, price: Price) {
+        self.fallback = price;
+    }
+
+    /// The amount to reserve before a request of `model` runs: `input`
+    /// estimated input tokens and at most `output` output tokens. With
+    /// `worst_case`, every input token is priced at its dearest rate (an
+    /// input token may turn out to be a 1-hour cache write), so the actual
+    /// cost can never exceed the reservation when `input` bounds the real
+    /// input; otherwise input is priced at the plain input rate.
+    pub fn reserve_amount(&self, model: &str, input: u64, output: u64, worst_case: bool) -> NanoUsd {
+        let (price, _) = self.price(model);
+        let rates = match price.long_context {
+            Some((threshold, long)) if input > threshold => long,
+            _ => price.rates,
+        };
+        let input_rate = if worst_case {
+            rates.input.max(rates.cache_write_5m).max(rates.cache_write_1h).max(rates.cache_read)
+        } else {
+            rates.input
+        };
+        let sum = u128::from(input) * u128::from(input_rate) + u128::from(output) * u128::from(rates.output);
+        NanoUsd(u64::try_from(sum).unwrap_or(u64::MAX))
+    }
+
     /// The price of `model`, and whether it came from the fallback.
     pub fn price(&self, model: &str) -> (&Price, bool) {
         match self.entries.iter().find(|(p, _)| model.starts_with(p.as_str())) {
@@ -205,6 +231,28 @@ mod tests {
         assert_eq!(t.cost("claude-sonnet-4-5", &over), NanoUsd(150_001 * 6_000 + 50_000 * 600 + 1_000 * 22_500));
         // Sonnet 4.6 has no long-context surcharge.
         assert_eq!(t.cost("claude-sonnet-4-6", &over), NanoUsd(150_001 * 3_000 + 50_000 * 300 + 1_000 * 15_000));
+    }
+
+    #[test]
+    fn worst_case_reservation_covers_any_split_of_the_input() {
+        let t = PriceTable::default();
+        let worst = t.reserve_amount("claude-sonnet-4-5", 1_000, 100, true);
+        // 1000 input tokens at the 1-hour cache write rate (2 × $3) + 100 output at $15.
+        assert_eq!(worst, NanoUsd(1_000 * 6_000 + 100 * 15_000));
+        for split in [(1_000, 0, 0, 0), (0, 1_000, 0, 0), (0, 0, 1_000, 0), (0, 0, 0, 1_000), (250, 250, 250, 250)] {
+            let u = Usage {
+                input_tokens: split.0,
+                cache_write_5m_tokens: split.1,
+                cache_write_1h_tokens: split.2,
+                cache_read_tokens: split.3,
+                output_tokens: 100,
+                ..Default::default()
+            };
+            assert!(t.cost("claude-sonnet-4-5", &u) <= worst, "{split:?}");
+        }
+        assert_eq!(t.reserve_amount("claude-sonnet-4-5", 1_000, 100, false), NanoUsd(1_000 * 3_000 + 100 * 15_000));
+        // Above the long-context threshold the dearer tier is reserved.
+        assert_eq!(t.reserve_amount("claude-sonnet-4-5", 300_000, 0, false), NanoUsd(300_000 * 6_000));
     }
 
     #[test]

@@ -1,0 +1,442 @@
+//! The edge's settings: built-in defaults, then the config file
+//! (`--config tollgate.toml`, versioned, unknown fields rejected), then
+//! `TOLLGATE_*` environment variables, then command-line flags.
+//!
+//! ```toml
+//! version = 1
+//!
+//! [edge]
+//! listen = "127.0.0.1:8080"
+//! ledger = ["10.0.0.1:7070", "10.0.0.2:7070", "10.0.0.3:7070"]
+//! data_dir = "/var/lib/tollgate"
+//! estimate = "estimate"          # or "strict"
+//! fail_mode = "closed"
+//! max_body_bytes = 33554432
+//!
+//! [upstream.anthropic]
+//! url = "https://api.anthropic.com"
+//! # api_key = "…"                # or ANTHROPIC_API_KEY in the environment
+//!
+//! [pricing.fallback]             # nano-USD per token (3000 = $3 / MTok)
+//! input = 15000
+//! output = 75000
+//!
+//! [pricing.models."my-fine-tune"]
+//! input = 1000
+//! output = 4000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pricing::{Price, PriceTable, Rates, WEB_SEARCH_NANO};
+
+/// The config file format version this binary reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// How the input side of a request is estimated before it is admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EstimateMode {
+    /// Worst case: one token per body byte, every input token at its
+    /// dearest rate, output = `max_tokens`. Hard caps are never exceeded.
+    Strict,
+    /// Characters / 3.5 at the input rate, output = `max_tokens`.
+    Estimate,
+}
+
+impl EstimateMode {
+    pub fn parse(s: &str) -> Result<EstimateMode, String> {
+        match s {
+            "strict" => Ok(EstimateMode::Strict),
+            "estimate" => Ok(EstimateMode::Estimate),
+            _ => Err(format!("estimate must be strict or estimate, not {s:?}")),
+        }
+    }
+}
+
+/// What admission does when the ledger cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Refuse with a clear 503 (the default).
+    Closed,
+}
+
+impl FailMode {
+    pub fn parse(s: &str) -> Result<FailMode, String> {
+        match s {
+            "closed" => Ok(FailMode::Closed),
+            "open" => Err("fail_mode = \"open\" is not available yet; only \"closed\" is".to_string()),
+            _ => Err(format!("fail_mode must be closed, not {s:?}")),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub version: u32,
+    #[serde(default)]
+    pub edge: EdgeSection,
+    #[serde(default)]
+    pub up: UpSection,
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub pricing: PricingSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    pub listen: Option<SocketAddr>,
+    pub ledger: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub estimate: Option<EstimateMode>,
+    pub fail_mode: Option<FailMode>,
+    pub max_body_bytes: Option<usize>,
+    pub max_response_bytes: Option<usize>,
+    pub hold_ttl_secs: Option<u64>,
+    pub admission_timeout_ms: Option<u64>,
+    pub upstream_timeout_secs: Option<u64>,
+    pub stream_idle_timeout_secs: Option<u64>,
+    pub body_read_timeout_secs: Option<u64>,
+    pub shutdown_grace_secs: Option<u64>,
+    pub max_outbox: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub openai_default_max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpSection {
+    pub grpc: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    #[serde(default)]
+    pub anthropic: UpstreamEntry,
+    #[serde(default)]
+    pub openai: UpstreamEntry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSection {
+    pub fallback: Option<PriceEntry>,
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, PriceEntry>,
+}
+
+/// A price in nano-USD per token (per request for `web_search`). Cache
+/// rates default to Anthropic's multiples of `input` (1.25×, 2×, 0.1×).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceEntry {
+    pub input: u64,
+    pub output: u64,
+    pub cache_write_5m: Option<u64>,
+    pub cache_write_1h: Option<u64>,
+    pub cache_read: Option<u64>,
+    pub web_search: Option<u64>,
+}
+
+impl PriceEntry {
+    fn price(&self) -> Price {
+        let base = Rates::anthropic(self.input, self.output);
+        Price {
+            rates: Rates {
+                cache_write_5m: self.cache_write_5m.unwrap_or(base.cache_write_5m),
+                cache_write_1h: self.cache_write_1h.unwrap_or(base.cache_write_1h),
+                cache_read: self.cache_read.unwrap_or(base.cache_read),
+                ..base
+            },
+            long_context: None,
+            web_search: self.web_search.unwrap_or(WEB_SEARCH_NANO),
+        }
+    }
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        if cfg.version != CONFIG_VERSION {
+            return Err(format!(
+                "config version {} is not supported by this binary (it reads version {CONFIG_VERSION})",
+                cfg.version
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Base URL without a trailing slash, e.g. `https://api.anthropic.com`.
+    pub url: String,
+    /// The gateway's own credential; never the client's.
+    pub api_key: Option<String>,
+}
+
+/// Everything the edge runs with, resolved.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub listen: SocketAddr,
+    pub ledger: Vec<String>,
+    pub data_dir: PathBuf,
+    pub anthropic: Upstream,
+    pub openai: Upstream,
+    pub estimate: EstimateMode,
+    pub fail_mode: FailMode,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub hold_ttl: Duration,
+    pub admission_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub max_outbox: usize,
+    pub max_connections: usize,
+    /// Output tokens reserved for an OpenAI request that sets no maximum
+    /// (`estimate` mode only; `strict` mode requires a maximum).
+    pub openai_default_max_tokens: u64,
+    pub prices: PriceTable,
+}
+
+/// Values given on the command line (each overrides file and environment).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub ledger: Option<Vec<String>>,
+    pub data_dir: Option<PathBuf>,
+    pub upstream_anthropic: Option<String>,
+    pub upstream_openai: Option<String>,
+    pub estimate: Option<EstimateMode>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    match env(name) {
+        None => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| format!("{name}={v:?} is not valid")),
+    }
+}
+
+fn clean_url(name: &str, url: String) -> Result<String, String> {
+    let url = url.trim().trim_end_matches('/').to_string();
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+        return Err(format!("{name} {url:?} must start with http:// or https://"));
+    };
+    if rest.is_empty() || rest.contains('?') || rest.contains('#') {
+        return Err(format!("{name} {url:?} must be a base URL (scheme, host, optional port and path)"));
+    }
+    Ok(url)
+}
+
+impl EdgeSettings {
+    /// Resolves defaults ← file ← `TOLLGATE_*` env ← flags. `ledger_default`
+    /// is what `tollgate up` passes (its own gRPC address).
+    pub fn resolve(
+        file: &FileConfig,
+        flags: &Overrides,
+        ledger_default: Option<Vec<String>>,
+    ) -> Result<EdgeSettings, String> {
+        let e = &file.edge;
+        let listen = flags
+            .listen
+            .or(env_parse("TOLLGATE_LISTEN")?)
+            .or(e.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let ledger = flags
+            .ledger
+            .clone()
+            .or_else(|| env("TOLLGATE_LEDGER").map(|v| v.split(',').map(|s| s.trim().to_string()).collect()))
+            .or_else(|| e.ledger.clone())
+            .or(ledger_default)
+            .ok_or("no ledger address: give --ledger ADDR[,ADDR…], TOLLGATE_LEDGER or edge.ledger")?;
+        let ledger: Vec<String> = ledger.into_iter().filter(|s| !s.is_empty()).collect();
+        if ledger.is_empty() {
+            return Err("the ledger address list is empty".into());
+        }
+        let data_dir = flags
+            .data_dir
+            .clone()
+            .or(env("TOLLGATE_DATA_DIR").map(PathBuf::from))
+            .or(e.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./tollgate-data"));
+        let upstream = |flag: &Option<String>, env_name: &str, entry: &UpstreamEntry, key_env: &str, default: &str| {
+            let url = flag.clone().or(env(env_name)).or(entry.url.clone()).unwrap_or_else(|| default.to_string());
+            let api_key = env(key_env).or(entry.api_key.clone());
+            Ok::<_, String>(Upstream { url: clean_url(env_name, url)?, api_key })
+        };
+        let anthropic = upstream(
+            &flags.upstream_anthropic,
+            "TOLLGATE_UPSTREAM_ANTHROPIC",
+            &file.upstream.anthropic,
+            "ANTHROPIC_API_KEY",
+            "https://api.anthropic.com",
+        )?;
+        let openai = upstream(
+            &flags.upstream_openai,
+            "TOLLGATE_UPSTREAM_OPENAI",
+            &file.upstream.openai,
+            "OPENAI_API_KEY",
+            "https://api.openai.com",
+        )?;
+        let estimate = match (flags.estimate, env("TOLLGATE_ESTIMATE")) {
+            (Some(m), _) => m,
+            (None, Some(v)) => EstimateMode::parse(v.trim()).map_err(|m| format!("TOLLGATE_ESTIMATE: {m}"))?,
+            (None, None) => e.estimate.unwrap_or(EstimateMode::Estimate),
+        };
+        let fail_mode = match env("TOLLGATE_FAIL_MODE") {
+            Some(v) => FailMode::parse(v.trim()).map_err(|m| format!("TOLLGATE_FAIL_MODE: {m}"))?,
+            None => e.fail_mode.unwrap_or(FailMode::Closed),
+        };
+        let num = |name: &str, file: Option<u64>, default: u64| -> Result<u64, String> {
+            Ok(env_parse::<u64>(name)?.or(file).unwrap_or(default))
+        };
+        let secs = |name: &str, file: Option<u64>, default: u64| -> Result<Duration, String> {
+            let v = num(name, file, default)?;
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let size = |name: &str, file: Option<usize>, default: usize| -> Result<usize, String> {
+            let v = env_parse::<usize>(name)?.or(file).unwrap_or(default);
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+            Ok(v)
+        };
+        let mut prices = PriceTable::default();
+        if let Some(f) = &file.pricing.fallback {
+            prices.set_fallback(f.price());
+        }
+        for (prefix, entry) in &file.pricing.models {
+            if prefix.is_empty() {
+                return Err("pricing.models: an empty model prefix would match every model".into());
+            }
+            prices.set(prefix, entry.price());
+        }
+        let s = EdgeSettings {
+            listen,
+            ledger,
+            data_dir,
+            anthropic,
+            openai,
+            estimate,
+            fail_mode,
+            max_body_bytes: size("TOLLGATE_MAX_BODY_BYTES", e.max_body_bytes, 32 * 1024 * 1024)?,
+            max_response_bytes: size("TOLLGATE_MAX_RESPONSE_BYTES", e.max_response_bytes, 64 * 1024 * 1024)?,
+            hold_ttl: secs("TOLLGATE_HOLD_TTL_SECS", e.hold_ttl_secs, 600)?,
+            admission_timeout: Duration::from_millis(num(
+                "TOLLGATE_ADMISSION_TIMEOUT_MS",
+                e.admission_timeout_ms,
+                5_000,
+            )?),
+            upstream_timeout: secs("TOLLGATE_UPSTREAM_TIMEOUT_SECS", e.upstream_timeout_secs, 600)?,
+            stream_idle_timeout: secs("TOLLGATE_STREAM_IDLE_TIMEOUT_SECS", e.stream_idle_timeout_secs, 300)?,
+            body_read_timeout: secs("TOLLGATE_BODY_READ_TIMEOUT_SECS", e.body_read_timeout_secs, 60)?,
+            shutdown_grace: secs("TOLLGATE_SHUTDOWN_GRACE_SECS", e.shutdown_grace_secs, 30)?,
+            max_outbox: size("TOLLGATE_MAX_OUTBOX", e.max_outbox, 100_000)?,
+            max_connections: size("TOLLGATE_MAX_CONNECTIONS", e.max_connections, 10_000)?,
+            openai_default_max_tokens: num("TOLLGATE_OPENAI_DEFAULT_MAX_TOKENS", e.openai_default_max_tokens, 4096)?,
+            prices,
+        };
+        if s.hold_ttl > Duration::from_secs(7200) {
+            return Err("hold_ttl_secs must be at most 7200 (the ledger's longest hold)".into());
+        }
+        if s.admission_timeout.is_zero() {
+            return Err("admission_timeout_ms must be at least 1".into());
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_and_unknown_fields_are_rejected() {
+        let text = r#"
+            version = 1
+            [edge]
+            listen = "127.0.0.1:9999"
+            ledger = ["127.0.0.1:7001", "127.0.0.1:7002"]
+            estimate = "strict"
+            max_body_bytes = 1000
+            [upstream.anthropic]
+            url = "http://127.0.0.1:5000/"
+            [pricing.fallback]
+            input = 1
+            output = 2
+            [pricing.models."my-model"]
+            input = 10
+            output = 20
+            cache_read = 3
+        "#;
+        let f = FileConfig::parse(text).unwrap();
+        let s = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.ledger, vec!["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert_eq!(s.estimate, EstimateMode::Strict);
+        assert_eq!(s.max_body_bytes, 1000);
+        assert_eq!(s.anthropic.url, "http://127.0.0.1:5000");
+        assert_eq!(s.openai.url, "https://api.openai.com");
+        let (p, fallback) = s.prices.price("my-model-v2");
+        assert!(!fallback);
+        assert_eq!((p.rates.input, p.rates.output, p.rates.cache_read, p.rates.cache_write_5m), (10, 20, 3, 12));
+        assert_eq!(s.prices.price("nobody-knows").0.rates.output, 2);
+
+        let err = FileConfig::parse("version = 1\n[edge]\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = FileConfig::parse("version = 2\n").unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+        let err = FileConfig::parse("[edge]\n").unwrap_err();
+        assert!(err.contains("version"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_values_are_named() {
+        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"a:1\"]\n").unwrap();
+        let flags =
+            Overrides { ledger: Some(vec!["b:2".into()]), estimate: Some(EstimateMode::Strict), ..Default::default() };
+        let s = EdgeSettings::resolve(&f, &flags, None).unwrap();
+        assert_eq!(s.ledger, vec!["b:2"]);
+        assert_eq!(s.estimate, EstimateMode::Strict);
+        let flags = Overrides { upstream_openai: Some("ftp://x".into()), ..Default::default() };
+        let err = EdgeSettings::resolve(&f, &flags, None).unwrap_err();
+        assert!(err.contains("http://"), "{err}");
+        let err = FileConfig::parse("version = 1\n[edge]\nfail_mode = \"sideways\"\n").unwrap_err();
+        assert!(err.contains("sideways") || err.contains("fail_mode"), "{err}");
+        let empty = FileConfig { version: 1, ..Default::default() };
+        let err = EdgeSettings::resolve(&empty, &Overrides::default(), None).unwrap_err();
+        assert!(err.contains("ledger"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! The edge gateway: an HTTP proxy in front of the Anthropic and OpenAI
+//! APIs that authenticates virtual keys against the config streamed from
+//! the ledger, reserves a hold before forwarding, meters usage from the
+//! response (JSON or SSE, streamed through without buffering) and settles
+//! through a durable outbox. See ARCHITECTURE.md, "The edge request path".
+
+pub mod metrics;
+pub mod outbox;
+mod proxy;
+pub mod watch;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
+use tollgate_client::LedgerClient;
+
+use crate::config::EdgeSettings;
+use metrics::Metrics;
+use outbox::Outbox;
+use watch::ConfigCache;
+
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, http_body_util::Full<bytes::Bytes>>;
+
+/// Counts work that must finish before shutdown (settlements being written).
+#[derive(Default)]
+pub(crate) struct Pending {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+pub(crate) struct PendingGuard(Arc<Pending>);
+
+impl Pending {
+    pub(crate) fn enter(self: &Arc<Self>) -> PendingGuard {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        PendingGuard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.n.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Shared state of one edge.
+pub(crate) struct Shared {
+    pub(crate) settings: EdgeSettings,
+    pub(crate) config: Arc<ConfigCache>,
+    pub(crate) ledger: LedgerClient,
+    pub(crate) coalescer: Coalescer,
+    pub(crate) outbox: Outbox,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) http: UpstreamClient,
+    pub(crate) pending: Arc<Pending>,
+}
+
+/// A running edge.
+pub struct Edge {
+    pub local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn upstream_client() -> anyhow::Result<UpstreamClient> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(https))
+}
+
+impl Edge {
+    /// Binds the listener, opens the outbox (replaying what an earlier run
+    /// left), starts the config watch and serves.
+    pub async fn start(settings: EdgeSettings) -> anyhow::Result<Edge> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", settings.data_dir.display()))?;
+        let metrics = Arc::new(Metrics::default());
+        let ledger = LedgerClient::new(&settings.ledger, Duration::from_secs(10))
+            .map_err(|s| anyhow::anyhow!("ledger addresses: {}", s.message()))?;
+        let coalescer = Coalescer::start(ledger.clone(), CoalescerConfig::default());
+        let outbox = Outbox::open(&settings.data_dir.join("outbox"), coalescer.clone(), metrics.clone())?;
+        let config = ConfigCache::new();
+        let m = metrics.clone();
+        tokio::spawn(config.clone().follow(ledger.clone(), move |i| m.config_index.store(i, Ordering::Relaxed)));
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            http: upstream_client()?,
+            settings,
+            config,
+            ledger,
+            coalescer,
+            outbox,
+            metrics,
+            pending: Arc::new(Pending::default()),
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, shared.clone(), stopped));
+        tracing::info!("edge listening on http://{local_addr}");
+        Ok(Edge { local_addr, shared, stop, server })
+    }
+
+    /// Waits (bounded) until the config watch has delivered the config.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut changes = self.shared.config.subscribe();
+        while !self.shared.config.is_live() {
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests and
+    /// streams finish within the grace period, then flush the outbox.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        let grace = self.shared.settings.shutdown_grace;
+        if tokio::time::timeout(grace, self.shared.pending.wait_idle()).await.is_err() {
+            tracing::warn!("settlements still being written after the grace period");
+        }
+        let left = self.shared.outbox.flush(Duration::from_secs(10)).await;
+        if left > 0 {
+            tracing::warn!("{left} outbox records not yet acknowledged; they are kept and replayed on the next start");
+        } else {
+            tracing::info!("outbox flushed");
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stopped.changed() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let s = shared.clone();
+        let service = service_fn(move |req| {
+            let s = s.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(s, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = shared.settings.shutdown_grace;
+    tracing::info!("edge: stopped accepting; waiting up to {}s for in-flight requests", grace.as_secs());
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("edge: in-flight requests still open after the grace period; closing them");
+    }
+}

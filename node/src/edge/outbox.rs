@@ -1,0 +1,274 @@
+//! The settle outbox: every settlement and release is written to sled and
+//! flushed to disk before it is sent, removed when the ledger acknowledges
+//! it, and replayed after a restart. Writes are group-committed (one fsync
+//! for everything that arrived meanwhile); sends go through the
+//! [`Coalescer`], so a backlog drains in batched calls.
+//!
+//! Replays are safe: the ledger applies a settle exactly once and answers a
+//! repeat with the first charge, and a release is idempotent.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tollgate_client::coalesce::Coalescer;
+use tollgate_proto::v1 as pb;
+
+use super::metrics::Metrics;
+
+/// One durable record, keyed by its hold id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Settle(pb::SettleRequest),
+    Release(pb::HoldId),
+}
+
+const SETTLE: u8 = 1;
+const RELEASE: u8 = 2;
+/// Most records one drain pass sends.
+const PASS: usize = 4096;
+/// Most records one group commit writes.
+const COMMIT: usize = 1024;
+
+impl Record {
+    fn hold(&self) -> Vec<u8> {
+        match self {
+            Record::Settle(s) => s.hold_id.as_ref().map(|h| h.id.clone()).unwrap_or_default(),
+            Record::Release(h) => h.id.clone(),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let (tag, body) = match self {
+            Record::Settle(s) => (SETTLE, s.encode_to_vec()),
+            Record::Release(h) => (RELEASE, h.encode_to_vec()),
+        };
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(tag);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Record> {
+        let (tag, body) = bytes.split_first()?;
+        match *tag {
+            SETTLE => pb::SettleRequest::decode(body).ok().map(Record::Settle),
+            RELEASE => pb::HoldId::decode(body).ok().map(Record::Release),
+            _ => None,
+        }
+    }
+}
+
+type Write = (Record, oneshot::Sender<Result<(), String>>);
+
+/// A handle to the outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    tree: sled::Tree,
+    writes: mpsc::Sender<Write>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox under `dir` and starts its writer and
+    /// its drain task; records left by an earlier run are sent at once.
+    pub fn open(dir: &Path, coalescer: Coalescer, metrics: Arc<Metrics>) -> anyhow::Result<Outbox> {
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(1000)).open().map_err(|e| {
+            anyhow::anyhow!("opening the settle outbox in {} (is another edge using it?): {e}", dir.display())
+        })?;
+        let tree = db.open_tree("outbox")?;
+        metrics.outbox_depth.store(tree.len() as i64, Ordering::Relaxed);
+        if !tree.is_empty() {
+            tracing::info!("outbox: {} records from an earlier run will be replayed", tree.len());
+        }
+        let (writes, rx) = mpsc::channel(COMMIT * 4);
+        let wake = Arc::new(Notify::new());
+        let outbox = Outbox { tree, writes, wake, metrics };
+        tokio::spawn(writer(db, outbox.clone(), rx));
+        tokio::spawn(drain(outbox.clone(), coalescer));
+        outbox.wake.notify_one();
+        Ok(outbox)
+    }
+
+    /// Writes `record` durably; returns once it is on disk. Sending to the
+    /// ledger happens after, in the background.
+    pub async fn push(&self, record: Record) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send((record, tx)).await.map_err(|_| "the outbox is closed".to_string())?;
+        rx.await.map_err(|_| "the outbox writer stopped".to_string())?
+    }
+
+    /// Records not yet acknowledged by the ledger.
+    pub fn depth(&self) -> usize {
+        self.metrics.outbox_depth.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Waits until everything is acknowledged or `within` passes; returns
+    /// the records still pending (they stay on disk for the next start).
+    pub async fn flush(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        self.wake.notify_one();
+        while self.depth() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.depth()
+    }
+
+    fn remove(&self, key: &[u8]) {
+        match self.tree.remove(key) {
+            Ok(Some(_)) => {
+                self.metrics.outbox_depth.fetch_sub(1, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("outbox: removing an acknowledged record: {e}"),
+        }
+    }
+}
+
+/// Group commit: write everything queued, one flush, then answer all.
+async fn writer(db: sled::Db, outbox: Outbox, mut rx: mpsc::Receiver<Write>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < COMMIT {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let mut result = Ok(());
+        let mut added = 0i64;
+        for (record, _) in &batch {
+            match outbox.tree.insert(record.hold(), record.encode()) {
+                Ok(None) => added += 1,
+                Ok(Some(_)) => {}
+                Err(e) => result = Err(format!("writing the outbox: {e}")),
+            }
+        }
+        if result.is_ok() {
+            if let Err(e) = db.flush_async().await {
+                result = Err(format!("flushing the outbox: {e}"));
+            }
+        }
+        outbox.metrics.outbox_depth.fetch_add(added, Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!("outbox: {e}");
+        }
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+        outbox.wake.notify_one();
+    }
+}
+
+enum Sent {
+    /// Acknowledged (or refused for good): remove it.
+    Done,
+    /// Not known to be applied: keep it and try again later.
+    Retry,
+}
+
+async fn send(c: &Coalescer, outbox: &Outbox, record: Record) -> Sent {
+    match record {
+        Record::Settle(s) => match c.settle(s).await {
+            Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Settled(_)) }) => Sent::Done,
+            Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Error(e)) }) => {
+                tracing::error!("outbox: the ledger refused a settle for good ({}): {}", e.code, e.message);
+                outbox.metrics.outbox_dropped("settle");
+                Sent::Done
+            }
+            Ok(pb::SettleResult { outcome: None }) => Sent::Retry,
+            Err(s) => {
+                tracing::debug!("outbox: settle not acknowledged: {}", s.message());
+                Sent::Retry
+            }
+        },
+        Record::Release(h) => match c.release(h).await {
+            Ok(pb::ReleaseResult { error: None }) => Sent::Done,
+            Ok(pb::ReleaseResult { error: Some(e) }) => {
+                tracing::warn!("outbox: the ledger refused a release ({}): {}", e.code, e.message);
+                outbox.metrics.outbox_dropped("release");
+                Sent::Done
+            }
+            Err(s) => {
+                tracing::debug!("outbox: release not acknowledged: {}", s.message());
+                Sent::Retry
+            }
+        },
+    }
+}
+
+/// Sends what is on disk, pass after pass; backs off while the ledger does
+/// not acknowledge, and sleeps until woken when there is nothing to send.
+async fn drain(outbox: Outbox, coalescer: Coalescer) {
+    let mut backoff = Duration::ZERO;
+    loop {
+        if backoff.is_zero() {
+            tokio::select! {
+                _ = outbox.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+        }
+        let mut pass = FuturesUnordered::new();
+        for item in outbox.tree.iter().take(PASS) {
+            let Ok((key, value)) = item else { continue };
+            match Record::decode(&value) {
+                Some(record) => {
+                    let (c, o) = (&coalescer, &outbox);
+                    pass.push(async move { (key, send(c, o, record).await) });
+                }
+                None => {
+                    tracing::error!("outbox: dropping an undecodable record");
+                    outbox.remove(&key);
+                }
+            }
+        }
+        let (mut sent, mut failed) = (0usize, 0usize);
+        while let Some((key, outcome)) = pass.next().await {
+            match outcome {
+                Sent::Done => {
+                    outbox.remove(&key);
+                    sent += 1;
+                }
+                Sent::Retry => failed += 1,
+            }
+        }
+        backoff = if failed > 0 {
+            (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        } else {
+            Duration::ZERO
+        };
+        if failed == 0 && sent > 0 && !outbox.tree.is_empty() {
+            // More may be waiting beyond this pass: go again at once.
+            outbox.wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let s = Record::Settle(pb::SettleRequest {
+            hold_id: Some(pb::HoldId { id: vec![7; 16] }),
+            cost_nano_usd: 123,
+            usage: Some(pb::Usage { input_tokens: 5, output_tokens: 6, ..Default::default() }),
+            estimated: true,
+            session_id: "s1".into(),
+        });
+        assert_eq!(Record::decode(&s.encode()), Some(s.clone()));
+        assert_eq!(s.hold(), vec![7; 16]);
+        let r = Record::Release(pb::HoldId { id: vec![1; 16] });
+        assert_eq!(Record::decode(&r.encode()), Some(r));
+        assert_eq!(Record::decode(&[9, 1, 2]), None);
+        assert_eq!(Record::decode(&[]), None);
+    }
+}

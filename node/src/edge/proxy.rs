@@ -1,0 +1,819 @@
+//! One request through the edge: route, authenticate, check policy, reserve,
+//! forward, meter, settle.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tollgate_client::retryable;
+use tollgate_ledger::money::NanoUsd;
+use tollgate_ledger::state::{Denial, Period, Scope, Usage};
+use tollgate_proto::v1 as pb;
+
+use super::outbox::Record;
+use super::watch::Principal;
+use super::Shared;
+use crate::config::EstimateMode;
+use crate::errors::{self, Api, ErrorResponse};
+use crate::meter::{read_anthropic_usage, read_openai_usage, SseParser, StreamMeter};
+
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Most bytes of an upstream error body or non-metered response kept.
+const MAX_ERROR_BODY: usize = 4 * 1024 * 1024;
+/// Longest session id recorded.
+const MAX_SESSION_ID: usize = 200;
+/// Frames buffered between the upstream and a slow client.
+const STREAM_BUFFER: usize = 32;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn respond_error(e: &ErrorResponse) -> Response<Body> {
+    let mut r = Response::new(full(e.body.clone()));
+    *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+fn plain(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
+    r
+}
+
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Metered: a hold is reserved and settled.
+    Messages,
+    ChatCompletions,
+    /// Authenticated and forwarded, not charged.
+    CountTokens,
+    Models(Api),
+}
+
+impl Route {
+    fn api(self) -> Api {
+        match self {
+            Route::Messages | Route::CountTokens => Api::Anthropic,
+            Route::ChatCompletions => Api::OpenAi,
+            Route::Models(api) => api,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Messages => "/v1/messages",
+            Route::ChatCompletions => "/v1/chat/completions",
+            Route::CountTokens => "/v1/messages/count_tokens",
+            Route::Models(_) => "/v1/models",
+        }
+    }
+}
+
+/// Hop-by-hop headers and those the edge sets itself.
+fn skip_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "x-api-key"
+            | "authorization"
+            | "accept-encoding"
+    )
+}
+
+fn skip_response_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    )
+}
+
+/// The virtual key: `x-api-key`, else `Authorization: Bearer`.
+fn presented_key(h: &HeaderMap) -> Option<&str> {
+    if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.trim());
+    }
+    let auth = h.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorResponse> {
+    let guess =
+        if path.starts_with("/v1/chat") || path.starts_with("/v1/completions") { Api::OpenAi } else { Api::Anthropic };
+    let r = match path {
+        "/v1/messages" => (Method::POST, Route::Messages),
+        "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
+        "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
+        "/v1/models" => {
+            // Both providers serve this path; Anthropic clients send their version header.
+            let anthropic = h.contains_key("anthropic-version") || h.contains_key("x-api-key");
+            (Method::GET, Route::Models(if anthropic { Api::Anthropic } else { Api::OpenAi }))
+        }
+        _ => return Err(errors::error(guess, 404, &format!("Tollgate has no route for {method} {path}"), None)),
+    };
+    if *method != r.0 {
+        return Err(errors::error(r.1.api(), 405, &format!("{path} accepts {} only", r.0), None));
+    }
+    Ok(r.1)
+}
+
+/// Entry point for every request.
+pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let t0 = Instant::now();
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => return plain(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => {
+            return if s.config.is_live() {
+                let index = s.config.current().index;
+                plain(StatusCode::OK, "text/plain", format!("ready (config index {index})\n"))
+            } else {
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: the config watch is not current\n".into(),
+                )
+            };
+        }
+        (&Method::GET, "/metrics") => {
+            return plain(StatusCode::OK, "text/plain; version=0.0.4", s.metrics.render());
+        }
+        _ => {}
+    }
+    let route = match route(req.method(), &path, req.headers()) {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.request("other", "", e.status);
+            return respond_error(&e);
+        }
+    };
+    let mut ctx = Ctx { s: s.clone(), route, api: route.api(), t0, model: String::new(), overhead: Duration::ZERO };
+    let resp = match ctx.run(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            ctx.overhead = t0.elapsed();
+            respond_error(&e)
+        }
+    };
+    s.metrics.request(route.label(), &ctx.model, resp.status().as_u16());
+    if !ctx.overhead.is_zero() {
+        s.metrics.overhead(ctx.overhead);
+    }
+    resp
+}
+
+struct Ctx {
+    s: Arc<Shared>,
+    route: Route,
+    api: Api,
+    t0: Instant,
+    model: String,
+    /// Time spent in the edge, upstream excluded (set once known).
+    overhead: Duration,
+}
+
+/// What admission decided.
+struct Admitted {
+    hold: pb::HoldId,
+    principal: Principal,
+    model: String,
+    input_estimate: u64,
+    session: String,
+}
+
+fn hold_id() -> pb::HoldId {
+    let mut id = vec![0u8; 16];
+    getrandom::fill(&mut id).expect("the OS random source failed");
+    pb::HoldId { id }
+}
+
+fn denial_from_pb(d: &pb::Denial) -> Denial {
+    Denial {
+        scope: Scope::parse(&d.scope).unwrap_or(Scope::Org),
+        model: (!d.model.is_empty()).then(|| d.model.clone()),
+        limit: NanoUsd(d.limit_nano_usd),
+        spent: NanoUsd(d.spent_nano_usd),
+        held: NanoUsd(d.held_nano_usd),
+        requested: NanoUsd(d.requested_nano_usd),
+        period: Period::parse(&d.period).unwrap_or(Period::Total),
+        resets_at_ms: (d.resets_at_ms != 0).then_some(d.resets_at_ms),
+    }
+}
+
+impl Ctx {
+    fn err(&self, status: u16, message: impl AsRef<str>) -> ErrorResponse {
+        errors::error(self.api, status, message.as_ref(), None)
+    }
+
+    async fn run(&mut self, req: Request<Incoming>) -> Result<Response<Body>, ErrorResponse> {
+        let (parts, body) = req.into_parts();
+        let Some(secret) = presented_key(&parts.headers) else {
+            return Err(self.err(401, "Tollgate: no API key given (send it in x-api-key or Authorization: Bearer)"));
+        };
+        let view = self.s.config.current();
+        if view.index == 0 && !self.s.config.is_live() {
+            return Err(self.err(503, "Tollgate is starting: it has not yet received its config from the ledger"));
+        }
+        let Some(principal) = view.authenticate(secret).cloned() else {
+            return Err(self.err(401, "Tollgate: invalid or revoked API key"));
+        };
+        let limit = self.s.settings.max_body_bytes;
+        let declared = parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(self.err(413, format!("Tollgate: the request body exceeds the {limit}-byte limit")));
+        }
+        let body =
+            match tokio::time::timeout(self.s.settings.body_read_timeout, Limited::new(body, limit).collect()).await {
+                Err(_) => return Err(self.err(408, "Tollgate: timed out reading the request body")),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(self.err(413, format!("Tollgate: the request body exceeds the {limit}-byte limit")));
+                }
+                Ok(Err(e)) => return Err(self.err(400, format!("Tollgate: could not read the request body: {e}"))),
+                Ok(Ok(b)) => b.to_bytes(),
+            };
+        let upstream = match self.api {
+            Api::Anthropic => &self.s.settings.anthropic,
+            Api::OpenAi => &self.s.settings.openai,
+        };
+        if upstream.api_key.is_none() {
+            let var = if self.api == Api::Anthropic { "ANTHROPIC_API_KEY" } else { "OPENAI_API_KEY" };
+            return Err(self.err(
+                503,
+                format!("Tollgate has no upstream credential: set {var} in the gateway's environment or config"),
+            ));
+        }
+        match self.route {
+            Route::Messages | Route::ChatCompletions => self.metered(parts, body, principal).await,
+            Route::CountTokens | Route::Models(_) => {
+                if let Some(model) =
+                    serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["model"].as_str().map(String::from))
+                {
+                    if let Err(scope) = view.check_policy(&principal, &model) {
+                        return Err(
+                            self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}"))
+                        );
+                    }
+                    self.model = model;
+                }
+                let up = self.forward(&parts, body).await?;
+                let t = Instant::now();
+                let (head, body) = up.into_parts();
+                let body = match tokio::time::timeout(
+                    self.s.settings.upstream_timeout,
+                    Limited::new(body, MAX_ERROR_BODY).collect(),
+                )
+                .await
+                {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    _ => return Err(self.err(502, "Tollgate: the upstream response could not be read")),
+                };
+                self.overhead += t.elapsed();
+                Ok(self.client_response(head, full(body), true))
+            }
+        }
+    }
+
+    /// The response to the client: upstream status and headers, `body`.
+    fn client_response(&self, head: hyper::http::response::Parts, body: Body, keep_length: bool) -> Response<Body> {
+        let mut r = Response::new(body);
+        *r.status_mut() = head.status;
+        for (name, value) in head.headers.iter() {
+            if skip_response_header(name) || (!keep_length && name == "content-length") {
+                continue;
+            }
+            r.headers_mut().append(name.clone(), value.clone());
+        }
+        r
+    }
+
+    /// Sends the request upstream with the gateway's credential.
+    async fn forward(
+        &mut self,
+        parts: &hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ErrorResponse> {
+        let upstream = match self.api {
+            Api::Anthropic => &self.s.settings.anthropic,
+            Api::OpenAi => &self.s.settings.openai,
+        };
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri = format!("{}{pq}", upstream.url);
+        let mut b = Request::builder().method(parts.method.clone()).uri(&uri);
+        for (name, value) in parts.headers.iter() {
+            if !skip_request_header(name) {
+                b = b.header(name, value);
+            }
+        }
+        let key = upstream.api_key.as_deref().unwrap_or_default();
+        b = match self.api {
+            Api::Anthropic => b.header("x-api-key", key),
+            Api::OpenAi => b.header("authorization", format!("Bearer {key}")),
+        };
+        let req = b
+            .header("accept-encoding", "identity")
+            .body(Full::new(body))
+            .map_err(|e| self.err(500, format!("Tollgate: building the upstream request: {e}")))?;
+        self.overhead += self.t0.elapsed();
+        let sent = Instant::now();
+        let result = tokio::time::timeout(self.s.settings.upstream_timeout, self.s.http.request(req)).await;
+        self.s.metrics.upstream(sent.elapsed());
+        match result {
+            Err(_) => Err(self.err(504, "Tollgate: the upstream did not answer in time")),
+            Ok(Err(e)) => Err(self.err(502, format!("Tollgate: could not reach the upstream ({}): {e}", upstream.url))),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Admission: parse, policy, estimate, reserve.
+    async fn admit(
+        &mut self,
+        parts: &hyper::http::request::Parts,
+        body: &Bytes,
+        principal: Principal,
+    ) -> Result<(Admitted, Value), ErrorResponse> {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| self.err(400, format!("Tollgate: the request body is not valid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(self.err(400, "Tollgate: the request body must be a JSON object"));
+        }
+        let Some(model) = v.get("model").and_then(Value::as_str).map(str::to_string) else {
+            return Err(self.err(400, "model: Field required (a string)"));
+        };
+        self.model = model.clone();
+        let strict = self.s.settings.estimate == EstimateMode::Strict;
+        let max_out = match self.api {
+            Api::Anthropic => match v.get("max_tokens") {
+                Some(n) => n.as_u64().ok_or_else(|| self.err(400, "max_tokens: must be a positive integer"))?,
+                None => return Err(self.err(400, "max_tokens: Field required")),
+            },
+            Api::OpenAi => {
+                let given = v
+                    .get("max_completion_tokens")
+                    .filter(|n| !n.is_null())
+                    .or_else(|| v.get("max_tokens").filter(|n| !n.is_null()));
+                let per_choice = match given {
+                    Some(n) => n.as_u64().ok_or_else(|| self.err(400, "max_completion_tokens: must be a positive integer"))?,
+                    None if strict => {
+                        return Err(self.err(400, "Tollgate (strict admission): set max_completion_tokens or max_tokens so the request's cost is bounded"))
+                    }
+                    None => self.s.settings.openai_default_max_tokens,
+                };
+                per_choice.saturating_mul(v.get("n").and_then(Value::as_u64).unwrap_or(1).max(1))
+            }
+        };
+        let view = self.s.config.current();
+        if let Err(scope) = view.check_policy(&principal, &model) {
+            return Err(self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}")));
+        }
+        if self.s.outbox.depth() >= self.s.settings.max_outbox {
+            return Err(self.err(503, "Tollgate: too many settlements are waiting for the ledger; try again shortly"));
+        }
+        let input_estimate = if strict {
+            body.len() as u64
+        } else {
+            let chars = std::str::from_utf8(body).map(|t| t.chars().count()).unwrap_or(body.len()) as u64;
+            (chars * 2).div_ceil(7)
+        };
+        let amount = self.s.settings.prices.reserve_amount(&model, input_estimate, max_out, strict);
+        let hold = hold_id();
+        let ttl = self.s.settings.hold_ttl;
+        let req = pb::ReserveRequest {
+            hold_id: Some(hold.clone()),
+            key_id: principal.key_id.clone(),
+            model: model.clone(),
+            amount_nano_usd: amount.0,
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
+        let mut pause = Duration::from_millis(20);
+        let outcome = loop {
+            match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
+                Ok(Err(st)) if retryable(&st) && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Ok(r) => break r.map_err(|st| st.message().to_string()),
+                Err(_) => break Err("no answer in time".to_string()),
+            }
+        };
+        use pb::reserve_result::Outcome;
+        let unreachable = |why: String, this: &Self| {
+            this.s.metrics.admission("error");
+            let hold = hold.clone();
+            let outbox = this.s.outbox.clone();
+            // The reserve may still commit: release its id so it cannot
+            // hold budget, then refuse (fail_mode = closed).
+            tokio::spawn(async move {
+                if let Err(e) = outbox.push(Record::Release(hold)).await {
+                    tracing::error!("outbox: {e}");
+                }
+            });
+            this.err(
+                503,
+                format!("Tollgate cannot reach its budget ledger, so it refuses requests (fail_mode = closed): {why}"),
+            )
+        };
+        match outcome {
+            Ok(pb::ReserveResult { outcome: Some(Outcome::GrantedExpiresAtMs(_)) }) => {
+                self.s.metrics.admission("granted");
+            }
+            Ok(pb::ReserveResult { outcome: Some(Outcome::Denied(d)) }) => {
+                self.s.metrics.admission("denied");
+                return Err(errors::budget_denied(self.api, &denial_from_pb(&d)));
+            }
+            Ok(pb::ReserveResult { outcome: Some(Outcome::Error(e)) }) => {
+                self.s.metrics.admission("error");
+                return Err(match e.code.as_str() {
+                    "not_found" => {
+                        self.err(401, format!("Tollgate: this API key is not known to the ledger ({})", e.message))
+                    }
+                    _ => self
+                        .err(500, format!("Tollgate: the ledger refused the reservation ({}): {}", e.code, e.message)),
+                });
+            }
+            Ok(pb::ReserveResult { outcome: None }) => return Err(unreachable("an empty answer".into(), self)),
+            Err(why) => return Err(unreachable(why, self)),
+        }
+        let session = parts
+            .headers
+            .get("x-claude-code-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(MAX_SESSION_ID).collect())
+            .unwrap_or_default();
+        Ok((Admitted { hold, principal, model, input_estimate, session }, v))
+    }
+
+    async fn metered(
+        &mut self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+        principal: Principal,
+    ) -> Result<Response<Body>, ErrorResponse> {
+        let (adm, v) = self.admit(&parts, &body, principal).await?;
+        let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        // OpenAI streams report usage only when asked: ask, and hide the
+        // extra chunk from a client that did not.
+        let mut strip_usage = false;
+        let body = if self.api == Api::OpenAi
+            && stream
+            && v.pointer("/stream_options/include_usage") != Some(&Value::Bool(true))
+        {
+            let mut v = v;
+            let opts = v
+                .as_object_mut()
+                .map(|o| o.entry("stream_options").or_insert_with(|| Value::Object(Default::default())));
+            match opts {
+                Some(Value::Object(o)) => {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                    strip_usage = true;
+                    Bytes::from(serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec()))
+                }
+                _ => body,
+            }
+        } else {
+            body
+        };
+        let settler = Settler { s: self.s.clone(), adm, api: self.api };
+        let up = match self.forward(&parts, body).await {
+            Ok(r) => r,
+            Err(e) => {
+                settler.release();
+                return Err(e);
+            }
+        };
+        let after = Instant::now();
+        let (head, up_body) = up.into_parts();
+        if !head.status.is_success() {
+            // The provider billed nothing: release, and pass its error through unmodified.
+            settler.release();
+            let bytes = match tokio::time::timeout(
+                self.s.settings.upstream_timeout,
+                Limited::new(up_body, MAX_ERROR_BODY).collect(),
+            )
+            .await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                _ => Bytes::new(),
+            };
+            self.overhead += after.elapsed();
+            return Ok(self.client_response(head, full(bytes), false));
+        }
+        let is_sse = head
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if is_sse {
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(STREAM_BUFFER);
+            let idle = self.s.settings.stream_idle_timeout;
+            tokio::spawn(settler.pump(up_body, tx, strip_usage, idle));
+            let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            self.overhead += after.elapsed();
+            return Ok(self.client_response(head, BodyExt::boxed(body), false));
+        }
+        let limit = self.s.settings.max_response_bytes;
+        let read = tokio::time::timeout(self.s.settings.upstream_timeout, Limited::new(up_body, limit).collect()).await;
+        let t = Instant::now();
+        let bytes = match read {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => {
+                // The provider may have done the work: charge the estimate.
+                settler.settle_estimate();
+                return Err(self.err(502, "Tollgate: the upstream response was cut short or too large"));
+            }
+        };
+        settler.settle_json(&bytes);
+        self.overhead += t.elapsed();
+        Ok(self.client_response(head, full(bytes), true))
+    }
+}
+
+/// Settles one admitted request, once.
+struct Settler {
+    s: Arc<Shared>,
+    adm: Admitted,
+    api: Api,
+}
+
+impl Settler {
+    fn release(self) {
+        let outbox = self.s.outbox.clone();
+        let guard = self.s.pending.enter();
+        let hold = self.adm.hold;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = outbox.push(Record::Release(hold)).await {
+                tracing::error!("outbox: {e}");
+            }
+        });
+    }
+
+    /// Charges `usage` (computing its cost) through the outbox.
+    fn settle(self, usage: Usage, estimated: bool) {
+        let s = &self.s;
+        let cost = s.settings.prices.cost(&self.adm.model, &usage);
+        let m = &self.adm.model;
+        s.metrics.spend(&self.adm.principal.team, m, cost.0);
+        s.metrics.tokens(m, "input", usage.input_tokens);
+        s.metrics.tokens(m, "output", usage.output_tokens);
+        s.metrics.tokens(m, "cache_write_5m", usage.cache_write_5m_tokens);
+        s.metrics.tokens(m, "cache_write_1h", usage.cache_write_1h_tokens);
+        s.metrics.tokens(m, "cache_read", usage.cache_read_tokens);
+        let record = Record::Settle(pb::SettleRequest {
+            hold_id: Some(self.adm.hold),
+            cost_nano_usd: cost.0,
+            usage: Some(pb::Usage {
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                cache_write_5m_tokens: usage.cache_write_5m_tokens,
+                cache_write_1h_tokens: usage.cache_write_1h_tokens,
+                cache_read_tokens: usage.cache_read_tokens,
+                web_search_requests: usage.web_search_requests,
+            }),
+            estimated,
+            session_id: self.adm.session,
+        });
+        let outbox = s.outbox.clone();
+        let guard = s.pending.enter();
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = outbox.push(record).await {
+                tracing::error!("outbox: {e}; the hold will expire and be charged in full");
+            }
+        });
+    }
+
+    /// No usage known: charge the input estimate (the provider read the
+    /// prompt), marked estimated.
+    fn settle_estimate(self) {
+        let usage = Usage { input_tokens: self.adm.input_estimate, ..Default::default() };
+        self.settle(usage, true);
+    }
+
+    fn settle_json(self, body: &[u8]) {
+        let v: Option<Value> = serde_json::from_slice(body).ok();
+        let usage = v.as_ref().and_then(|v| v.get("usage")).filter(|u| u.is_object());
+        match (usage, self.api) {
+            (Some(u), Api::Anthropic) => {
+                let mut usage = Usage::default();
+                read_anthropic_usage(u, &mut usage);
+                self.settle(usage, false);
+            }
+            (Some(u), Api::OpenAi) => {
+                let usage = read_openai_usage(u);
+                self.settle(usage, false);
+            }
+            (None, _) => self.settle_estimate(),
+        }
+    }
+
+    /// Streams the upstream body to the client frame by frame, metering as
+    /// it goes; extends the hold while the stream runs; settles at the end.
+    async fn pump(
+        self,
+        mut body: Incoming,
+        tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+        strip_usage: bool,
+        idle: Duration,
+    ) {
+        let s = self.s.clone();
+        s.metrics.open_streams.fetch_add(1, Ordering::Relaxed);
+        let mut parser = SseParser::default();
+        let mut meter = StreamMeter::default();
+        let mut pending_event = BytesMut::new();
+        let ttl = s.settings.hold_ttl;
+        let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 2, ttl / 2);
+        let api = self.api;
+        let ended_by = loop {
+            tokio::select! {
+                frame = tokio::time::timeout(idle, body.frame()) => match frame {
+                    Err(_) => break Some("the upstream stream went silent"),
+                    Ok(None) => break None,
+                    Ok(Some(Err(_))) => break Some("the upstream connection failed mid-stream"),
+                    Ok(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else { continue };
+                        parser.feed(&data, |name, d| match api {
+                            Api::Anthropic => meter.anthropic_event(name, d),
+                            Api::OpenAi => meter.openai_event(d),
+                        });
+                        let out = if strip_usage { strip_usage_chunks(&mut pending_event, &data) } else { data };
+                        if out.is_empty() {
+                            continue;
+                        }
+                        match tokio::time::timeout(idle, tx.send(Ok(Frame::data(out)))).await {
+                            Ok(Ok(())) => {}
+                            _ => break Some("client gone"),
+                        }
+                    }
+                },
+                _ = extend.tick() => {
+                    let mut ledger = s.ledger.at(0);
+                    let req = pb::ExtendBatch { requests: vec![pb::ExtendRequest { hold_id: Some(self.adm.hold.clone()), ttl_ms: ttl.as_millis() as u64 }] };
+                    tokio::spawn(async move {
+                        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), ledger.extend(req)).await {
+                            tracing::warn!("extending a hold: {e}");
+                        }
+                    });
+                }
+                _ = tx.closed() => break Some("client gone"),
+            }
+        };
+        if strip_usage && !pending_event.is_empty() && ended_by.is_none() {
+            let _ = tx.send(Ok(Frame::data(pending_event.split().freeze()))).await;
+        }
+        let complete = meter.finished || (meter.errored && meter.saw_usage);
+        if !complete {
+            let why = ended_by.unwrap_or("the upstream closed the stream early");
+            tracing::info!(
+                "stream for {} ended before completion ({why}); charging what is known, estimated",
+                self.adm.model
+            );
+            if why != "client gone" {
+                let _ = tx.send(Ok(Frame::data(stream_error_event(api, why)))).await;
+            }
+        }
+        drop(tx);
+        s.metrics.open_streams.fetch_sub(1, Ordering::Relaxed);
+        if complete {
+            let usage = meter.usage;
+            self.settle(usage, false);
+        } else {
+            let mut usage = meter.usage;
+            usage.output_tokens = meter.output_estimate();
+            if !meter.saw_usage {
+                usage.input_tokens = self.adm.input_estimate;
+            }
+            self.settle(usage, true);
+        }
+    }
+}
+
+/// An SSE error event in the client's protocol, for a stream the edge ends.
+fn stream_error_event(api: Api, why: &str) -> Bytes {
+    let msg = format!("Tollgate: {why}");
+    let text = match api {
+        Api::Anthropic => {
+            let v = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": msg}});
+            format!("event: error\ndata: {v}\n\n")
+        }
+        Api::OpenAi => {
+            let v = serde_json::json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
+            format!("data: {v}\n\n")
+        }
+    };
+    Bytes::from(text)
+}
+
+/// Passes whole SSE events through, dropping OpenAI's usage-only chunk
+/// (`choices: []` with `usage` set) that the edge asked for on the
+/// client's behalf. Partial events wait in `pending` (bounded by the
+/// parser's event limit in practice: a chunk is at most a few KiB).
+fn strip_usage_chunks(pending: &mut BytesMut, data: &[u8]) -> Bytes {
+    pending.extend_from_slice(data);
+    let mut out = BytesMut::new();
+    while let Some(end) = event_end(pending) {
+        let event = pending.split_to(end);
+        if !is_usage_chunk(&event) {
+            out.extend_from_slice(&event);
+        }
+    }
+    if pending.len() > crate::meter::MAX_EVENT_BYTES {
+        // Not SSE as expected: stop holding it back.
+        out.extend_from_slice(&pending.split());
+    }
+    out.freeze()
+}
+
+/// The end (exclusive, including the blank line) of the first whole event.
+fn event_end(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\n' {
+            if b.get(i + 1) == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn is_usage_chunk(event: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(event);
+    let data: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let Ok(v) = serde_json::from_str::<Value>(&data) else { return false };
+    v.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty())
+        && v.get("usage").is_some_and(|u| u.is_object())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_chunk_is_stripped_at_any_split() {
+        let stream = concat!(
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let want = concat!(
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for split in 0..stream.len() {
+            let mut pending = BytesMut::new();
+            let mut out = Vec::new();
+            out.extend_from_slice(&strip_usage_chunks(&mut pending, &stream.as_bytes()[..split]));
+            out.extend_from_slice(&strip_usage_chunks(&mut pending, &stream.as_bytes()[split..]));
+            assert_eq!(String::from_utf8(out).unwrap(), want, "split at {split}");
+            assert!(pending.is_empty());
+        }
+    }
+
+    #[test]
+    fn routes_and_keys() {
+        let mut h = HeaderMap::new();
+        assert_eq!(route(&Method::POST, "/v1/messages", &h).unwrap(), Route::Messages);
+        assert_eq!(route(&Method::GET, "/v1/models", &h).unwrap(), Route::Models(Api::OpenAi));
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        assert_eq!(route(&Method::GET, "/v1/models", &h).unwrap(), Route::Models(Api::Anthropic));
+        assert_eq!(route(&Method::GET, "/v1/messages", &h).unwrap_err().status, 405);
+        assert_eq!(route(&Method::POST, "/v2/nothing", &h).unwrap_err().status, 404);
+        assert_eq!(presented_key(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer  tg-abc "));
+        assert_eq!(presented_key(&h), Some("tg-abc"));
+        h.insert("x-api-key", HeaderValue::from_static("tg-xyz"));
+        assert_eq!(presented_key(&h), Some("tg-xyz"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The edge's local copy of principals, key hashes and policies, streamed
+//! from the ledger by `WatchConfig`, so authentication and policy cost no
+//! round trip. The copy is swapped whole on each update.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tollgate_client::LedgerClient;
+use tollgate_proto::v1 as pb;
+
+/// Who a virtual key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub user: String,
+    pub team: String,
+}
+
+/// One immutable view of the config.
+#[derive(Debug, Default)]
+pub struct ConfigView {
+    pub index: u64,
+    /// Active keys by the hex SHA-256 of their secret; revoked keys are left out.
+    keys: HashMap<String, Principal>,
+    /// Allowed models by scope (`org`, `team:NAME`, `user:EMAIL`, `key:ID`).
+    policies: HashMap<String, Vec<String>>,
+}
+
+/// Hex SHA-256 of a key secret, as the ledger stores it.
+pub fn secret_hash(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Whether a policy entry allows `model`: the exact id, a family prefix
+/// followed by `-` (`claude-sonnet-4-5` allows `claude-sonnet-4-5-20250929`),
+/// or a prefix ending in `*`.
+fn allows(entry: &str, model: &str) -> bool {
+    if let Some(prefix) = entry.strip_suffix('*') {
+        return model.starts_with(prefix);
+    }
+    model == entry || model.strip_prefix(entry).is_some_and(|rest| rest.starts_with('-'))
+}
+
+impl ConfigView {
+    pub fn from_snapshot(s: &pb::ConfigSnapshot) -> ConfigView {
+        let teams: HashMap<&str, &str> = s.users.iter().map(|u| (u.email.as_str(), u.team.as_str())).collect();
+        let keys = s
+            .keys
+            .iter()
+            .filter(|k| !k.revoked)
+            .map(|k| {
+                let team = teams.get(k.user.as_str()).copied().unwrap_or_default().to_string();
+                (k.secret_sha256.clone(), Principal { key_id: k.id.clone(), user: k.user.clone(), team })
+            })
+            .collect();
+        let policies = s.policies.iter().map(|p| (p.scope.clone(), p.allowed_models.clone())).collect();
+        ConfigView { index: s.index, keys, policies }
+    }
+
+    /// The principal of a presented secret, if the key exists and is not revoked.
+    pub fn authenticate(&self, secret: &str) -> Option<&Principal> {
+        self.keys.get(&secret_hash(secret))
+    }
+
+    /// `Err(scope)` naming the first policy on the chain that does not allow `model`.
+    pub fn check_policy(&self, p: &Principal, model: &str) -> Result<(), String> {
+        let chain =
+            ["org".to_string(), format!("team:{}", p.team), format!("user:{}", p.user), format!("key:{}", p.key_id)];
+        for scope in chain {
+            if let Some(allowed) = self.policies.get(&scope) {
+                if !allowed.is_empty() && !allowed.iter().any(|e| allows(e, model)) {
+                    return Err(scope);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The shared, swappable config and whether its watch is live.
+pub struct ConfigCache {
+    view: RwLock<Arc<ConfigView>>,
+    live: AtomicBool,
+    changed: watch::Sender<u64>,
+}
+
+impl ConfigCache {
+    pub fn new() -> Arc<ConfigCache> {
+        Arc::new(ConfigCache {
+            view: RwLock::new(Arc::new(ConfigView::default())),
+            live: AtomicBool::new(false),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    pub fn current(&self) -> Arc<ConfigView> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ready: a watch stream is open and has delivered the config.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn install(&self, view: ConfigView) {
+        let index = view.index;
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        self.live.store(true, Ordering::Release);
+        self.changed.send_replace(index);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Follows `WatchConfig` on the ledger servers in turn, forever: on a
+    /// broken stream the cache is marked not live until another server
+    /// delivers the config again.
+    pub async fn follow(self: Arc<Self>, ledger: LedgerClient, on_index: impl Fn(u64) + Send + 'static) {
+        let mut i = 0usize;
+        let mut failures = 0u32;
+        loop {
+            let mut client = ledger.at(i);
+            i = i.wrapping_add(1);
+            match client.watch_config(pb::WatchConfigRequest {}).await {
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(snap)) => {
+                                failures = 0;
+                                on_index(snap.index);
+                                self.install(ConfigView::from_snapshot(&snap));
+                            }
+                            Ok(None) => break,
+                            Err(s) => {
+                                tracing::warn!("config watch broke: {}", s.message());
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(s) => tracing::debug!("config watch could not start: {}", s.message()),
+            }
+            self.live.store(false, Ordering::Release);
+            failures = failures.saturating_add(1);
+            let pause = Duration::from_millis(50 * u64::from(failures.min(20)));
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> pb::ConfigSnapshot {
+        pb::ConfigSnapshot {
+            index: 9,
+            teams: vec![pb::Team { name: "eng".into() }],
+            users: vec![pb::User { email: "ann@x.io".into(), team: "eng".into() }],
+            keys: vec![
+                pb::Key {
+                    id: "k1".into(),
+                    user: "ann@x.io".into(),
+                    name: "laptop".into(),
+                    secret_sha256: secret_hash("tg-live"),
+                    revoked: false,
+                },
+                pb::Key {
+                    id: "k2".into(),
+                    user: "ann@x.io".into(),
+                    name: "old".into(),
+                    secret_sha256: secret_hash("tg-old"),
+                    revoked: true,
+                },
+            ],
+            budgets: vec![],
+            policies: vec![
+                pb::Policy {
+                    scope: "team:eng".into(),
+                    allowed_models: vec!["claude-sonnet-4-5".into(), "gpt-5*".into()],
+                },
+                pb::Policy { scope: "key:k1".into(), allowed_models: vec![] },
+            ],
+        }
+    }
+
+    #[test]
+    fn keys_authenticate_by_hash_and_revoked_keys_do_not() {
+        let v = ConfigView::from_snapshot(&snapshot());
+        let p = v.authenticate("tg-live").unwrap();
+        assert_eq!(p, &Principal { key_id: "k1".into(), user: "ann@x.io".into(), team: "eng".into() });
+        assert!(v.authenticate("tg-old").is_none());
+        assert!(v.authenticate("tg-unknown").is_none());
+        assert_eq!(secret_hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn policies_on_the_chain_restrict_models() {
+        let v = ConfigView::from_snapshot(&snapshot());
+        let p = v.authenticate("tg-live").unwrap().clone();
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5"), Ok(()));
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5-20250929"), Ok(()));
+        assert_eq!(v.check_policy(&p, "gpt-5-mini"), Ok(()));
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-50"), Err("team:eng".into()));
+        assert_eq!(v.check_policy(&p, "claude-opus-4-1"), Err("team:eng".into()));
+    }
+}
