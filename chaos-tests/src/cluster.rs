@@ -11,10 +11,14 @@ use tollgate_client::AdminClient;
 /// The `tollgate` binary next to the running executable (same cargo profile).
 pub fn sibling_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("executable has no directory")?;
+    let mut dir = exe.parent().context("executable has no directory")?;
+    // Integration tests run from target/<profile>/deps.
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
     let bin = dir.join("tollgate");
     if !bin.exists() {
-        bail!("{} not found: build it first (cargo build --release -p tollgate-node)", bin.display());
+        bail!("{} not found: build it first (cargo build [--release] -p tollgate-node)", bin.display());
     }
     Ok(bin)
 }
@@ -114,5 +118,123 @@ impl Drop for LedgerCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// An edge process (`tollgate edge`) started from the built binary.
+pub struct EdgeProc {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+impl EdgeProc {
+    /// Starts an edge on a free loopback port against `ledger`, forwarding
+    /// both APIs to `upstream` with the credential `upstream_key`. `extra`
+    /// are further flags (e.g. `--estimate strict`).
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        ledger: &[String],
+        upstream: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<EdgeProc> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let data_dir = dir.join(name);
+        let mut args: Vec<String> = vec![
+            "edge".into(),
+            "--listen".into(),
+            addr.clone(),
+            "--ledger".into(),
+            ledger.join(","),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--upstream-anthropic".into(),
+            upstream.into(),
+            "--upstream-openai".into(),
+            upstream.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut e =
+            EdgeProc { addr, log: dir.join(format!("{name}.log")), data_dir, child: None, args, bin: bin.into() };
+        e.spawn()?;
+        Ok(e)
+    }
+
+    /// (Re)starts the process with the same flags and data dir.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .env("ANTHROPIC_API_KEY", "sk-upstream-test")
+            .env("OPENAI_API_KEY", "sk-upstream-test")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&self.addr) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("edge {} not ready after {timeout:?}; see {}", self.addr, self.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL: no graceful shutdown, no outbox flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a graceful exit; returns its status code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for EdgeProc {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -353,10 +353,12 @@ impl AdminApi {
     async fn read_at_leader(&self) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
         let m = self.raft.metrics().borrow().clone();
         if m.state == ServerState::Leader {
-            self.raft
-                .ensure_linearizable()
-                .await
-                .map_err(|e| Status::unavailable(format!("leadership could not be confirmed: {e}")))?;
+            self.raft.ensure_linearizable().await.map_err(|e| {
+                // A read changes nothing: always safe to ask again.
+                let mut s = Status::unavailable(format!("leadership could not be confirmed: {e}"));
+                s.metadata_mut().insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+                s
+            })?;
             return Ok(None);
         }
         let leader = m.current_leader.ok_or_else(|| propose_status(&ProposeError::NoLeader))?;

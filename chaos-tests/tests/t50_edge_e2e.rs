@@ -1,0 +1,492 @@
+//! End-to-end through real processes: 3 `tollgate ledger` nodes, one or two
+//! `tollgate edge` processes, the `mock-upstream` binary, and the official
+//! `anthropic` and `openai` Python SDKs (installed by ./test.sh into a venv
+//! under target/) as the clients. Charges are checked against the mock's
+//! ground-truth log to the nano-dollar, with prices written out here
+//! independently of the edge's own table.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster};
+use tollgate_chaos::mock::{read_log, TruthRecord};
+use tollgate_client::AdminClient;
+use tollgate_proto::v1 as pb;
+
+const UPSTREAM_KEY: &str = "sk-upstream-test";
+
+/// The Python with the SDKs: $TOLLGATE_PYTHON (set by ./test.sh), else the
+/// venv ./test.sh makes under target/.
+fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TOLLGATE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    assert!(
+        venv.exists(),
+        "the Python SDKs are not installed: run ./test.sh (it makes the venv target/pyenv) or set TOLLGATE_PYTHON"
+    );
+    venv
+}
+
+/// Runs the SDK driver with `plan`; returns what each step saw.
+async fn sdk(plan: Value) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/sdk_calls.py");
+    let mut child = tokio::process::Command::new(python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting python");
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(plan.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("the SDK driver timed out")
+        .expect("the SDK driver failed to run");
+    assert!(out.status.success(), "sdk_calls.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad driver output ({e}): {:?}", out.stdout))
+}
+
+/// Nano-USD per token: input, output, cache write 5m, cache write 1h, cache read.
+fn rates(model: &str) -> [u64; 5] {
+    match model {
+        "claude-sonnet-4-5" => [3_000, 15_000, 3_750, 6_000, 300],
+        "claude-haiku-4-5" => [1_000, 5_000, 1_250, 2_000, 100],
+        "gpt-4o" => [2_500, 10_000, 0, 0, 1_250],
+        other => panic!("no test price for {other}"),
+    }
+}
+
+fn truth_cost(r: &TruthRecord) -> u64 {
+    let [i, o, w5, w1, cr] = rates(&r.model);
+    let u = &r.usage;
+    u.input_tokens * i
+        + u.output_tokens * o
+        + u.cache_write_5m_tokens * w5
+        + u.cache_write_1h_tokens * w1
+        + u.cache_read_tokens * cr
+}
+
+struct Mock {
+    addr: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Mock {
+    fn start(dir: &Path, extra: &[&str]) -> Mock {
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let log = dir.join(format!("truth-{}.jsonl", addr.replace([':', '.'], "_")));
+        let child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
+            .args(["--listen", &addr, "--expect-key", UPSTREAM_KEY, "--log"])
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mock-upstream");
+        Mock { addr, log, child }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn truth(&self) -> Vec<TruthRecord> {
+        if !self.log.exists() {
+            return vec![];
+        }
+        read_log(&self.log).unwrap()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    cluster: LedgerCluster,
+    admin: AdminClient,
+    mock: Mock,
+}
+
+async fn setup(mock_flags: &[&str]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let bin = sibling_binary().unwrap();
+    let cluster = LedgerCluster::start(&bin, &path, 3).unwrap();
+    let admin = cluster.admin(Duration::from_secs(30)).await.unwrap();
+    let mock = Mock::start(&path, mock_flags);
+    Setup { _dir: dir, dir: path, cluster, admin, mock }
+}
+
+impl Setup {
+    fn edge(&self, name: &str, extra: &[&str]) -> EdgeProc {
+        EdgeProc::start(&sibling_binary().unwrap(), &self.dir, name, &self.cluster.servers(), &self.mock.url(), extra)
+            .unwrap()
+    }
+
+    /// Creates team, user and key; returns (key id, secret).
+    async fn principal(&self, team: &str, user: &str) -> (String, String) {
+        let a = &self.admin;
+        let _ =
+            a.call(pb::CreateTeamRequest { name: team.into() }, |mut c, r| async move { c.create_team(r).await }).await;
+        a.call(pb::CreateUserRequest { email: user.into(), team: team.into() }, |mut c, r| async move {
+            c.create_user(r).await
+        })
+        .await
+        .unwrap();
+        let k = a
+            .call(pb::CreateKeyRequest { user: user.into(), name: "e2e".into() }, |mut c, r| async move {
+                c.create_key(r).await
+            })
+            .await
+            .unwrap();
+        (k.id, k.secret)
+    }
+
+    async fn budget(&self, scope: &str, usd: &str) {
+        let req = pb::SetBudgetRequest {
+            scope: scope.into(),
+            model: String::new(),
+            limit_usd: usd.into(),
+            period: "monthly".into(),
+            mode: "hard".into(),
+        };
+        self.admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await.unwrap();
+    }
+
+    async fn usage(&self, by: &str) -> Vec<pb::UsageRow> {
+        let req = pb::UsageRequest { by: by.into() };
+        self.admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows
+    }
+
+    async fn row(&self, by: &str, scope: &str) -> pb::UsageRow {
+        self.usage(by).await.into_iter().find(|r| r.scope == scope).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `scope` counts `requests` admissions and holds
+    /// nothing (every hold settled or released).
+    async fn settled(&self, by: &str, scope: &str, requests: u64) -> pb::UsageRow {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let row = self.row(by, scope).await;
+            if row.requests >= requests && row.held_nano_usd == 0 {
+                return row;
+            }
+            assert!(Instant::now() < deadline, "{scope}: {row:?} never reached {requests} settled requests");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn base(e: &EdgeProc) -> String {
+    format!("http://{}", e.addr)
+}
+
+fn ok_steps(results: &[Value]) -> usize {
+    results.iter().filter(|r| r["ok"] == true).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_calls_are_metered_to_the_nano_dollar() {
+    let s = setup(&[]).await;
+    let (key_id, secret) = s.principal("eng", "ann@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let edge = s.edge("edge1", &[]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let cache = json!({"x-mock-cache-read": "4000", "x-mock-cache-write-5m": "100", "x-mock-cache-write-1h": "200"});
+    let steps = json!([
+        {"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 40, "content": "plain request"},
+        {"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 40, "headers": cache, "content": "cached"},
+        {"kind": "anthropic", "stream": true, "model": "claude-sonnet-4-5", "max_tokens": 30, "content": "stream me"},
+        {"kind": "anthropic", "stream": true, "model": "claude-haiku-4-5", "max_tokens": 30, "headers": cache},
+        {"kind": "openai", "model": "gpt-4o", "max_tokens": 20, "headers": {"x-mock-cache-read": "64"}},
+        {"kind": "openai", "stream": true, "model": "gpt-4o", "max_tokens": 20, "content": "no usage asked"},
+        {"kind": "openai", "stream": true, "include_usage": true, "model": "gpt-4o", "max_tokens": 20},
+        {"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 40, "headers": {"x-mock-error": "429"}},
+        {"kind": "openai", "model": "gpt-4o", "max_tokens": 20, "headers": {"x-mock-error": "500"}},
+        {"kind": "anthropic", "stream": true, "model": "claude-sonnet-4-5", "max_tokens": 30,
+         "headers": {"x-mock-error": "midstream"}},
+        {"kind": "count_tokens", "model": "claude-sonnet-4-5", "content": "count these"},
+        {"kind": "models"},
+    ]);
+    let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    for (i, want_ok) in [true, true, true, true, true, true, true, false, false, false, true, true].iter().enumerate() {
+        assert_eq!(r[i]["ok"] == true, *want_ok, "step {i}: {}", r[i]);
+    }
+    // What the clients saw is the provider's own answer.
+    assert_eq!(r[1]["usage"]["cache_read_input_tokens"], 4000);
+    assert_eq!(r[1]["usage"]["cache_creation_input_tokens"], 300);
+    assert_eq!(r[1]["usage"]["ephemeral_1h"], 200);
+    assert_eq!(r[3]["usage"]["cache_read_input_tokens"], 4000, "streamed usage: {}", r[3]);
+    assert_eq!(r[4]["usage"]["cached_tokens"], 64);
+    // The edge asked for the usage chunk on the client's behalf and hid it…
+    assert_eq!(r[5]["usage_chunks"], 0, "{}", r[5]);
+    assert!(r[5]["text_len"].as_u64().unwrap() > 0);
+    // …and passed it through when the client asked itself.
+    assert_eq!(r[6]["usage_chunks"], 1, "{}", r[6]);
+    // Upstream errors reach the client with their status and type.
+    assert_eq!((r[7]["status"].as_u64(), r[7]["error_type"].as_str()), (Some(429), Some("rate_limit_error")));
+    assert_eq!(r[8]["status"], 500);
+    assert_eq!(r[9]["error_type"], "overloaded_error", "mid-stream error event: {}", r[9]);
+    assert!(r[10]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(r[11]["ids"].as_array().unwrap().len() > 1);
+
+    // The ledger charged exactly what the provider billed.
+    let row = s.settled("key", &format!("key:{key_id}"), 10).await;
+    let truth = s.mock.truth();
+    let billed: Vec<&TruthRecord> = truth.iter().filter(|t| t.status == 200).collect();
+    assert_eq!(billed.len(), 8, "7 successes and the mid-stream failure: {truth:?}");
+    assert!(truth.iter().all(|t| t.credential == UPSTREAM_KEY), "the client's key reached the upstream");
+    let want: u64 = billed.iter().map(|t| truth_cost(t)).sum();
+    assert_eq!(row.requests, 10, "ten admissions (two upstream errors were released, not charged)");
+    assert_eq!(row.spent_nano_usd, want, "ledger spent vs ground truth");
+    assert_eq!(row.unsettled_nano_usd, 0);
+    let team = s.row("team", "team:eng").await;
+    assert_eq!((team.spent_nano_usd, team.held_nano_usd), (want, 0));
+    // Per model, too.
+    for model in ["claude-sonnet-4-5", "claude-haiku-4-5", "gpt-4o"] {
+        let m: u64 = billed.iter().filter(|t| t.model == model).map(|t| truth_cost(t)).sum();
+        assert_eq!(s.row("model", &format!("model:{model}")).await.spent_nano_usd, m, "{model}");
+    }
+    let tokens: u64 = billed.iter().map(|t| t.usage.cache_read_tokens).sum();
+    assert_eq!(row.cache_read_tokens, tokens);
+
+    // The edge's metrics saw the same spend.
+    let metrics = http_get(&edge.addr, "/metrics").await;
+    let spend: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tollgate_spend_nano_usd_total{team=\"eng\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(spend, want, "{metrics}");
+    assert!(metrics.contains("tollgate_admissions_total{result=\"granted\"} 10"), "{metrics}");
+    assert!(metrics
+        .contains("tollgate_requests_total{route=\"/v1/messages\",model=\"claude-sonnet-4-5\",status=\"429\"} 1"));
+    assert!(metrics.contains("tollgate_gateway_overhead_seconds_count"));
+    assert!(metrics.contains("tollgate_outbox_depth 0"));
+}
+
+/// A raw HTTP/1.1 GET, for /metrics and /readyz.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await.unwrap().unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_in_each_providers_shape_and_charges_nothing() {
+    let s = setup(&[]).await;
+    let (key_id, secret) = s.principal("eng", "bob@corp.io").await;
+    let (_, other) = s.principal("eng", "eve@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let req = pb::SetPolicyRequest {
+        scope: "team:eng".into(),
+        allowed_models: vec!["claude-sonnet-4-5".into(), "gpt-4o".into()],
+    };
+    s.admin.call(req, |mut c, r| async move { c.set_policy(r).await }).await.unwrap();
+    let cfg = s.dir.join("edge.toml");
+    std::fs::write(&cfg, "version = 1\n[edge]\nmax_body_bytes = 4096\n").unwrap();
+    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let msg = |extra: &str| format!("{{\"model\":\"claude-sonnet-4-5\",\"messages\":[]{extra}}}");
+    let a = json!({"x-api-key": secret, "anthropic-version": "2023-06-01", "content-type": "application/json"});
+    let o = json!({"authorization": format!("Bearer {secret}"), "content-type": "application/json"});
+    let raw = |path: &str, headers: &Value, body: String| json!({"kind": "raw", "path": path, "headers": headers, "body": body});
+    let steps = json!([
+        raw("/v1/messages", &json!({}), msg(",\"max_tokens\":5")),
+        raw("/v1/messages", &json!({"x-api-key": "tg_wrong"}), msg(",\"max_tokens\":5")),
+        raw("/v1/chat/completions", &json!({"authorization": "Bearer tg_wrong"}), "{}".into()),
+        raw("/v1/messages", &a, "{\"model\": \"claude-sonnet-4-5\", \"max_tok".into()),
+        raw("/v1/messages", &a, msg("")),
+        raw("/v1/messages", &a, msg(&format!(",\"max_tokens\":5,\"pad\":\"{}\"", "x".repeat(5000)))),
+        raw("/v1/messages", &a, "{\"model\":\"claude-opus-4-1\",\"max_tokens\":5,\"messages\":[]}".into()),
+        raw("/v1/chat/completions", &o, "{\"model\":\"gpt-5\",\"max_tokens\":5,\"messages\":[]}".into()),
+        raw("/v2/other", &a, "{}".into()),
+        raw("/v1/chat/completions", &o, "[1,2]".into()),
+    ]);
+    let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    let expect = [
+        (401, "authentication_error", "no API key"),
+        (401, "authentication_error", "invalid or revoked"),
+        (401, "authentication_error", "invalid or revoked"),
+        (400, "invalid_request_error", "not valid JSON"),
+        (400, "invalid_request_error", "max_tokens"),
+        (413, "request_too_large", "4096-byte limit"),
+        (403, "permission_error", "claude-opus-4-1 is not allowed by the policy of team:eng"),
+        (403, "permission_error", "gpt-5 is not allowed"),
+        (404, "not_found_error", "no route"),
+        (400, "invalid_request_error", "JSON object"),
+    ];
+    for (i, (status, kind, words)) in expect.iter().enumerate() {
+        let got = &r[i];
+        assert_eq!(got["status"], *status, "step {i}: {got}");
+        assert_eq!(got["json"]["error"]["type"], *kind, "step {i}: {got}");
+        let m = got["json"]["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(words), "step {i}: {m:?} lacks {words:?}");
+    }
+    // Anthropic errors carry "type":"error"; OpenAI errors have param and code.
+    assert_eq!(r[0]["json"]["type"], "error");
+    assert!(r[2]["json"]["error"].as_object().unwrap().contains_key("code"));
+
+    // Nothing was charged or held, and nothing reached the upstream.
+    let row = s.row("key", &format!("key:{key_id}")).await;
+    assert_eq!((row.spent_nano_usd, row.held_nano_usd, row.requests), (0, 0, 0));
+    assert!(s.mock.truth().is_empty());
+
+    // A revoked key stops working within a second.
+    let steps = json!([raw(
+        "/v1/messages",
+        &json!({"x-api-key": other, "anthropic-version": "2023-06-01"}),
+        msg(",\"max_tokens\":5")
+    )]);
+    let before = sdk(json!({"base_url": base(&edge), "key": other, "steps": steps.clone()})).await;
+    assert_eq!(before[0]["status"], 200, "{}", before[0]);
+    let keys = s.admin.call(pb::GetConfigRequest {}, |mut c, r| async move { c.get_config(r).await }).await.unwrap();
+    let other_id = keys.keys.iter().find(|k| k.user == "eve@corp.io").unwrap().id.clone();
+    s.admin.call(pb::RevokeKeyRequest { id: other_id }, |mut c, r| async move { c.revoke_key(r).await }).await.unwrap();
+    let revoked_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000).saturating_sub(revoked_at.elapsed())).await;
+    let after = sdk(json!({"base_url": base(&edge), "key": other, "steps": steps})).await;
+    assert_eq!(after[0]["status"], 401, "revoked key still accepted after 1 s: {}", after[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_strict_edges_share_one_cap_and_the_budget_runs_out_with_402() {
+    let s = setup(&[]).await;
+    let (key_a, secret_a) = s.principal("ops", "cat@corp.io").await;
+    let (key_b, secret_b) = s.principal("ops", "dan@corp.io").await;
+    // ~$0.05: each request reserves ~0.6 cents worst case, so the cap is hit mid-way.
+    s.budget("team:ops", "0.05").await;
+    let e1 = s.edge("edge1", &["--estimate", "strict"]);
+    let e2 = s.edge("edge2", &["--estimate", "strict"]);
+    e1.wait_ready(Duration::from_secs(30)).await.unwrap();
+    e2.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let steps = |n: usize, openai: bool| -> Value {
+        (0..n)
+            .map(|i| {
+                let stream = i % 3 == 0;
+                if openai && i % 2 == 1 {
+                    json!({"kind": "openai", "stream": stream, "model": "gpt-4o", "max_tokens": 200})
+                } else {
+                    json!({"kind": "anthropic", "stream": stream, "model": "claude-sonnet-4-5", "max_tokens": 200})
+                }
+            })
+            .collect()
+    };
+    let plan_a = json!({"base_url": base(&e1), "key": secret_a, "parallel": 4, "steps": steps(40, false)});
+    let plan_b = json!({"base_url": base(&e2), "key": secret_b, "parallel": 4, "steps": steps(40, true)});
+    let (ra, rb) = tokio::join!(sdk(plan_a), sdk(plan_b));
+    let all: Vec<&Value> = ra.iter().chain(rb.iter()).collect();
+    let ok = all.iter().filter(|r| r["ok"] == true).count();
+    let denied: Vec<&&Value> = all.iter().filter(|r| r["status"] == 402).collect();
+    assert!(ok >= 5, "some requests should fit the budget: {ok}");
+    assert!(denied.len() >= 10, "the budget should run out: {} denied of {}", denied.len(), all.len());
+    assert_eq!(ok + denied.len(), all.len(), "only successes and denials: {all:?}");
+    for d in &denied {
+        let m = d["message"].as_str().unwrap();
+        assert!(m.contains("team:ops") && m.contains("$0.05 limit") && m.contains("resets at"), "{m}");
+        match d["error_type"].as_str() {
+            Some("billing_error") => {}
+            Some("insufficient_quota") => assert_eq!(d["error_code"], "budget_exceeded"),
+            other => panic!("402 of unexpected type {other:?}: {d}"),
+        }
+    }
+    assert!(denied.iter().any(|d| d["error_type"] == "insufficient_quota"), "an OpenAI-shaped 402");
+    assert_eq!(ok_steps(&ra) + ok_steps(&rb), ok);
+
+    let a = s.settled("key", &format!("key:{key_a}"), ok_steps(&ra) as u64).await;
+    let b = s.settled("key", &format!("key:{key_b}"), ok_steps(&rb) as u64).await;
+    let truth = s.mock.truth();
+    assert_eq!(truth.len(), ok, "every admitted request reached the upstream once");
+    let want: u64 = truth.iter().map(truth_cost).sum();
+    assert_eq!(a.spent_nano_usd + b.spent_nano_usd, want, "charged vs ground truth");
+    let team = s.row("team", "team:ops").await;
+    assert_eq!(team.spent_nano_usd, want);
+    assert!(team.spent_nano_usd <= 50_000_000, "strict mode overspent: {}", team.spent_nano_usd);
+    assert_eq!(team.held_nano_usd, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_killed_with_settlements_pending_replays_its_outbox_once() {
+    let s = setup(&[]).await;
+    let (key_id, secret) = s.principal("eng", "fay@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let mut edge = s.edge("edge1", &[]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    // Warm-up, so the edge holds open connections to the ledger.
+    let warm = json!([{"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 10}]);
+    assert_eq!(ok_steps(&sdk(json!({"base_url": base(&edge), "key": secret, "steps": warm})).await), 1);
+
+    // Eight requests are admitted, then the ledger freezes (SIGSTOP) while
+    // the upstream answers: the settlements land in the outbox and cannot
+    // be sent. The edge is then killed with SIGKILL.
+    let steps: Value = (0..8)
+        .map(|i| {
+            json!({"kind": "anthropic", "stream": i % 2 == 0, "model": "claude-sonnet-4-5", "max_tokens": 25,
+                   "headers": {"x-mock-latency-ms": "3000"}})
+        })
+        .collect();
+    let plan = json!({"base_url": base(&edge), "key": secret, "parallel": 8, "steps": steps});
+    let calls = tokio::spawn(sdk(plan));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&edge.addr, "/metrics").await.contains("tollgate_admissions_total{result=\"granted\"} 9") {
+        assert!(Instant::now() < deadline, "the eight requests were not admitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pids: Vec<String> = (1..=3).filter_map(|i| s.cluster.pid(i)).map(|p| p.to_string()).collect();
+    assert!(Command::new("kill").arg("-STOP").args(&pids).status().unwrap().success());
+    let results = calls.await.unwrap();
+    assert_eq!(ok_steps(&results), 8, "{results:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.kill9();
+    assert!(Command::new("kill").arg("-CONT").args(&pids).status().unwrap().success());
+
+    // Nothing was settled before the kill: the eight holds are still active.
+    let before = s.row("key", &format!("key:{key_id}")).await;
+    assert_eq!(before.requests, 9, "{before:?}");
+    assert!(before.held_nano_usd > 0, "{before:?}");
+    let warm_cost = before.spent_nano_usd;
+
+    // The restarted edge replays its outbox: each request charged once.
+    edge.spawn().unwrap();
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let row = s.settled("key", &format!("key:{key_id}"), 9).await;
+    let truth = s.mock.truth();
+    assert_eq!(truth.len(), 9);
+    let want: u64 = truth.iter().map(truth_cost).sum();
+    assert_eq!(row.requests, 9);
+    assert_eq!(row.spent_nano_usd, want, "charged vs ground truth after replay");
+    assert!(want > warm_cost);
+    assert_eq!((row.held_nano_usd, row.unsettled_nano_usd), (0, 0));
+    // Replaying again (another restart) changes nothing.
+    edge.kill9();
+    edge.spawn().unwrap();
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = s.row("key", &format!("key:{key_id}")).await;
+    assert_eq!((again.requests, again.spent_nano_usd), (9, want));
+
+    // Graceful shutdown exits 0 and leaves an empty outbox.
+    assert_eq!(edge.terminate(Duration::from_secs(40)), Some(0));
+}
