@@ -7,7 +7,7 @@ Reads a JSON plan on stdin:
 kinds: "anthropic" (messages.create / messages.stream), "openai"
 (chat.completions.create, stream or not; "include_usage": true to ask for
 the usage chunk), "count_tokens", "models", "raw" (urllib: method, path,
-headers, body as a string).
+headers, body as a string, optional read_bytes to hang up early).
 
 Writes one JSON object per step (in step order) to stdout, as a list:
 what the client saw — status, usage as the SDK parsed it, error type and
@@ -151,7 +151,10 @@ def run_raw(plan, step):
                                  headers=dict(step.get("headers", {})))
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as r:
-            status, text = r.status, r.read().decode(errors="replace")
+            # "read_bytes": read only that much, then hang up (a client that
+            # goes away mid-stream).
+            n = step.get("read_bytes")
+            status, text = r.status, (r.read(n) if n else r.read()).decode(errors="replace")
     except urllib.error.HTTPError as e:
         status, text = e.code, e.read().decode(errors="replace")
     except (urllib.error.URLError, OSError) as e:

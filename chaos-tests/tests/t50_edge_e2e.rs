@@ -490,3 +490,161 @@ async fn an_edge_killed_with_settlements_pending_replays_its_outbox_once() {
     // Graceful shutdown exits 0 and leaves an empty outbox.
     assert_eq!(edge.terminate(Duration::from_secs(40)), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_stream_is_charged_what_is_known_and_a_hung_upstream_times_out() {
+    let s = setup(&["--event-delay-ms", "40"]).await;
+    let (key_id, secret) = s.principal("eng", "gus@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let cfg = s.dir.join("edge.toml");
+    std::fs::write(&cfg, "version = 1\n[edge]\nupstream_timeout_secs = 2\n").unwrap();
+    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let h = json!({"x-api-key": secret, "anthropic-version": "2023-06-01", "content-type": "application/json"});
+    let mut slow = h.clone();
+    slow["x-mock-latency-ms"] = json!("6000");
+    let body = |stream: bool| {
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 200, "stream": stream,
+               "messages": [{"role": "user", "content": "tell me a long story"}]})
+        .to_string()
+    };
+    let steps = json!([
+        {"kind": "raw", "path": "/v1/messages", "headers": h, "body": body(true), "read_bytes": 1200},
+        {"kind": "raw", "path": "/v1/messages", "headers": slow, "body": body(false)},
+    ]);
+    let started = Instant::now();
+    let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    assert_eq!(r[0]["status"], 200);
+    assert!(r[0]["text"].as_str().unwrap().starts_with("event: message_start"), "{}", r[0]);
+    assert_eq!(r[1]["status"], 504, "{}", r[1]);
+    assert_eq!(r[1]["json"]["error"]["type"], "timeout_error");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Both holds end: the cut stream is settled (estimated), the timed-out
+    // request released.
+    let row = s.settled("key", &format!("key:{key_id}"), 2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cut = loop {
+        if let Some(t) = s.mock.truth().into_iter().find(|t| t.stream) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the mock never logged the cut stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!cut.completed, "{cut:?}");
+    assert!(row.spent_nano_usd >= truth_cost(&cut), "charged {} < reported {}", row.spent_nano_usd, truth_cost(&cut));
+    let ceiling = cut.usage.input_tokens * 3_000 + 200 * 15_000;
+    assert!(row.spent_nano_usd <= ceiling, "charged {} > input + max_tokens {}", row.spent_nano_usd, ceiling);
+    assert_eq!(row.unsettled_nano_usd, 0);
+    let metrics = http_get(&edge.addr, "/metrics").await;
+    assert!(metrics.contains("tollgate_open_streams 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(dir.path(), &[]);
+    let (http, grpc) = (format!("127.0.0.1:{}", free_port().unwrap()), format!("127.0.0.1:{}", free_port().unwrap()));
+    let out = dir.path().join("up.out");
+    let start = || {
+        Command::new(sibling_binary().unwrap())
+            .args(["up", "--listen", &http, "--grpc", &grpc])
+            .args(["--upstream-anthropic", &mock.url(), "--upstream-openai", &mock.url()])
+            .current_dir(dir.path())
+            .env("ANTHROPIC_API_KEY", UPSTREAM_KEY)
+            .env("OPENAI_API_KEY", UPSTREAM_KEY)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("up.err")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let wait_up = |out: &Path| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(out).unwrap_or_default();
+            if text.contains("Point Claude Code at it") {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "tollgate up printed no onboarding: {text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut up = start();
+    let text = wait_up(&out);
+    let token_path = dir.path().join("tollgate-data/admin.token");
+    assert!(text.contains("admin token:     written to ./tollgate-data/admin.token"), "{text}");
+    assert!(text.contains(&format!("ANTHROPIC_BASE_URL=http://{http}")), "{text}");
+    assert!(text.contains("key create --user"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+    let admin = AdminClient::new(&[grpc.clone()], Some(token)).unwrap();
+    admin
+        .call(pb::CreateTeamRequest { name: "eng".into() }, |mut c, r| async move { c.create_team(r).await })
+        .await
+        .unwrap();
+    let u = pb::CreateUserRequest { email: "ann@corp.io".into(), team: "eng".into() };
+    admin.call(u, |mut c, r| async move { c.create_user(r).await }).await.unwrap();
+    let k = pb::CreateKeyRequest { user: "ann@corp.io".into(), name: "laptop".into() };
+    let key = admin.call(k, |mut c, r| async move { c.create_key(r).await }).await.unwrap();
+    let steps = json!([
+        {"kind": "anthropic", "stream": true, "model": "claude-sonnet-4-5", "max_tokens": 30},
+        {"kind": "openai", "model": "gpt-4o", "max_tokens": 30},
+    ]);
+    // The key reaches the edge through the config watch within moments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = sdk(json!({"base_url": format!("http://{http}"), "key": key.secret, "steps": steps.clone()})).await;
+        if ok_steps(&r) == 2 || Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert_eq!(ok_steps(&r), 2, "{r:?}");
+    let usage = |admin: AdminClient| async move {
+        let req = pb::UsageRequest { by: "user".into() };
+        let rows = admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows;
+        rows.into_iter().find(|r| r.scope == "user:ann@corp.io").unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want: u64 = loop {
+        let truth = mock.truth();
+        let row = usage(admin.clone()).await;
+        if truth.len() == 2 && row.held_nano_usd == 0 && row.requests == 2 {
+            let want = truth.iter().map(truth_cost).sum();
+            assert_eq!(row.spent_nano_usd, want);
+            break want;
+        }
+        assert!(Instant::now() < deadline, "not settled: {row:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // SIGTERM: a graceful exit; a restart keeps the data and the token.
+    let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(st) = up.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "tollgate up did not exit on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut up = start();
+    let text = wait_up(&out);
+    assert!(!text.contains("admin token:     written"), "not a first start: {text}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let req = pb::UsageRequest { by: "user".into() };
+        if let Ok(resp) = admin.call(req, |mut c, r| async move { c.usage(r).await }).await {
+            let row = resp.rows.into_iter().find(|r| r.scope == "user:ann@corp.io").unwrap_or_default();
+            assert_eq!(row.spent_nano_usd, want, "spend survives a restart");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted ledger never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = up.kill();
+    let _ = up.wait();
+}
