@@ -648,3 +648,33 @@ async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
     let _ = up.kill();
     let _ = up.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_its_hold_ttl_extends_its_hold() {
+    // ~14 events 300 ms apart: a ~4 s stream against a 2 s hold ttl.
+    let s = setup(&["--event-delay-ms", "300"]).await;
+    let (key_id, secret) = s.principal("eng", "hal@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let cfg = s.dir.join("edge.toml");
+    std::fs::write(&cfg, "version = 1\n[edge]\nhold_ttl_secs = 2\n").unwrap();
+    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let steps = json!([{"kind": "anthropic", "stream": true, "model": "claude-sonnet-4-5", "max_tokens": 40}]);
+    let call = tokio::spawn(sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})));
+    // Wait until the stream is open, then past the original ttl.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&edge.addr, "/metrics").await.contains("tollgate_open_streams 1") {
+        assert!(Instant::now() < deadline, "the stream never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_800)).await;
+    let mid = s.row("key", &format!("key:{key_id}")).await;
+    assert!(mid.held_nano_usd > 0 && mid.unsettled_nano_usd == 0, "the hold expired mid-stream: {mid:?}");
+    let r = call.await.unwrap();
+    assert_eq!(ok_steps(&r), 1, "{r:?}");
+    let row = s.settled("key", &format!("key:{key_id}"), 1).await;
+    let truth = s.mock.truth();
+    assert_eq!(truth.len(), 1);
+    assert!(truth[0].completed);
+    assert_eq!((row.spent_nano_usd, row.unsettled_nano_usd), (truth_cost(&truth[0]), 0));
+}

@@ -1,7 +1,9 @@
 //! Prices: nano-USD per token (and per web search), by model, from a table
-//! shipped with the binary. Models match by the longest listed prefix, so
-//! dated ids (`claude-sonnet-4-5-20250929`) find their family. A model that
-//! matches nothing is priced by the fallback, never at $0.
+//! shipped with the binary. Models match by the longest listed prefix that
+//! ends at a `-` boundary, so dated ids (`claude-sonnet-4-5-20250929`) find
+//! their family while an unlisted newer model (`gpt-5.5`) does not inherit an
+//! older one's price. A model that matches nothing is priced by the
+//! fallback, never at $0.
 //!
 //! List prices as published by Anthropic and OpenAI (USD per million tokens,
 //! which is nano-USD per 1,000 tokens: $3 / MTok = 3,000 nano-USD per token).
@@ -72,6 +74,8 @@ pub fn builtin() -> Vec<(String, Price)> {
         ("claude-3-haiku", anthropic(250, 1_250)),
         ("gpt-5-nano", openai(50, 5, 400)),
         ("gpt-5-mini", openai(250, 25, 2_000)),
+        ("gpt-5.2", openai(1_750, 175, 14_000)),
+        ("gpt-5.1", openai(1_250, 125, 10_000)),
         ("gpt-5", openai(1_250, 125, 10_000)),
         ("gpt-4.1-nano", openai(100, 25, 400)),
         ("gpt-4.1-mini", openai(400, 100, 1_600)),
@@ -79,6 +83,7 @@ pub fn builtin() -> Vec<(String, Price)> {
         ("gpt-4o-mini", openai(150, 75, 600)),
         ("gpt-4o", openai(2_500, 1_250, 10_000)),
         ("o4-mini", openai(1_100, 275, 4_400)),
+        ("o3-mini", openai(1_100, 550, 4_400)),
         ("o3", openai(2_000, 500, 8_000)),
     ];
     // Longest prefix first, so `gpt-5-mini` wins over `gpt-5`.
@@ -142,7 +147,11 @@ impl PriceTable {
 
     /// The price of `model`, and whether it came from the fallback.
     pub fn price(&self, model: &str) -> (&Price, bool) {
-        match self.entries.iter().find(|(p, _)| model.starts_with(p.as_str())) {
+        // A prefix matches at a `-` boundary only, so `gpt-5-mini-2025-08-07`
+        // finds `gpt-5-mini`, but a newer `gpt-5.5` does not silently take
+        // `gpt-5`'s (lower) price: it gets the fallback until it is listed.
+        let matches = |p: &str| model.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
+        match self.entries.iter().find(|(p, _)| matches(p)) {
             Some((_, price)) => (price, false),
             None => (&self.fallback, true),
         }
@@ -260,8 +269,12 @@ mod tests {
         let mut t = PriceTable::default();
         let (_, fallback) = t.price("mystery-model-9");
         assert!(fallback);
+        // A newer model is not priced as the older family it extends.
+        assert!(t.price("gpt-5.5").1 && t.price("gpt-4.5-preview").1);
+        assert!(!t.price("gpt-5.2-2025-12-11").1);
         assert_eq!(t.cost("mystery-model-9", &usage(1_000, 1_000)), NanoUsd(1_000 * 15_000 + 1_000 * 75_000));
         t.set("mystery-model", anthropic(1, 2));
+        assert!(t.price("mystery-models").1, "prefixes match at '-' boundaries only");
         assert_eq!(t.price("mystery-model-9"), (&anthropic(1, 2), false));
         assert_eq!(t.cost("mystery-model-9", &usage(1_000, 1_000)), NanoUsd(3_000));
         // Huge counts saturate instead of wrapping.

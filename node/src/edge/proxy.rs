@@ -646,6 +646,7 @@ impl Settler {
         let ttl = s.settings.hold_ttl;
         let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 2, ttl / 2);
         let api = self.api;
+        let mut extends = 0usize;
         let ended_by = loop {
             tokio::select! {
                 frame = tokio::time::timeout(idle, body.frame()) => match frame {
@@ -669,11 +670,16 @@ impl Settler {
                     }
                 },
                 _ = extend.tick() => {
-                    let mut ledger = s.ledger.at(0);
-                    let req = pb::ExtendBatch { requests: vec![pb::ExtendRequest { hold_id: Some(self.adm.hold.clone()), ttl_ms: ttl.as_millis() as u64 }] };
+                    // Any ledger node will do; take a different one each time.
+                    extends += 1;
+                    let mut ledger = s.ledger.at(extends);
+                    let hold = self.adm.hold.clone();
+                    let req = pb::ExtendBatch { requests: vec![pb::ExtendRequest { hold_id: Some(hold), ttl_ms: ttl.as_millis() as u64 }] };
                     tokio::spawn(async move {
-                        if let Err(e) = tokio::time::timeout(Duration::from_secs(10), ledger.extend(req)).await {
-                            tracing::warn!("extending a hold: {e}");
+                        match tokio::time::timeout(Duration::from_secs(10), ledger.extend(req)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(st)) => tracing::warn!("extending a streaming request's hold: {}", st.message()),
+                            Err(_) => tracing::warn!("extending a streaming request's hold: no answer in 10 s"),
                         }
                     });
                 }
