@@ -580,7 +580,7 @@ async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
     assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
 
     let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
-    let admin = AdminClient::new(&[grpc.clone()], Some(token)).unwrap();
+    let admin = AdminClient::new(std::slice::from_ref(&grpc), Some(token)).unwrap();
     admin
         .call(pb::CreateTeamRequest { name: "eng".into() }, |mut c, r| async move { c.create_team(r).await })
         .await
