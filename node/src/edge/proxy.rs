@@ -423,9 +423,11 @@ impl Ctx {
             this.s.metrics.admission("error");
             let hold = hold.clone();
             let outbox = this.s.outbox.clone();
+            let guard = this.s.pending.enter();
             // The reserve may still commit: release its id so it cannot
             // hold budget, then refuse (fail_mode = closed).
             tokio::spawn(async move {
+                let _guard = guard;
                 if let Err(e) = outbox.push(Record::Release(hold)).await {
                     tracing::error!("outbox: {e}");
                 }
@@ -446,8 +448,9 @@ impl Ctx {
             Ok(pb::ReserveResult { outcome: Some(Outcome::Error(e)) }) => {
                 self.s.metrics.admission("error");
                 return Err(match e.code.as_str() {
-                    "not_found" => {
-                        self.err(401, format!("Tollgate: this API key is not known to the ledger ({})", e.message))
+                    // The edge's copy of the keys is behind the ledger's.
+                    "not_found" | "failed_precondition" => {
+                        self.err(401, format!("Tollgate: this API key is not valid ({})", e.message))
                     }
                     _ => self
                         .err(500, format!("Tollgate: the ledger refused the reservation ({}): {}", e.code, e.message)),
@@ -700,8 +703,9 @@ impl Settler {
                 let _ = tx.send(Ok(Frame::data(stream_error_event(api, why)))).await;
             }
         }
-        drop(tx);
         s.metrics.open_streams.fetch_sub(1, Ordering::Relaxed);
+        // Settle (which registers with shutdown's pending count) before the
+        // client's body ends, so a shutdown cannot slip in between.
         if complete {
             let usage = meter.usage;
             self.settle(usage, false);
@@ -713,6 +717,7 @@ impl Settler {
             }
             self.settle(usage, true);
         }
+        drop(tx);
     }
 }
 
