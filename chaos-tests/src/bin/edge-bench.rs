@@ -1,0 +1,760 @@
+//! Edge benchmark: what the edge adds to a request's latency, and how much
+//! memory it needs for many open streams. Real processes on loopback: a
+//! `tollgate ledger` cluster (`--nodes`, default 1, fsync on), `tollgate
+//! edge` processes and `mock-upstream` processes, all from the same target
+//! directory as this binary. It prints figures; it asserts nothing.
+//!
+//! Phase 1 (added latency): an open loop of `--rate` non-streaming
+//! `POST /v1/messages` per second for `--seconds`, (a) straight to the mock,
+//! (b) through the edge (budgets on: every request reserves a hold on the
+//! org, team and user budgets and settles it), (c) straight to the mock
+//! again, to show the noise. Each phase has an unrecorded warmup. Latency is
+//! measured from the scheduled send time to the last byte of the response
+//! body, so a stalled load generator cannot hide a slow server.
+//!
+//! Phase 2 (memory): `--streams` concurrent streaming requests through a
+//! fresh edge to a mock that paces its SSE events so that each stream lasts
+//! about `--stream-seconds`; samples the edge's VmRSS while all are open and
+//! reads its VmHWM at the end. `--stream-rounds N` repeats it against the
+//! same edge, to tell memory that is reused from memory that keeps growing.
+//!
+//! Every loop is bounded in time and count.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster};
+use tollgate_proto::v1 as pb;
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per second in the latency phases.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Length of each latency phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Unrecorded warmup before each latency phase, in seconds.
+    #[arg(long, default_value_t = 1)]
+    warmup: u64,
+    /// Concurrent open streams in the memory phase.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// How long each stream lasts (the mock paces its 15 SSE events to fit).
+    #[arg(long, default_value_t = 10)]
+    stream_seconds: u64,
+    /// Ledger nodes (1 leaves more of a small machine's CPU to the edge).
+    #[arg(long, default_value_t = 1)]
+    nodes: u64,
+    /// Bytes of prompt text in each request.
+    #[arg(long, default_value_t = 500)]
+    prompt_bytes: usize,
+    /// Rounds of `--streams` streams through the same edge (more than one
+    /// shows whether memory is reused or keeps growing).
+    #[arg(long, default_value_t = 1)]
+    stream_rounds: u32,
+    /// Skip the latency phases.
+    #[arg(long)]
+    skip_latency: bool,
+    /// Skip the memory phase.
+    #[arg(long)]
+    skip_streams: bool,
+    /// Keep data dirs and logs after the run.
+    #[arg(long)]
+    keep: bool,
+    /// Directory under which the processes keep their data (default: a temp dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// SSE events in one Anthropic stream from the mock (3 opening, 8 deltas, 4 closing).
+const MOCK_EVENTS: u64 = 15;
+/// Longest a single non-streaming request may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client(max_idle: usize) -> Http {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle)
+        .build(c)
+}
+
+/// A `mock-upstream` process; killed on drop.
+struct MockProc {
+    addr: String,
+    child: Child,
+}
+
+impl MockProc {
+    fn start(bin: &Path, dir: &Path, name: &str, event_delay_ms: u64) -> anyhow::Result<MockProc> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let child = Command::new(bin)
+            .args(["--listen", &addr, "--event-delay-ms", &event_delay_ms.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(MockProc { addr, child })
+    }
+
+    /// Waits (bounded) until the port accepts connections.
+    async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while tokio::net::TcpStream::connect(&self.addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("mock upstream {} not listening after {timeout:?}", self.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MockProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM).
+fn proc_kb(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// The soft and hard "Max open files" of this process (children inherit them).
+fn open_files_limit() -> Option<(String, String)> {
+    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut f = line["Max open files".len()..].split_whitespace();
+    Some((f.next()?.to_string(), f.next()?.to_string()))
+}
+
+fn request_body(prompt_bytes: usize, stream: bool) -> Bytes {
+    let words = "the quick brown fox jumps over the lazy dog ";
+    let prompt: String = words.chars().cycle().take(prompt_bytes).collect();
+    let mut v = serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    if stream {
+        v["stream"] = serde_json::Value::Bool(true);
+    }
+    Bytes::from(v.to_string())
+}
+
+fn messages_request(uri: &Uri, key: Option<&str>, body: &Bytes) -> Request<Full<Bytes>> {
+    let mut b =
+        Request::post(uri.clone()).header("anthropic-version", "2023-06-01").header("content-type", "application/json");
+    if let Some(k) = key {
+        b = b.header("x-api-key", k);
+    }
+    b.body(Full::new(body.clone())).expect("a valid request")
+}
+
+/// Sends one request and reads the whole body: (status, body).
+async fn send(client: &Http, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
+    let resp = client.request(req).await.map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+    Ok((status, body))
+}
+
+/// Where one latency phase sends its requests.
+struct Target {
+    label: &'static str,
+    uri: Uri,
+    key: Option<String>,
+}
+
+enum Outcome {
+    Ok,
+    Status(u16),
+    Error(String),
+}
+
+struct Sample {
+    /// Scheduled send time to the end of the response body.
+    total_us: u64,
+    /// Actual send time to the end of the response body.
+    service_us: u64,
+    /// How late the generator sent it.
+    lag_us: u64,
+    outcome: Outcome,
+}
+
+#[derive(Default)]
+struct PhaseStats {
+    total: Vec<u64>,
+    service: Vec<u64>,
+    lag: Vec<u64>,
+    ok: u64,
+    non_200: u64,
+    errors: u64,
+    first_problems: Vec<String>,
+    /// Requests not finished by the drain deadline.
+    unfinished: u64,
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl PhaseStats {
+    fn p(&self, p: f64) -> f64 {
+        ms(pct(&self.total, p))
+    }
+
+    fn service_p(&self, p: f64) -> f64 {
+        ms(pct(&self.service, p))
+    }
+
+    fn max(&self) -> f64 {
+        ms(self.total.last().copied().unwrap_or(0))
+    }
+}
+
+/// An open loop: request i is due at start + i / rate, sent on schedule in
+/// its own task whatever the earlier ones are doing. Only 200s are timed.
+async fn open_loop(client: &Http, t: &Target, body: &Bytes, rate: u64, secs: u64) -> PhaseStats {
+    let total = rate.saturating_mul(secs);
+    let interval_ns = 1_000_000_000 / rate.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let start = Instant::now() + Duration::from_millis(5);
+    for i in 0..total {
+        let due = start + Duration::from_nanos(interval_ns * i);
+        tokio::time::sleep_until(due.into()).await;
+        let (client, tx, body, uri, key) = (client.clone(), tx.clone(), body.clone(), t.uri.clone(), t.key.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let req = messages_request(&uri, key.as_deref(), &body);
+            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&client, req)).await {
+                Err(_) => Outcome::Error("timed out".into()),
+                Ok(Err(e)) => Outcome::Error(e),
+                Ok(Ok((200, _))) => Outcome::Ok,
+                Ok(Ok((status, _))) => Outcome::Status(status),
+            };
+            let done = Instant::now();
+            let _ = tx.send(Sample {
+                total_us: done.duration_since(due).as_micros() as u64,
+                service_us: done.duration_since(sent).as_micros() as u64,
+                lag_us: sent.duration_since(due).as_micros() as u64,
+                outcome,
+            });
+        });
+    }
+    drop(tx);
+    let mut st = PhaseStats::default();
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT + Duration::from_secs(5);
+    let mut received = 0u64;
+    while received < total {
+        let Ok(Some(s)) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
+        received += 1;
+        st.lag.push(s.lag_us);
+        match s.outcome {
+            Outcome::Ok => {
+                st.ok += 1;
+                st.total.push(s.total_us);
+                st.service.push(s.service_us);
+            }
+            Outcome::Status(code) => {
+                st.non_200 += 1;
+                if st.first_problems.len() < 3 {
+                    st.first_problems.push(format!("HTTP {code}"));
+                }
+            }
+            Outcome::Error(e) => {
+                st.errors += 1;
+                if st.first_problems.len() < 3 {
+                    st.first_problems.push(e);
+                }
+            }
+        }
+    }
+    st.unfinished = total - received;
+    st.total.sort_unstable();
+    st.service.sort_unstable();
+    st.lag.sort_unstable();
+    st
+}
+
+/// Warmup (unrecorded), then the measured phase.
+async fn phase(client: &Http, t: &Target, body: &Bytes, args: &Args) -> PhaseStats {
+    if args.warmup > 0 {
+        let _ = open_loop(client, t, body, args.rate, args.warmup).await;
+    }
+    let st = open_loop(client, t, body, args.rate, args.seconds).await;
+    print_phase(t, &st);
+    st
+}
+
+/// One histogram of the edge's /metrics: (upper bound in s, cumulative count), sum in s, count.
+#[derive(Default, Clone)]
+struct Hist {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+fn parse_hist(text: &str, name: &str) -> Hist {
+    let mut h = Hist::default();
+    let bucket = format!("{name}_bucket{{le=\"");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(&bucket) {
+            let Some((le, n)) = rest.split_once("\"} ") else { continue };
+            if let (Ok(le), Ok(n)) = (le.parse::<f64>(), n.trim().parse::<u64>()) {
+                h.buckets.push((le, n));
+            }
+        } else if let Some(v) = line.strip_prefix(&format!("{name}_sum ")) {
+            h.sum = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = line.strip_prefix(&format!("{name}_count ")) {
+            h.count = v.trim().parse().unwrap_or(0);
+        }
+    }
+    h
+}
+
+impl Hist {
+    /// What was observed between `before` and `self`.
+    fn since(&self, before: &Hist) -> Hist {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(le, n)| {
+                let b = before.buckets.iter().find(|(l, _)| l == le).map_or(0, |(_, n)| *n);
+                (*le, n.saturating_sub(b))
+            })
+            .collect();
+        Hist { buckets, sum: self.sum - before.sum, count: self.count.saturating_sub(before.count) }
+    }
+
+    /// The upper bound of the bucket that holds quantile `q`, in ms.
+    fn bound_ms(&self, q: f64) -> String {
+        let want = (self.count as f64 * q).ceil() as u64;
+        match self.buckets.iter().find(|(_, n)| *n >= want.max(1)) {
+            Some((le, _)) => format!("≤ {} ms", le * 1000.0),
+            None => "> largest bucket".into(),
+        }
+    }
+
+    fn summary(&self) -> String {
+        if self.count == 0 {
+            return "no observations".into();
+        }
+        format!(
+            "{} requests, mean {:.2} ms, p50 {}, p99 {}",
+            self.count,
+            self.sum * 1000.0 / self.count as f64,
+            self.bound_ms(0.50),
+            self.bound_ms(0.99)
+        )
+    }
+}
+
+async fn scrape(client: &Http, edge: &str) -> String {
+    let req = Request::get(format!("http://{edge}/metrics")).body(Full::new(Bytes::new())).expect("a valid request");
+    match tokio::time::timeout(Duration::from_secs(5), send(client, req)).await {
+        Ok(Ok((200, b))) => String::from_utf8_lossy(&b).into_owned(),
+        _ => String::new(),
+    }
+}
+
+fn gauge(text: &str, name: &str) -> Option<i64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Sends requests through the edge until one is admitted (bounded): the
+/// edge learns keys from its config watch.
+async fn wait_admitted(client: &Http, uri: &Uri, key: &str, body: &Bytes) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, send(client, messages_request(uri, Some(key), body))).await;
+        let last = match r {
+            Ok(Ok((200, _))) => return Ok(()),
+            Ok(Ok((status, b))) => format!("HTTP {status}: {}", String::from_utf8_lossy(&b)),
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".into(),
+        };
+        if Instant::now() > deadline {
+            bail!("the edge does not admit the benchmark key: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One team, one user, one key; hard monthly budgets far above what the run
+/// spends on the org, the team and the user. Returns the key's secret.
+async fn principals(cluster: &LedgerCluster) -> anyhow::Result<String> {
+    let admin = cluster.admin(Duration::from_secs(30)).await.context("ledger did not come up")?;
+    admin
+        .call(pb::CreateTeamRequest { name: "bench".into() }, |mut c, r| async move { c.create_team(r).await })
+        .await?;
+    let user = pb::CreateUserRequest { email: "bench@corp.io".into(), team: "bench".into() };
+    admin.call(user, |mut c, r| async move { c.create_user(r).await }).await?;
+    let key = pb::CreateKeyRequest { user: "bench@corp.io".into(), name: "edge-bench".into() };
+    let secret = admin.call(key, |mut c, r| async move { c.create_key(r).await }).await?.secret;
+    for scope in ["org", "team:bench", "user:bench@corp.io"] {
+        let req = pb::SetBudgetRequest {
+            scope: scope.into(),
+            model: String::new(),
+            limit_usd: "1000000".into(),
+            period: "monthly".into(),
+            mode: "hard".into(),
+        };
+        admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+    }
+    Ok(secret)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = sibling_binary()?;
+    let mock_bin = bin.with_file_name("mock-upstream");
+    if !mock_bin.exists() {
+        bail!("{} not found: build it first (cargo build --release -p tollgate-chaos)", mock_bin.display());
+    }
+    let (soft, hard) = open_files_limit().unwrap_or_else(|| ("?".into(), "?".into()));
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "edge-bench: {cpus} CPUs, open files limit {soft} (hard {hard}), {}-node ledger (fsync on), budgets on org, team and user",
+        args.nodes
+    );
+    // The edge holds two sockets per stream, the mock and this process one each.
+    let need = 2 * args.streams as u64 + 512;
+    if !args.skip_streams && soft.parse::<u64>().is_ok_and(|n| n < need) {
+        bail!("--streams {} needs an open files limit of at least {need}: run `ulimit -n 65536` first", args.streams);
+    }
+    let dir = match &args.data_dir {
+        Some(base) => tempfile::tempdir_in(base)?,
+        None => tempfile::tempdir()?,
+    };
+    let dir_path = dir.path().to_path_buf();
+    if args.keep {
+        println!("keeping data and logs in {}", dir.keep().display());
+    }
+
+    let cluster = LedgerCluster::start(&bin, &dir_path, args.nodes)?;
+    let secret = principals(&cluster).await?;
+    let client = http_client(1024);
+    if !args.skip_latency {
+        latency(&args, &bin, &mock_bin, &dir_path, &cluster, &secret, &client).await?;
+    }
+    if !args.skip_streams {
+        memory(&args, &bin, &mock_bin, &dir_path, &cluster, &secret).await?;
+    }
+    Ok(())
+}
+
+async fn latency(
+    args: &Args,
+    bin: &Path,
+    mock_bin: &Path,
+    dir: &Path,
+    cluster: &LedgerCluster,
+    secret: &str,
+    client: &Http,
+) -> anyhow::Result<()> {
+    let mock = MockProc::start(mock_bin, dir, "mock-latency", 0)?;
+    mock.wait_ready(Duration::from_secs(10)).await?;
+    let edge = EdgeProc::start(bin, dir, "edge-latency", &cluster.servers(), &format!("http://{}", mock.addr), &[])?;
+    edge.wait_ready(Duration::from_secs(30)).await?;
+    let body = request_body(args.prompt_bytes, false);
+    let direct: Uri = format!("http://{}/v1/messages", mock.addr).parse()?;
+    let via: Uri = format!("http://{}/v1/messages", edge.addr).parse()?;
+    wait_admitted(client, &via, secret, &body).await?;
+    println!(
+        "\nadded latency: {} non-streaming requests/s (open loop), {} s per phase after a {} s warmup, {}-byte requests",
+        args.rate,
+        args.seconds,
+        args.warmup,
+        body.len()
+    );
+    println!("  latency = scheduled send → last body byte; service = actual send → last body byte");
+    let a = phase(client, &Target { label: "(a) direct", uri: direct.clone(), key: None }, &body, args).await;
+    if args.warmup > 0 {
+        let t = Target { label: "warmup", uri: via.clone(), key: Some(secret.into()) };
+        let _ = open_loop(client, &t, &body, args.rate, args.warmup).await;
+    }
+    let before = scrape(client, &edge.addr).await;
+    let b = {
+        let t = Target { label: "(b) via the edge", uri: via.clone(), key: Some(secret.into()) };
+        let st = open_loop(client, &t, &body, args.rate, args.seconds).await;
+        print_phase(&t, &st);
+        st
+    };
+    let after = scrape(client, &edge.addr).await;
+    let c = phase(client, &Target { label: "(c) direct again", uri: direct, key: None }, &body, args).await;
+    let added = |f: &dyn Fn(&PhaseStats) -> f64| f(&b) - (f(&a) + f(&c)) / 2.0;
+    println!(
+        "  added by the edge (b − mean of a and c): p50 {:.2} ms, p99 {:.2} ms (service time: p50 {:.2} ms, p99 {:.2} ms); goal p99 < 2 ms",
+        added(&|s| s.p(0.50)),
+        added(&|s| s.p(0.99)),
+        added(&|s| s.service_p(0.50)),
+        added(&|s| s.service_p(0.99)),
+    );
+    for (name, what) in [
+        ("tollgate_gateway_overhead_seconds", "time in the edge, upstream excluded"),
+        ("tollgate_upstream_latency_seconds", "edge → mock, to response headers"),
+    ] {
+        let h = parse_hist(&after, name).since(&parse_hist(&before, name));
+        println!("  edge's own histogram, phase (b), {what}: {}", h.summary());
+    }
+    if let Some(pid) = edge.pid() {
+        println!(
+            "  edge RSS after the latency phases: {:.1} MB (peak {:.1} MB)",
+            mb(proc_kb(pid, "VmRSS").unwrap_or(0)),
+            mb(proc_kb(pid, "VmHWM").unwrap_or(0))
+        );
+    }
+    Ok(())
+}
+
+fn print_phase(t: &Target, st: &PhaseStats) {
+    println!(
+        "  {:<16} p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms | service p50 {:>6.2} p99 {:>6.2} | sender lag p99 {:>5.2} ms | {} ok, {} non-200, {} errors{}",
+        t.label,
+        st.p(0.50),
+        st.p(0.99),
+        st.max(),
+        st.service_p(0.50),
+        st.service_p(0.99),
+        ms(pct(&st.lag, 0.99)),
+        st.ok,
+        st.non_200,
+        st.errors,
+        if st.unfinished > 0 { format!(", {} unfinished", st.unfinished) } else { String::new() }
+    );
+    if !st.first_problems.is_empty() {
+        println!("    first problems: {}", st.first_problems.join("; "));
+    }
+}
+
+/// How one stream ended.
+enum StreamOutcome {
+    /// HTTP 200, read to the end, `message_stop` seen and no `error` event.
+    Complete,
+    /// HTTP 200 but cut short or ended by an error event.
+    Incomplete(String),
+    Status(u16),
+    Error(String),
+}
+
+/// Open streams now, and the most at once.
+#[derive(Default)]
+struct Gauge {
+    open: AtomicU64,
+    most: AtomicU64,
+}
+
+async fn one_stream(
+    client: Http,
+    uri: Uri,
+    key: String,
+    body: Bytes,
+    gauge: Arc<Gauge>,
+    limit: Duration,
+) -> StreamOutcome {
+    let req = messages_request(&uri, Some(&key), &body);
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, client.request(req)).await {
+        Err(_) => return StreamOutcome::Error("no response headers in time".into()),
+        Ok(Err(e)) => return StreamOutcome::Error(format!("request: {e}")),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return StreamOutcome::Status(status);
+    }
+    let now = gauge.open.fetch_add(1, Ordering::Relaxed) + 1;
+    gauge.most.fetch_max(now, Ordering::Relaxed);
+    let read = tokio::time::timeout(limit, resp.into_body().collect()).await;
+    gauge.open.fetch_sub(1, Ordering::Relaxed);
+    match read {
+        Err(_) => StreamOutcome::Incomplete(format!("not finished after {limit:?}")),
+        Ok(Err(e)) => StreamOutcome::Incomplete(format!("body: {e}")),
+        Ok(Ok(b)) => {
+            let text = String::from_utf8_lossy(&b.to_bytes()).into_owned();
+            if text.contains("event: error") {
+                StreamOutcome::Incomplete(format!("error event: {}", text.lines().last().unwrap_or_default()))
+            } else if !text.contains("event: message_stop") {
+                StreamOutcome::Incomplete("no message_stop".into())
+            } else {
+                StreamOutcome::Complete
+            }
+        }
+    }
+}
+
+async fn memory(
+    args: &Args,
+    bin: &Path,
+    mock_bin: &Path,
+    dir: &Path,
+    cluster: &LedgerCluster,
+    secret: &str,
+) -> anyhow::Result<()> {
+    let delay_ms = (args.stream_seconds * 1000 / MOCK_EVENTS).max(1);
+    let mock = MockProc::start(mock_bin, dir, "mock-streams", delay_ms)?;
+    mock.wait_ready(Duration::from_secs(10)).await?;
+    let edge = EdgeProc::start(bin, dir, "edge-streams", &cluster.servers(), &format!("http://{}", mock.addr), &[])?;
+    edge.wait_ready(Duration::from_secs(30)).await?;
+    let pid = edge.pid().context("the edge is not running")?;
+    let client = http_client(args.streams + 16);
+    let via: Uri = format!("http://{}/v1/messages", edge.addr).parse()?;
+    wait_admitted(&client, &via, secret, &request_body(args.prompt_bytes, false)).await?;
+    let idle_kb = proc_kb(pid, "VmRSS").unwrap_or(0);
+    let n = args.streams;
+    println!(
+        "\nmemory: {n} concurrent streams through a fresh edge, each ~{} s (the mock waits {delay_ms} ms after each of its {MOCK_EVENTS} events), opened 1 per ms",
+        args.stream_seconds
+    );
+    println!("  edge RSS before (one request served): {:.1} MB", mb(idle_kb));
+    for round in 1..=args.stream_rounds.max(1) {
+        if args.stream_rounds > 1 {
+            println!("  round {round} of {}:", args.stream_rounds);
+        }
+        stream_round(args, &client, &via, secret, pid, &edge.addr).await;
+    }
+    Ok(())
+}
+
+/// `--streams` streams at once through the edge; prints what the edge's RSS did.
+async fn stream_round(args: &Args, client: &Http, via: &Uri, secret: &str, pid: u32, edge_addr: &str) {
+    let n = args.streams;
+    let gauge = Arc::new(Gauge::default());
+    let finished = Arc::new(AtomicU64::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StreamOutcome>();
+    let limit = Duration::from_secs(args.stream_seconds * 3 + 30);
+    let body = request_body(args.prompt_bytes, true);
+    let ramp = {
+        let (client, gauge, finished, via, key) =
+            (client.clone(), gauge.clone(), finished.clone(), via.clone(), secret.to_string());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..n {
+                tick.tick().await;
+                let (client, gauge, finished, tx) = (client.clone(), gauge.clone(), finished.clone(), tx.clone());
+                let fut = one_stream(client, via.clone(), key.clone(), body.clone(), gauge, limit);
+                tokio::spawn(async move {
+                    let _ = tx.send(fut.await);
+                    finished.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        })
+    };
+
+    // Sample every 100 ms until every stream has ended (bounded).
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(n as u64 / 1000 + 5) + REQUEST_TIMEOUT + limit;
+    let (mut rss_all_open, mut rss_any, mut all_open_samples) = (0u64, 0u64, 0u64);
+    let mut edge_reported: Option<i64> = None;
+    while (finished.load(Ordering::Relaxed) as usize) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rss = proc_kb(pid, "VmRSS").unwrap_or(0);
+        rss_any = rss_any.max(rss);
+        if gauge.open.load(Ordering::Relaxed) as usize == n {
+            rss_all_open = rss_all_open.max(rss);
+            all_open_samples += 1;
+            if edge_reported.is_none() {
+                edge_reported = gauge_of(client, edge_addr, "tollgate_open_streams").await;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = ramp.await;
+    // VmHWM, or a larger sample (the kernel's RSS counters are approximate).
+    let hwm = proc_kb(pid, "VmHWM").unwrap_or(0).max(rss_any);
+    let (mut complete, mut incomplete, mut non_200, mut errors, mut problems) = (0, 0, 0, 0, Vec::new());
+    while let Ok(o) = rx.try_recv() {
+        let problem = match o {
+            StreamOutcome::Complete => {
+                complete += 1;
+                None
+            }
+            StreamOutcome::Incomplete(why) => {
+                incomplete += 1;
+                Some(why)
+            }
+            StreamOutcome::Status(code) => {
+                non_200 += 1;
+                Some(format!("HTTP {code}"))
+            }
+            StreamOutcome::Error(e) => {
+                errors += 1;
+                Some(e)
+            }
+        };
+        if let Some(p) = problem.filter(|_| problems.len() < 3) {
+            problems.push(p);
+        }
+    }
+    let unfinished = n - (complete + incomplete + non_200 + errors);
+    if all_open_samples > 0 {
+        println!(
+            "  edge RSS with {n} open streams: current {:.1} MB, peak {:.1} MB (goal < 150 MB)",
+            mb(rss_all_open),
+            mb(hwm)
+        );
+        println!(
+            "    current = largest VmRSS sampled every 100 ms while all {n} were open (~{:.1} s); peak = VmHWM at the end",
+            all_open_samples as f64 / 10.0
+        );
+    } else {
+        println!(
+            "  all {n} streams were never open at once (most: {}); edge RSS: largest sample {:.1} MB, peak {:.1} MB",
+            gauge.most.load(Ordering::Relaxed),
+            mb(rss_any),
+            mb(hwm)
+        );
+    }
+    println!(
+        "  most streams open at once: {} (the edge's tollgate_open_streams then: {})",
+        gauge.most.load(Ordering::Relaxed),
+        edge_reported.map_or("not read".to_string(), |v| v.to_string())
+    );
+    println!(
+        "  streams: {n} sent, {} answered 200, {complete} read to the end (message_stop, no error event), {incomplete} cut short, {non_200} non-200, {errors} errors, {unfinished} unfinished; {:.1} s in all",
+        complete + incomplete,
+        elapsed.as_secs_f64()
+    );
+    if !problems.is_empty() {
+        println!("    first problems: {}", problems.join("; "));
+    }
+    println!("  edge RSS after the streams closed: {:.1} MB", mb(proc_kb(pid, "VmRSS").unwrap_or(0)));
+}
+
+async fn gauge_of(client: &Http, edge: &str, name: &str) -> Option<i64> {
+    gauge(&scrape(client, edge).await, name)
+}
