@@ -1,9 +1,13 @@
-//! Tollgate's load and fault tooling. Today: a harness that runs real
-//! `tollgate ledger` processes ([`cluster`]), the ledger benchmark
-//! (`ledger-bench`), and the mock model provider ([`mock`], the
-//! `mock-upstream` binary) that tests point the gateway at. Planned: the
-//! load generator, fault schedules and invariant checker of the chaos tests.
+//! Tollgate's load and fault tooling: harnesses that run real `tollgate`
+//! processes ([`cluster`]), the mock model provider ([`mock`], the
+//! `mock-upstream` binary), the benchmarks (`ledger-bench`, `edge-bench`),
+//! and the chaos tests: private networks of namespaces ([`netns`]), seeded
+//! scenarios with faults from outside ([`run`], the `tollgate-chaos`
+//! binary) and the invariant checker ([`checker`]).
 #![forbid(unsafe_code)]
 
+pub mod checker;
 pub mod cluster;
 pub mod mock;
+pub mod netns;
+pub mod run;

@@ -12,7 +12,9 @@
 //!   `x-mock-cache-write-1h: N`: cache token counts;
 //! - `x-mock-error: 429 | 500 | 529 | midstream`: an error response, or
 //!   (streams) an `error` event after HTTP 200 and half the deltas;
-//! - `x-mock-latency-ms: N`: delay before the response starts.
+//! - `x-mock-latency-ms: N`: delay before the response starts;
+//! - `x-mock-tag: T`: copied into the response's ground-truth record, so a
+//!   load generator can attribute each response (e.g. to a key).
 //!
 //! Input tokens are derived from the request (`ceil(body bytes / 4)`), so a
 //! test can predict them; the log records what was actually sent.
@@ -83,6 +85,9 @@ pub struct TruthRecord {
     pub usage: TruthUsage,
     /// The credential the mock received (to check the gateway used its own).
     pub credential: String,
+    /// The request's `x-mock-tag` header, if any.
+    #[serde(default)]
+    pub tag: String,
 }
 
 struct State {
@@ -186,6 +191,7 @@ struct Plan {
     usage: TruthUsage,
     error: Option<String>,
     credential: String,
+    tag: String,
 }
 
 impl Plan {
@@ -201,6 +207,7 @@ impl Plan {
             completed,
             usage,
             credential: self.credential.clone(),
+            tag: self.tag.clone(),
         }
     }
 }
@@ -301,6 +308,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 },
                 error: h.get("x-mock-error").and_then(|v| v.to_str().ok()).map(str::to_string),
                 credential: cred,
+                tag: h.get("x-mock-tag").and_then(|v| v.to_str().ok()).unwrap_or_default().chars().take(200).collect(),
             };
             if let Some(resp) = status_error(&state, api, &plan) {
                 return resp;

@@ -159,8 +159,12 @@ impl LedgerNode {
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
             .add_service(
-                LedgerServiceServer::new(LedgerApi { proposer: proposer.clone(), sm: sm.clone() })
-                    .max_decoding_message_size(16 * 1024 * 1024),
+                LedgerServiceServer::new(LedgerApi {
+                    proposer: proposer.clone(),
+                    sm: sm.clone(),
+                    stop: shutdown.subscribe(),
+                })
+                .max_decoding_message_size(16 * 1024 * 1024),
             )
             .add_service(AdminServiceServer::new(AdminApi {
                 id: cfg.id,

@@ -61,7 +61,7 @@ impl Default for ProposerConfig {
             max_inflight: 2,
             max_queued: 100_000,
             leader_wait: Duration::from_secs(3),
-            commit_timeout: Duration::from_secs(10),
+            commit_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -236,13 +236,36 @@ async fn propose_group(ctx: &Ctx, mut group: Vec<Pending>) {
     for mut p in admin {
         let token = p.admin_token.take();
         let cmds = std::mem::take(&mut p.cmds);
-        let result = forward(ctx, &addr, cmds, token).await;
+        let result = forward_while_leading(ctx, leader_id, &addr, cmds, token).await;
         distribute(vec![p], result);
     }
     if !plain.is_empty() {
         let cmds = concat(&mut plain);
-        let result = forward(ctx, &addr, cmds, None).await;
+        let result = forward_while_leading(ctx, leader_id, &addr, cmds, None).await;
         distribute(plain, result);
+    }
+}
+
+/// Forwards to `leader_id`, giving up as soon as this node sees another
+/// leader: a leader cut off from its quorum can hold a forwarded proposal
+/// until the RPC times out, and with it this proposer's slot, while a new
+/// leader is already serving. The commands may still have reached the old
+/// leader's log, so the outcome is unknown (an edge releases the hold).
+async fn forward_while_leading(
+    ctx: &Ctx,
+    leader_id: NodeId,
+    addr: &str,
+    cmds: Vec<Command>,
+    admin_token: Option<String>,
+) -> Proposed {
+    let wait = ctx.raft.wait(Some(Duration::from_secs(3600)));
+    let changed =
+        wait.metrics(|m| m.current_leader != Some(leader_id) || m.state == ServerState::Shutdown, "the leader changed");
+    tokio::select! {
+        r = forward(ctx, addr, cmds, admin_token) => r,
+        _ = changed => Err(ProposeError::Unknown(format!(
+            "node {leader_id} stopped leading while a forwarded proposal was in flight"
+        ))),
     }
 }
 

@@ -152,6 +152,9 @@ async fn propose_items<T, R>(
 pub struct LedgerApi {
     pub proposer: Proposer,
     pub sm: StateMachineStore,
+    /// Set when the node shuts down: config streams end, so the server's
+    /// graceful shutdown is not held up by watchers that never hang up.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 type ConfigStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigSnapshot, Status>> + Send>>;
@@ -263,15 +266,17 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
         let mut changes = sm.watch_config();
         // One slot: a slow watcher gets the newest config, not a backlog.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut stop = self.stop.clone();
         tokio::spawn(async move {
             loop {
                 changes.borrow_and_update();
                 let snap = sm.read(|a| config_snapshot(&a.state));
-                if tx.send(Ok(snap)).await.is_err() {
+                if *stop.borrow() || tx.send(Ok(snap)).await.is_err() {
                     return;
                 }
-                if changes.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = stop.changed() => return,
                 }
             }
         });

@@ -1,0 +1,128 @@
+//! `tollgate-chaos`: runs one chaos scenario against real processes and
+//! checks the invariants (see `tollgate_chaos::run`).
+//!
+//! ```sh
+//! cargo run --release -p tollgate-chaos -- run --scenario leader-kill --seed 7 --duration 60 --report r.json
+//! ```
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tollgate_chaos::run::{run, write_report, RunConfig, SCENARIOS};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate-chaos",
+    about = "Chaos scenarios against a real Tollgate cluster, with an invariant checker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one scenario (needs root: it builds a private network of namespaces).
+    Run(RunArgs),
+    /// List the scenarios.
+    List,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// leader-kill, follower-kill, edge-kill, leader-pause, leader-partition, edge-partition or rolling-restart.
+    #[arg(long)]
+    scenario: String,
+    /// Seed of the load and of the fault schedule (print it to repeat a run).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Ledger nodes (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Edges.
+    #[arg(long, default_value_t = 2)]
+    edges: usize,
+    #[arg(long, default_value_t = 4)]
+    teams: usize,
+    /// Simulated users (each with its own key), spread over the teams.
+    #[arg(long, default_value_t = 12)]
+    users: usize,
+    /// Requests per second per user.
+    #[arg(long, default_value_t = 4.0)]
+    rate: f64,
+    /// Admission estimate of the edges: strict (caps never exceeded) or estimate.
+    #[arg(long, default_value = "strict", value_parser = ["strict", "estimate"])]
+    estimate: String,
+    /// Keep logs and data in this directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let a = match cli.cmd {
+        Cmd::List => {
+            for s in SCENARIOS {
+                println!("{s}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Run(a) => a,
+    };
+    let bin_dir = match std::env::current_exe() {
+        Ok(p) => p.parent().map(PathBuf::from).unwrap_or_default(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = RunConfig {
+        scenario: a.scenario,
+        seed: a.seed,
+        duration: Duration::from_secs(a.duration.max(5)),
+        nodes: a.nodes,
+        edges: a.edges,
+        teams: a.teams,
+        users: a.users,
+        rate: a.rate,
+        strict: a.estimate == "strict",
+        keep: a.keep,
+        bin_dir,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(report) => {
+            println!("{}", report.summary());
+            if let Some(path) = &a.report {
+                if let Err(e) = write_report(&report, path) {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,811 @@
+//! One chaos scenario, end to end: a private network of namespaces
+//! ([`crate::netns`]), a ledger of real `tollgate ledger` processes, edges
+//! (`tollgate edge`), the mock upstream, a seeded load generator, faults
+//! injected from outside on a seeded schedule, then healing, and the
+//! invariant checker ([`crate::checker`]) over what was recorded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tollgate_client::AdminClient;
+use tollgate_proto::v1 as pb;
+
+use crate::checker::{self, BudgetFigures, ClientRecord, Fault, History, MemberState, Verdict};
+use crate::netns::Net;
+
+pub const SCENARIOS: [&str; 7] = [
+    "leader-kill",
+    "follower-kill",
+    "edge-kill",
+    "leader-pause",
+    "leader-partition",
+    "edge-partition",
+    "rolling-restart",
+];
+
+const UPSTREAM_KEY: &str = "sk-chaos-upstream";
+const GRPC_PORT: u16 = 7070;
+const HTTP_PORT: u16 = 8080;
+const ELECTION_TIMEOUT_MS: u64 = 600;
+const HOLD_TTL_SECS: u64 = 10;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scenario: String,
+    pub seed: u64,
+    pub duration: Duration,
+    pub nodes: u64,
+    pub edges: usize,
+    pub teams: usize,
+    pub users: usize,
+    /// Requests per second per simulated user.
+    pub rate: f64,
+    pub strict: bool,
+    /// Keep the run's directory (logs, data) instead of deleting it.
+    pub keep: Option<PathBuf>,
+    /// Directory holding the `tollgate` and `mock-upstream` binaries.
+    pub bin_dir: PathBuf,
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub duration_secs: u64,
+    pub nodes: u64,
+    pub edges: usize,
+    pub estimate: String,
+    pub faults: Vec<Fault>,
+    pub requests: checker::RequestCounts,
+    pub overspend_nano_usd: u64,
+    pub estimate_overshoot_nano_usd: u64,
+    pub estimate_overshoot_bound_nano_usd: u64,
+    pub lost_charges: u64,
+    pub double_charges: u64,
+    pub holds_left: u64,
+    pub digests_agree: bool,
+    pub longest_unavailability_ms: u64,
+    pub unavailability_by_fault: Vec<(String, u64)>,
+    pub election_timeout_ms: u64,
+    pub upstream_responses: usize,
+    pub spent_nano_usd: u64,
+    pub violations: Vec<String>,
+    pub passed: bool,
+}
+
+impl Report {
+    pub fn summary(&self) -> String {
+        let faults: Vec<String> =
+            self.faults.iter().map(|f| format!("{} {} at {:.1}s", f.kind, f.target, f.at_ms as f64 / 1000.0)).collect();
+        let mut s = format!(
+            "scenario {} seed {} ({} s, {} ledger nodes, {} edges, {}): {}\n  faults: {}\n  requests: {} ok, {} denied, {} failed; {} upstream responses; ${:.6} spent\n  overspend {} nano-USD, lost charges {}, double charges {}, holds left {}, digests agree: {}\n  longest unavailability {} ms (election timeout {} ms)",
+            self.scenario,
+            self.seed,
+            self.duration_secs,
+            self.nodes,
+            self.edges,
+            self.estimate,
+            if self.passed { "PASSED" } else { "FAILED" },
+            if faults.is_empty() { "none".to_string() } else { faults.join(", ") },
+            self.requests.ok,
+            self.requests.denied,
+            self.requests.failed,
+            self.upstream_responses,
+            self.spent_nano_usd as f64 / 1e9,
+            self.overspend_nano_usd,
+            self.lost_charges,
+            self.double_charges,
+            self.holds_left,
+            self.digests_agree,
+            self.longest_unavailability_ms,
+            self.election_timeout_ms,
+        );
+        for v in &self.violations {
+            s.push_str(&format!("\n  VIOLATION: {v}"));
+        }
+        s
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a seed replays a run's
+/// choices.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// The processes of one run.
+struct Procs {
+    bin: PathBuf,
+    dir: PathBuf,
+    net: Net,
+    ledger_peers: String,
+    ledger_addrs: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, Child>,
+    edges: BTreeMap<usize, Child>,
+    edge_args: BTreeMap<usize, Vec<String>>,
+}
+
+impl Procs {
+    fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        Ok(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log")))?)
+    }
+
+    fn spawn_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let mut cmd = self.net.command(&format!("n{id}"), &self.bin);
+        cmd.args(["ledger", "--id", &id.to_string(), "--grpc", &self.ledger_addrs[&id], "--peers", &self.ledger_peers])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("n{id}")))
+            .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("n{id}"))?);
+        if id == 1 {
+            cmd.arg("--bootstrap");
+        }
+        self.nodes.insert(id, cmd.spawn().context("starting a ledger node")?);
+        Ok(())
+    }
+
+    fn spawn_edge(&mut self, k: usize) -> anyhow::Result<()> {
+        let mut cmd = self.net.command(&format!("e{k}"), &self.bin);
+        cmd.args(&self.edge_args[&k])
+            .env("ANTHROPIC_API_KEY", UPSTREAM_KEY)
+            .env("OPENAI_API_KEY", UPSTREAM_KEY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log(&format!("e{k}"))?);
+        self.edges.insert(k, cmd.spawn().context("starting an edge")?);
+        Ok(())
+    }
+
+    fn node_pid(&self, id: u64) -> Option<u32> {
+        self.nodes.get(&id).map(|c| c.id())
+    }
+
+    fn kill_node(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn kill_edge(&mut self, k: usize) {
+        if let Some(mut c) = self.edges.remove(&k) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for the exit.
+    fn stop_node(&mut self, id: u64, within: Duration) {
+        if let Some(mut c) = self.nodes.remove(&id) {
+            kill(c.id(), "-TERM");
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.edges)
+            .into_iter()
+            .chain(std::mem::take(&mut self.nodes).into_iter().map(|(i, c)| (i as usize, c)))
+        {
+            kill(c.id(), "-CONT");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn http_client() -> Http {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(c)
+}
+
+async fn http_get(client: &Http, url: &str) -> Option<String> {
+    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(3), client.request(req)).await.ok()?.ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let body = tokio::time::timeout(Duration::from_secs(3), resp.into_body().collect()).await.ok()?.ok()?;
+    Some(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+}
+
+/// A simulated user.
+#[derive(Debug, Clone)]
+struct User {
+    key_id: String,
+    secret: String,
+    team: String,
+}
+
+const MODELS: [(&str, bool); 3] = [("claude-sonnet-4-5", true), ("claude-haiku-4-5", true), ("gpt-4o", false)];
+
+/// One request from `user`, recorded as the client saw it.
+async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng, t0: Instant) -> ClientRecord {
+    let edge = rng.below(edges.len() as u64) as usize;
+    let (model, anthropic) = MODELS[rng.below(3) as usize];
+    let stream = rng.below(2) == 0;
+    let max_tokens = 50 + rng.below(150);
+    let content: String = "chaos load ".chars().cycle().take(50 + rng.below(300) as usize).collect();
+    let body = json!({"model": model, "max_tokens": max_tokens, "stream": stream,
+                      "messages": [{"role": "user", "content": content}]})
+    .to_string();
+    let path = if anthropic { "/v1/messages" } else { "/v1/chat/completions" };
+    let mut rec = ClientRecord {
+        key_id: user.key_id.clone(),
+        team: user.team.clone(),
+        edge,
+        model: model.into(),
+        stream,
+        body_bytes: body.len() as u64,
+        max_tokens,
+        start_ms: t0.elapsed().as_millis() as u64,
+        outcome: "failed".into(),
+        ..Default::default()
+    };
+    let mut b = hyper::Request::post(format!("http://{}{path}", edges[edge]))
+        .header("content-type", "application/json")
+        .header("x-mock-tag", &user.key_id);
+    b = if anthropic {
+        b.header("x-api-key", &user.secret).header("anthropic-version", "2023-06-01")
+    } else {
+        b.header("authorization", format!("Bearer {}", user.secret))
+    };
+    let Ok(req) = b.body(Full::new(Bytes::from(body))) else {
+        return rec;
+    };
+    let result = tokio::time::timeout(Duration::from_secs(30), async {
+        let resp = client.request(req).await.map_err(|_| 0u16)?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|_| status)?;
+        Ok::<_, u16>((status, body))
+    })
+    .await;
+    rec.end_ms = t0.elapsed().as_millis() as u64;
+    let (status, body) = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(status)) => {
+            rec.status = status;
+            return rec;
+        }
+        Err(_) => return rec,
+    };
+    rec.status = status;
+    let text = String::from_utf8_lossy(&body);
+    rec.response_id = response_id(&text, stream);
+    rec.outcome = match status {
+        200 if !stream => "ok",
+        200 => {
+            let complete = if anthropic {
+                text.contains("event: message_stop") && !text.contains("event: error")
+            } else {
+                text.contains("data: [DONE]") && !text.contains("data: {\"error\"")
+            };
+            if complete {
+                "ok"
+            } else {
+                "failed"
+            }
+        }
+        402 => "denied",
+        _ => "failed",
+    }
+    .into();
+    rec
+}
+
+/// The provider's response id in a JSON body or the first event of a stream.
+fn response_id(text: &str, stream: bool) -> String {
+    let first = if stream {
+        text.lines().find_map(|l| l.strip_prefix("data: ")).and_then(|d| serde_json::from_str::<Value>(d).ok())
+    } else {
+        serde_json::from_str::<Value>(text).ok()
+    };
+    let Some(v) = first else { return String::new() };
+    v.pointer("/message/id").or_else(|| v.get("id")).and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// What every simulated user's loop shares.
+#[derive(Clone)]
+struct Load {
+    client: Http,
+    edges: Arc<Vec<String>>,
+    rate: f64,
+    t0: Instant,
+    until: Instant,
+    out: Arc<Mutex<Vec<ClientRecord>>>,
+}
+
+async fn user_loop(load: Load, user: User, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut sent = 0u64;
+    // Bounded by time, and by count as a backstop.
+    while Instant::now() < load.until && sent < 100_000 {
+        let rec = one_request(&load.client, &load.edges, &user, &mut rng, load.t0).await;
+        load.out.lock().await.push(rec);
+        sent += 1;
+        let pause = -(1.0 - rng.unit()).max(1e-9).ln() / load.rate.max(0.01);
+        tokio::time::sleep(Duration::from_secs_f64(pause.min(5.0))).await;
+    }
+}
+
+async fn leader(admin_addrs: &[String]) -> Option<u64> {
+    for a in admin_addrs {
+        if let Ok(s) = AdminClient::node_status_at(a, Duration::from_millis(500)).await {
+            if s.role == "leader" {
+                return Some(s.id);
+            }
+        }
+    }
+    None
+}
+
+async fn wait_leader(admin_addrs: &[String], within: Duration) -> Option<u64> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(l) = leader(admin_addrs).await {
+            return Some(l);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Runs one scenario and checks it.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
+    if !SCENARIOS.contains(&cfg.scenario.as_str()) {
+        bail!("unknown scenario {:?}; one of: {}", cfg.scenario, SCENARIOS.join(", "));
+    }
+    if cfg.nodes < 3 || cfg.edges < 1 || cfg.users == 0 || cfg.teams == 0 {
+        bail!("need at least 3 ledger nodes, 1 edge, 1 team and 1 user");
+    }
+    let bin = cfg.bin_dir.join("tollgate");
+    let mock_bin = cfg.bin_dir.join("mock-upstream");
+    for b in [&bin, &mock_bin] {
+        if !b.exists() {
+            bail!(
+                "{} not found: build it first (cargo build --release -p tollgate-node -p tollgate-chaos)",
+                b.display()
+            );
+        }
+    }
+    let tmp;
+    let dir: PathBuf = match &cfg.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut rng = Rng::new(cfg.seed);
+    let mut hosts: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
+    hosts.extend((0..cfg.edges).map(|k| format!("e{k}")));
+    let net = Net::create(&hosts.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let ledger_addrs: BTreeMap<u64, String> =
+        (1..=cfg.nodes).map(|i| (i, format!("{}:{GRPC_PORT}", net.host(&format!("n{i}")).ip))).collect();
+    let ledger_peers = ledger_addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    let admin_addrs: Vec<String> = ledger_addrs.values().cloned().collect();
+
+    // The mock upstream, in the root namespace on the bridge's address.
+    let mock_port = {
+        let l = std::net::TcpListener::bind((net.gateway_ip.as_str(), 0))?;
+        l.local_addr()?.port()
+    };
+    let mock_url = format!("http://{}:{mock_port}", net.gateway_ip);
+    let truth_log = dir.join("truth.jsonl");
+    let mock = KillOnDrop(
+        Command::new(&mock_bin)
+            .args(["--listen", &format!("{}:{mock_port}", net.gateway_ip), "--event-delay-ms", "25"])
+            .args(["--expect-key", UPSTREAM_KEY, "--log"])
+            .arg(&truth_log)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mock.log"))?)
+            .spawn()
+            .context("starting mock-upstream")?,
+    );
+
+    let edge_cfg = dir.join("edge.toml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n"
+        ),
+    )?;
+    let mut p = Procs {
+        bin: bin.clone(),
+        dir: dir.clone(),
+        net,
+        ledger_peers,
+        ledger_addrs: ledger_addrs.clone(),
+        nodes: BTreeMap::new(),
+        edges: BTreeMap::new(),
+        edge_args: BTreeMap::new(),
+    };
+    for id in 1..=cfg.nodes {
+        p.spawn_node(id)?;
+    }
+    let edge_addrs: Vec<String> =
+        (0..cfg.edges).map(|k| format!("{}:{HTTP_PORT}", p.net.host(&format!("e{k}")).ip)).collect();
+    for (k, addr) in edge_addrs.iter().enumerate() {
+        let mut args: Vec<String> = vec!["edge".into(), "--listen".into(), addr.clone()];
+        args.extend(["--ledger".into(), admin_addrs.join(","), "--data-dir".into()]);
+        args.push(dir.join(format!("e{k}")).display().to_string());
+        args.extend(["--upstream-anthropic".into(), mock_url.clone(), "--upstream-openai".into(), mock_url.clone()]);
+        args.extend(["--estimate".into(), if cfg.strict { "strict" } else { "estimate" }.into()]);
+        args.extend(["--config".into(), edge_cfg.display().to_string()]);
+        p.edge_args.insert(k, args);
+        p.spawn_edge(k)?;
+    }
+
+    // Principals and budgets.
+    let token_path = dir.join("n1").join("admin.token");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let admin = loop {
+        if let Ok(t) = std::fs::read_to_string(&token_path) {
+            let a = AdminClient::new(&admin_addrs, Some(t.trim().to_string()))?;
+            if a.call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await }).await.is_ok() {
+                break a;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the ledger never became ready; logs in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Budgets sized to run out during the run: about 30% of the expected
+    // spend (~$0.00066 per request on average) spread over the teams.
+    let expected = cfg.users as f64 * cfg.rate * cfg.duration.as_secs_f64() * 660_000.0;
+    let per_team = (expected * 0.3 / cfg.teams as f64).max(20_000_000.0) as u64;
+    let mut users = Vec::new();
+    for t in 0..cfg.teams {
+        let team = format!("team{t}");
+        admin
+            .call(pb::CreateTeamRequest { name: team.clone() }, |mut c, r| async move { c.create_team(r).await })
+            .await?;
+        let limit_usd = format!("{}.{:09}", per_team / 1_000_000_000, per_team % 1_000_000_000);
+        let req = pb::SetBudgetRequest {
+            scope: format!("team:{team}"),
+            model: String::new(),
+            limit_usd,
+            period: "monthly".into(),
+            mode: "hard".into(),
+        };
+        admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+    }
+    for u in 0..cfg.users {
+        let team = format!("team{}", u % cfg.teams);
+        let email = format!("user{u}@chaos.io");
+        let req = pb::CreateUserRequest { email: email.clone(), team: team.clone() };
+        admin.call(req, |mut c, r| async move { c.create_user(r).await }).await?;
+        let req = pb::CreateKeyRequest { user: email, name: "load".into() };
+        let k = admin.call(req, |mut c, r| async move { c.create_key(r).await }).await?;
+        users.push(User { key_id: k.id, secret: k.secret, team });
+    }
+    let http = http_client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for addr in &edge_addrs {
+        while http_get(&http, &format!("http://{addr}/readyz")).await.is_none() {
+            if Instant::now() > deadline {
+                bail!("edge {addr} never became ready; logs in {}", dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The edges' config must include every key before load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Load.
+    let t0 = Instant::now();
+    let until = t0 + cfg.duration;
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let shared = Load {
+        client: http.clone(),
+        edges: Arc::new(edge_addrs.clone()),
+        rate: cfg.rate,
+        t0,
+        until,
+        out: records.clone(),
+    };
+    let load: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| tokio::spawn(user_loop(shared.clone(), u.clone(), cfg.seed ^ ((i as u64 + 1) << 32))))
+        .collect();
+
+    // Faults, on a schedule from the seed: the first at 20–40% of the run,
+    // then every 15–25 s while there is time to heal before the end.
+    let mut faults: Vec<Fault> = Vec::new();
+    let mut at = cfg.duration.mul_f64(0.2 + 0.2 * rng.unit());
+    let ms = |t: Instant| t.duration_since(t0).as_millis() as u64;
+    loop {
+        if at + Duration::from_secs(6) > cfg.duration && !faults.is_empty() {
+            break;
+        }
+        tokio::time::sleep_until((t0 + at).into()).await;
+        let mut f = Fault { kind: cfg.scenario.clone(), at_ms: ms(Instant::now()), ..Default::default() };
+        match cfg.scenario.as_str() {
+            "leader-kill" | "follower-kill" => {
+                let l = wait_leader(&admin_addrs, Duration::from_secs(10)).await.context("no leader")?;
+                let target = if cfg.scenario == "leader-kill" {
+                    l
+                } else {
+                    let others: Vec<u64> = (1..=cfg.nodes).filter(|i| *i != l).collect();
+                    others[rng.below(others.len() as u64) as usize]
+                };
+                f.target = format!("n{target}");
+                f.at_ms = ms(Instant::now());
+                p.kill_node(target);
+                tokio::time::sleep(Duration::from_millis(2_000 + rng.below(2_000))).await;
+                p.spawn_node(target)?;
+            }
+            "edge-kill" => {
+                let k = rng.below(cfg.edges as u64) as usize;
+                f.target = format!("e{k}");
+                f.edge = Some(k);
+                f.at_ms = ms(Instant::now());
+                p.kill_edge(k);
+                tokio::time::sleep(Duration::from_millis(1_000 + rng.below(2_000))).await;
+                p.spawn_edge(k)?;
+            }
+            "leader-pause" => {
+                let l = wait_leader(&admin_addrs, Duration::from_secs(10)).await.context("no leader")?;
+                f.target = format!("n{l}");
+                let pid = p.node_pid(l).context("leader not running")?;
+                f.at_ms = ms(Instant::now());
+                kill(pid, "-STOP");
+                // Longer than the largest election timeout (2 × the minimum).
+                tokio::time::sleep(Duration::from_millis(2 * 2 * ELECTION_TIMEOUT_MS + rng.below(1_000))).await;
+                kill(pid, "-CONT");
+            }
+            "leader-partition" => {
+                let l = wait_leader(&admin_addrs, Duration::from_secs(10)).await.context("no leader")?;
+                f.target = format!("n{l}");
+                let others: Vec<String> = (1..=cfg.nodes).filter(|i| *i != l).map(|i| format!("n{i}")).collect();
+                f.at_ms = ms(Instant::now());
+                p.net.isolate(&format!("n{l}"), &others)?;
+                tokio::time::sleep(Duration::from_millis(3_000 + rng.below(3_000))).await;
+                p.net.heal()?;
+            }
+            "edge-partition" => {
+                let k = rng.below(cfg.edges as u64) as usize;
+                f.target = format!("e{k}");
+                let ledger: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
+                f.at_ms = ms(Instant::now());
+                p.net.isolate(&format!("e{k}"), &ledger)?;
+                tokio::time::sleep(Duration::from_millis(3_000 + rng.below(3_000))).await;
+                p.net.heal()?;
+            }
+            "rolling-restart" => {
+                f.target = "all".into();
+                for id in 1..=cfg.nodes {
+                    p.stop_node(id, Duration::from_secs(10));
+                    p.spawn_node(id)?;
+                    // Wait for it to rejoin before the next one goes.
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let s = AdminClient::node_status_at(&ledger_addrs[&id], Duration::from_millis(500)).await;
+                        if s.is_ok_and(|s| s.has_leader && s.applied_index > 0) {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            bail!("node {id} did not rejoin after its restart");
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            _ => unreachable!(),
+        }
+        f.healed_ms = ms(Instant::now());
+        faults.push(f);
+        at = Duration::from_millis(ms(Instant::now())) + Duration::from_millis(15_000 + rng.below(10_000));
+    }
+    for h in load {
+        let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
+    }
+
+    // Heal everything, then let the outboxes drain and every hold end.
+    p.net.heal()?;
+    for c in p.nodes.values() {
+        kill(c.id(), "-CONT");
+    }
+    for id in 1..=cfg.nodes {
+        if !p.nodes.contains_key(&id) {
+            p.spawn_node(id)?;
+        }
+    }
+    for k in 0..cfg.edges {
+        if !p.edges.contains_key(&k) {
+            p.spawn_edge(k)?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for addr in &edge_addrs {
+        loop {
+            let m = http_get(&http, &format!("http://{addr}/metrics")).await.unwrap_or_default();
+            if m.lines().any(|l| l == "tollgate_outbox_depth 0") {
+                break;
+            }
+            if Instant::now() > deadline {
+                break; // the checker will report what is missing
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let usage = |by: &'static str| {
+        let admin = admin.clone();
+        async move { admin.call(pb::UsageRequest { by: by.into() }, |mut c, r| async move { c.usage(r).await }).await }
+    };
+    // Holds of requests whose edge died end by expiry, one ttl after their last extension.
+    let deadline = Instant::now() + Duration::from_secs(HOLD_TTL_SECS * 3 + 20);
+    loop {
+        let held: u64 = usage("key").await.map(|r| r.rows.iter().map(|r| r.held_nano_usd).sum()).unwrap_or(1);
+        if held == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Agreement: every member at the same index with the same digest.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let members = loop {
+        let mut ms = Vec::new();
+        for (id, addr) in &ledger_addrs {
+            match AdminClient::node_status_at(addr, Duration::from_secs(2)).await {
+                Ok(s) => ms.push(MemberState {
+                    id: *id,
+                    reachable: true,
+                    applied_index: s.applied_index,
+                    digest: s.state_digest,
+                }),
+                Err(_) => ms.push(MemberState { id: *id, ..Default::default() }),
+            }
+        }
+        let agree =
+            ms.iter().all(|m| m.reachable && m.applied_index == ms[0].applied_index && m.digest == ms[0].digest);
+        if agree || Instant::now() > deadline {
+            break ms;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let modes: BTreeMap<String, bool> = admin
+        .call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
+        .await?
+        .budgets
+        .into_iter()
+        .map(|b| (b.scope, b.mode == "hard"))
+        .collect();
+    let budgets: Vec<BudgetFigures> = usage("")
+        .await?
+        .rows
+        .into_iter()
+        .map(|r| BudgetFigures {
+            hard: modes.get(&r.scope).copied().unwrap_or(false),
+            scope: r.scope,
+            limit: r.limit_nano_usd.unwrap_or(u64::MAX),
+            spent: r.spent_nano_usd,
+            held: r.held_nano_usd,
+            unsettled: r.unsettled_nano_usd,
+        })
+        .collect();
+    let key_spend: BTreeMap<String, (u64, u64)> = usage("key")
+        .await?
+        .rows
+        .into_iter()
+        .filter_map(|r| r.scope.strip_prefix("key:").map(|k| (k.to_string(), (r.spent_nano_usd, r.held_nano_usd))))
+        .collect();
+    let truth = if truth_log.exists() { crate::mock::read_log(&truth_log)? } else { vec![] };
+    let clients = std::mem::take(&mut *records.lock().await);
+    drop(mock);
+    drop(p);
+
+    let history = History {
+        strict: cfg.strict,
+        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        truth,
+        clients,
+        budgets,
+        key_spend,
+        members,
+        faults: faults.clone(),
+    };
+    if cfg.keep.is_some() {
+        let clients: Vec<&ClientRecord> = history.clients.iter().collect();
+        std::fs::write(dir.join("clients.json"), serde_json::to_vec(&clients)?)?;
+    }
+    let v: Verdict = checker::check(&history);
+    let spent = history.key_spend.values().map(|(s, _)| s).sum();
+    Ok(Report {
+        scenario: cfg.scenario.clone(),
+        seed: cfg.seed,
+        duration_secs: cfg.duration.as_secs(),
+        nodes: cfg.nodes,
+        edges: cfg.edges,
+        estimate: if cfg.strict { "strict" } else { "estimate" }.into(),
+        faults,
+        requests: v.requests.clone(),
+        overspend_nano_usd: v.overspend_nano_usd,
+        estimate_overshoot_nano_usd: v.estimate_overshoot_nano_usd,
+        estimate_overshoot_bound_nano_usd: v.estimate_overshoot_bound_nano_usd,
+        lost_charges: v.lost_charges,
+        double_charges: v.double_charges,
+        holds_left: v.holds_left,
+        digests_agree: v.digests_agree,
+        longest_unavailability_ms: v.longest_unavailability_ms,
+        unavailability_by_fault: v.unavailability_by_fault.clone(),
+        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        upstream_responses: history.truth.iter().filter(|t| t.status == 200).count(),
+        spent_nano_usd: spent,
+        passed: v.violations.is_empty(),
+        violations: v.violations,
+    })
+}
+
+/// Writes the report as JSON to `path`.
+pub fn write_report(r: &Report, path: &Path) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(r)?).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,90 @@
+//! Every chaos scenario, briefly, through the `tollgate-chaos` binary: a
+//! private network of namespaces, 3 `tollgate ledger` nodes, 2 `tollgate
+//! edge`s, the mock upstream and 12 simulated users over 4 teams with hard
+//! budgets that run out during the run; the fault is injected from outside
+//! and the invariant checker must pass. The scenarios run one at a time (they
+//! share 2 cores); each seed is fixed so a failure can be repeated with
+//! `cargo run --release -p tollgate-chaos -- run --scenario S --seed N`.
+//!
+//! Seeds kept as regressions: rolling-restart seed 3 found a ledger node
+//! whose graceful shutdown waited 5 s on config watchers (5 s unavailable
+//! per restart); leader-partition seed 3 found followers whose forwarded
+//! proposals stayed stuck on the cut-off old leader (7 s unavailable).
+
+use std::process::Command;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn scenario(name: &str, seed: u64) {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let keep = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-chaos"))
+        .args(["run", "--scenario", name, "--seed", &seed.to_string(), "--duration", "15", "--report"])
+        .arg(&report)
+        .arg("--keep")
+        .arg(&keep)
+        .output()
+        .expect("running tollgate-chaos");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "{name} seed {seed} failed:\n{stdout}\n{stderr}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    for field in ["scenario", "seed", "faults", "requests", "overspend_nano_usd", "lost_charges", "double_charges"] {
+        assert!(r.get(field).is_some(), "report lacks {field}: {r}");
+    }
+    assert_eq!(r["scenario"], name);
+    assert_eq!(r["seed"], seed);
+    assert_eq!(r["overspend_nano_usd"], 0);
+    assert_eq!(r["lost_charges"], 0);
+    assert_eq!(r["double_charges"], 0);
+    assert_eq!(r["digests_agree"], true);
+    assert!(!r["faults"].as_array().unwrap().is_empty(), "no fault was injected: {r}");
+    assert!(r["faults"][0]["at_ms"].as_u64().unwrap() > 0);
+    let ok = r["requests"]["ok"].as_u64().unwrap();
+    assert!(ok > 50, "too little load went through: {r}");
+    assert!(r["upstream_responses"].as_u64().unwrap() >= ok);
+    // Admission comes back: no outage beyond a few election timeouts.
+    let longest = r["longest_unavailability_ms"].as_u64().unwrap();
+    assert!(longest < 10 * r["election_timeout_ms"].as_u64().unwrap(), "{name}: {longest} ms unavailable: {r}");
+}
+
+#[test]
+fn leader_kill() {
+    scenario("leader-kill", 1);
+}
+
+#[test]
+fn follower_kill() {
+    scenario("follower-kill", 3);
+}
+
+#[test]
+fn edge_kill() {
+    scenario("edge-kill", 2);
+}
+
+#[test]
+fn leader_pause() {
+    scenario("leader-pause", 3);
+}
+
+#[test]
+fn leader_partition() {
+    scenario("leader-partition", 3);
+}
+
+#[test]
+fn edge_partition() {
+    scenario("edge-partition", 2);
+}
+
+#[test]
+fn rolling_restart() {
+    scenario("rolling-restart", 3);
+}
