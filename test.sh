@@ -3,9 +3,11 @@
 # property tests of the state machine, openraft's storage conformance suite,
 # the multi-process cluster tests (real `tollgate` processes on loopback), and
 # the end-to-end edge tests driven by the official `anthropic` and `openai`
-# Python SDKs. CI runs exactly this script (.ci/run). Needs only cargo and
-# python3: protobuf is compiled in pure Rust, the SDKs are installed here into
-# a venv under target/, and every process the tests start stops by itself.
+# Python SDKs, and a brief run of every chaos scenario (in network namespaces
+# the tests create themselves). CI runs exactly this script (.ci/run). Needs
+# cargo, python3, and root with iproute2 (`ip`) for the chaos scenarios:
+# protobuf is compiled in pure Rust, the SDKs are installed here into a venv
+# under target/, and every process and namespace the tests create is removed.
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo fmt --all -- --check
