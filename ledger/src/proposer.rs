@@ -334,10 +334,16 @@ async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<
     let mut req = tonic::Request::new(RaftPayload { data });
     req.set_timeout(Duration::from_secs(10));
     let mut client = client;
-    let resp = client
-        .propose(req)
-        .await
-        .map_err(|s| ProposeError::Unknown(format!("forward to leader at {addr}: {}", s.message())))?;
+    let resp = client.propose(req).await.map_err(|s| {
+        if s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error") {
+            // Never connected (the leader is down): certainly not applied,
+            // so the caller may retry once a new leader is elected.
+            tracing::debug!("forward to leader at {addr}: {}", s.message());
+            ProposeError::NoLeader
+        } else {
+            ProposeError::Unknown(format!("forward to leader at {addr}: {}", s.message()))
+        }
+    })?;
     crate::codec::decode::<Proposed>(&resp.into_inner().data)
         .map_err(|e| ProposeError::Unknown(format!("bad answer from leader at {addr}: {e}")))?
 }
