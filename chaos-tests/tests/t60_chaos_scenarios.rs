@@ -9,7 +9,9 @@
 //! Seeds kept as regressions: rolling-restart seed 3 found a ledger node
 //! whose graceful shutdown waited 5 s on config watchers (5 s unavailable
 //! per restart); leader-partition seed 3 found followers whose forwarded
-//! proposals stayed stuck on the cut-off old leader (7 s unavailable).
+//! proposals stayed stuck on the cut-off old leader (7 s unavailable);
+//! leader-kill seed 1 found forwards to a dead leader answered "outcome
+//! unknown" instead of "retry" (95 requests refused, 2 s without admission).
 
 use std::process::Command;
 use std::sync::Mutex;
