@@ -102,9 +102,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
             Bound::Unbounded => Bound::Unbounded,
         };
+        // Purged entries may still be on disk for a moment (they are deleted
+        // in the background, see `purge`): never return them.
+        let purged: Option<LogId> = read_json(&self.meta, KEY_PURGED, ErrorSubject::Logs)?;
+        let floor = purged.map_or(0, |p| p.index + 1);
         let mut out = Vec::new();
         for kv in self.log.range::<[u8; 8], _>((start, end)) {
-            let (_, v) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let (k, v) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            if <[u8; 8]>::try_from(k.as_ref()).is_ok_and(|k| u64::from_be_bytes(k) < floor) {
+                continue;
+            }
             let entry: Entry = crate::codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             out.push(entry);
         }
@@ -124,7 +131,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(*e.get_log_id())
             }
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        // A leftover entry at or below the purge point (deleted in the
+        // background) is not the last log id.
+        let last = match (last, last_purged) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -196,12 +209,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let v = to_json(&Some(log_id), ErrorSubject::Logs)?;
         self.meta.insert(KEY_PURGED, v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.flush(ErrorSubject::Logs).await?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        // Deleting thousands of entries takes tens of milliseconds, and
+        // openraft waits for `purge` before the next append: every commit
+        // stalled for that long after each snapshot. The purge point is
+        // durable above, openraft never reads below it, and leftovers after
+        // a crash are harmless, so the deletion runs on a blocking thread.
+        let log = self.log.clone();
+        let upto = log_id.index;
+        tokio::task::spawn_blocking(move || {
+            let mut batch = sled::Batch::default();
+            for (k, _) in log.range(..=upto.to_be_bytes()).flatten() {
+                batch.remove(k);
+            }
+            if let Err(e) = log.apply_batch(batch) {
+                tracing::error!("deleting purged log entries up to {upto}: {e}");
+            }
+        });
         Ok(())
     }
 }
