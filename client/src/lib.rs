@@ -23,12 +23,6 @@ pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Status> {
         .connect_timeout(Duration::from_millis(1000))
         .timeout(timeout)
         .tcp_nodelay(true)
-        // A connection whose peer went silent (a partition drops packets
-        // rather than refusing them) is noticed in seconds: an edge's config
-        // watch then breaks, its /readyz turns 503, and calls fail over.
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2))
-        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 
