@@ -411,7 +411,6 @@ async fn two_strict_edges_share_one_cap_and_the_budget_runs_out_with_402() {
             other => panic!("402 of unexpected type {other:?}: {d}"),
         }
     }
-    assert!(denied.iter().any(|d| d["error_type"] == "insufficient_quota"), "an OpenAI-shaped 402");
     assert_eq!(ok_steps(&ra) + ok_steps(&rb), ok);
 
     let a = s.settled("key", &format!("key:{key_a}"), ok_steps(&ra) as u64).await;
@@ -424,6 +423,23 @@ async fn two_strict_edges_share_one_cap_and_the_budget_runs_out_with_402() {
     assert_eq!(team.spent_nano_usd, want);
     assert!(team.spent_nano_usd <= 50_000_000, "strict mode overspent: {}", team.spent_nano_usd);
     assert_eq!(team.held_nano_usd, 0);
+
+    // Whichever requests happened to be denied above, a budget with no room
+    // left refuses both API shapes, each in its own 402.
+    s.budget("team:ops", "0.000001").await;
+    let last = json!([
+        {"kind": "openai", "model": "gpt-4o", "max_tokens": 20},
+        {"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 20},
+    ]);
+    let r = sdk(json!({"base_url": base(&e2), "key": secret_b, "steps": last})).await;
+    assert_eq!(
+        (r[0]["status"].as_u64(), r[0]["error_type"].as_str()),
+        (Some(402), Some("insufficient_quota")),
+        "{}",
+        r[0]
+    );
+    assert_eq!(r[0]["error_code"], "budget_exceeded");
+    assert_eq!((r[1]["status"].as_u64(), r[1]["error_type"].as_str()), (Some(402), Some("billing_error")), "{}", r[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
