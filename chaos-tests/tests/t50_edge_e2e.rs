@@ -54,24 +54,11 @@ async fn sdk(plan: Value) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad driver output ({e}): {:?}", out.stdout))
 }
 
-/// Nano-USD per token: input, output, cache write 5m, cache write 1h, cache read.
-fn rates(model: &str) -> [u64; 5] {
-    match model {
-        "claude-sonnet-4-5" => [3_000, 15_000, 3_750, 6_000, 300],
-        "claude-haiku-4-5" => [1_000, 5_000, 1_250, 2_000, 100],
-        "gpt-4o" => [2_500, 10_000, 0, 0, 1_250],
-        other => panic!("no test price for {other}"),
-    }
-}
-
+/// The cost of a ground-truth response, at the checker's independent
+/// prices; a model without a test price is a mistake in the test.
 fn truth_cost(r: &TruthRecord) -> u64 {
-    let [i, o, w5, w1, cr] = rates(&r.model);
-    let u = &r.usage;
-    u.input_tokens * i
-        + u.output_tokens * o
-        + u.cache_write_5m_tokens * w5
-        + u.cache_write_1h_tokens * w1
-        + u.cache_read_tokens * cr
+    assert!(tollgate_chaos::checker::rates(&r.model).is_some(), "no test price for {}", r.model);
+    tollgate_chaos::checker::truth_cost(r)
 }
 
 struct Mock {
