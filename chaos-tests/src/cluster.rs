@@ -23,9 +23,28 @@ pub fn sibling_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A free loopback port, released for a child to bind.
+/// A loopback port for a child process to bind.
+///
+/// Ports come from 20000..32000, below Linux's ephemeral range
+/// (32768..60999): a port the kernel hands out for `bind(0)` or for an
+/// outgoing connection can be taken by a client socket between the moment
+/// the test learns it and the moment the child binds it, which made a
+/// cluster test fail with a node that never started. Within one process a
+/// counter never hands out the same port twice; the start is spread by pid
+/// so concurrent test binaries rarely meet, and each port is checked free.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, (std::process::id() * 97) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 pub struct LedgerCluster {

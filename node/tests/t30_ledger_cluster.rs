@@ -341,9 +341,18 @@ fn lagging_node_catches_up_from_snapshot() {
         s["members"].as_array().unwrap().iter().any(|m| m["id"] == leader && m["applied_index"].as_u64() > Some(60))
     });
     eprintln!("before restart: {s}");
-    // The entries the lagger is missing are gone from the leader's log: only a snapshot can bring them.
-    let purged = common::node_status(&c, leader).purged_index;
-    assert!(purged > lagger_index, "leader purged only up to {purged}, lagger has {lagger_index}");
+    // The entries the lagger is missing are gone from the leader's log: only
+    // a snapshot can bring them. Snapshots are built in the background and
+    // the purge follows them, so this waits for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let purged = loop {
+        let purged = common::node_status(&c, leader).purged_index;
+        if purged > lagger_index || Instant::now() > deadline {
+            break purged;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(purged > lagger_index, "leader purged only up to {purged}, lagger has {lagger_index}\n{}", c.log_tails());
     c.spawn(lagger);
     let s = c.wait_status(&[leader], "the lagger converged", Duration::from_secs(30), |s| converged(s, 3));
     eprintln!("after restart: {s}");

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -14,9 +13,10 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// A free loopback port (bound, then released for the child to take).
+/// A loopback port for a child to bind (outside the ephemeral range, never
+/// the same twice in one test process).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    tollgate_chaos::cluster::free_port().unwrap()
 }
 
 pub struct Cluster {
@@ -83,6 +83,18 @@ impl Cluster {
         }
     }
 
+    /// The last lines of every node's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for id in self.addrs.keys() {
+            let log = self.log(*id);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- node {id} ({}) log tail ---\n{}\n", self.addrs[id], tail.join("\n")));
+        }
+        out
+    }
+
     pub fn log(&self, id: u64) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
@@ -131,10 +143,10 @@ impl Cluster {
                     return s;
                 }
                 if Instant::now() > deadline {
-                    panic!("timed out waiting for {what}; last status {s}");
+                    panic!("timed out waiting for {what}; last status {s}\n{}", self.log_tails());
                 }
             } else if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; no status");
+                panic!("timed out waiting for {what}; no status\n{}", self.log_tails());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
