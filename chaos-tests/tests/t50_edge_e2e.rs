@@ -494,6 +494,41 @@ async fn an_edge_killed_with_settlements_pending_replays_its_outbox_once() {
     assert_eq!(edge.terminate(Duration::from_secs(40)), Some(0));
 }
 
+/// `/readyz` says whether the edge's config copy is current: when every
+/// ledger node freezes (connections stay open, nothing answers), it turns
+/// 503 within the staleness bound, and 200 again once the ledger is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_cut_off_from_the_ledger_is_not_ready_until_it_is_back() {
+    let s = setup(&[]).await;
+    let edge = s.edge("edge1", &[]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    // Ready, and it stays ready on an idle but healthy cluster.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = http_get(&edge.addr, "/readyz").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    let pids: Vec<String> = (1..=3).filter_map(|i| s.cluster.pid(i)).map(|p| p.to_string()).collect();
+    assert!(Command::new("kill").arg("-STOP").args(&pids).status().unwrap().success());
+    let frozen = Instant::now();
+    let not_ready = loop {
+        let r = http_get(&edge.addr, "/readyz").await;
+        if r.starts_with("HTTP/1.1 503") || frozen.elapsed() > Duration::from_secs(15) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = frozen.elapsed();
+    assert!(Command::new("kill").arg("-CONT").args(&pids).status().unwrap().success());
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "still ready 15 s after the ledger froze: {not_ready}");
+    eprintln!("not ready {} ms after the ledger froze", took.as_millis());
+    // The bound is 3 s of silence; allow for the last heartbeat's age.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+
+    let thawed = Instant::now();
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    eprintln!("ready again {} ms after the ledger thawed", thawed.elapsed().as_millis());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_stream_is_charged_what_is_known_and_a_hung_upstream_times_out() {
     let s = setup(&["--event-delay-ms", "40"]).await;
@@ -605,6 +640,11 @@ async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
         }
     };
     assert_eq!(ok_steps(&r), 2, "{r:?}");
+    // A single-node ledger is its own quorum: the edge stays ready when idle
+    // past the config watch's staleness bound.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let r = http_get(&http, "/readyz").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let usage = |admin: AdminClient| async move {
         let req = pb::UsageRequest { by: "user".into() };
         let rows = admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows;

@@ -115,6 +115,7 @@ pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
             .iter()
             .map(|(scope, models)| pb::Policy { scope: scope.clone(), allowed_models: models.clone() })
             .collect(),
+        heartbeat: false,
     }
 }
 

@@ -160,8 +160,10 @@ impl LedgerNode {
             )
             .add_service(
                 LedgerServiceServer::new(LedgerApi {
+                    raft: raft.clone(),
                     proposer: proposer.clone(),
                     sm: sm.clone(),
+                    quorum_ack_bound_ms: cfg.election_timeout_max_ms,
                     stop: shutdown.subscribe(),
                 })
                 .max_decoding_message_size(16 * 1024 * 1024),

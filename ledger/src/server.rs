@@ -150,8 +150,12 @@ async fn propose_items<T, R>(
 
 /// The API edges use: admission, settlement and the config watch.
 pub struct LedgerApi {
+    pub raft: Raft,
     pub proposer: Proposer,
     pub sm: StateMachineStore,
+    /// How long a leader may go without a quorum's ack and still call
+    /// itself in touch (the election timeout: past it, followers elect).
+    pub quorum_ack_bound_ms: u64,
     /// Set when the node shuts down: config streams end, so the server's
     /// graceful shutdown is not held up by watchers that never hang up.
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -261,26 +265,68 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
 
     type WatchConfigStream = ConfigStream;
 
-    async fn watch_config(&self, _req: Request<pb::WatchConfigRequest>) -> Result<Response<ConfigStream>, Status> {
+    async fn watch_config(&self, req: Request<pb::WatchConfigRequest>) -> Result<Response<ConfigStream>, Status> {
+        let heartbeat = match req.get_ref().heartbeat_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms).clamp(100, 60_000))),
+        };
         let sm = self.sm.clone();
+        let raft = self.raft.clone();
+        let bound = self.quorum_ack_bound_ms;
         let mut changes = sm.watch_config();
         // One slot: a slow watcher gets the newest config, not a backlog.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let mut stop = self.stop.clone();
         tokio::spawn(async move {
+            let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent_index = 0;
+            let mut send_config = true;
             loop {
-                changes.borrow_and_update();
-                let snap = sm.read(|a| config_snapshot(&a.state));
-                if *stop.borrow() || tx.send(Ok(snap)).await.is_err() {
-                    return;
+                let msg = if send_config {
+                    changes.borrow_and_update();
+                    let snap = sm.read(|a| config_snapshot(&a.state));
+                    sent_index = snap.index;
+                    Some(snap)
+                } else {
+                    in_touch(&raft.metrics().borrow(), bound).then_some(pb::ConfigSnapshot {
+                        index: sent_index,
+                        heartbeat: true,
+                        ..Default::default()
+                    })
+                };
+                if let Some(msg) = msg {
+                    if *stop.borrow() || tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
                 }
                 tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
+                    changed = changes.changed() => {
+                        if changed.is_err() { return }
+                        send_config = true;
+                    }
+                    _ = beat.tick(), if heartbeat.is_some() => send_config = false,
                     _ = stop.changed() => return,
                 }
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Whether this node can vouch that its config is current: it is a leader
+/// that a quorum acked within `bound_ms` (or the only voter), or it follows
+/// a known leader. A follower cut off from the leader stands for election
+/// after its timeout and then knows no leader; a leader cut off from the
+/// majority stops being acked.
+pub fn in_touch(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, bound_ms: u64) -> bool {
+    match m.state {
+        ServerState::Leader => {
+            let alone = m.membership_config.membership().voter_ids().all(|v| v == m.id);
+            alone || m.millis_since_quorum_ack.is_some_and(|ms| ms <= bound_ms)
+        }
+        ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
+        ServerState::Candidate | ServerState::Shutdown => false,
     }
 }
 

@@ -470,7 +470,7 @@ fn config_watch_streams_changes_and_reflection_lists_services() {
         ))
         .await
         .unwrap();
-        let mut stream = client.watch_config(pb::WatchConfigRequest {}).await.unwrap().into_inner();
+        let mut stream = client.watch_config(pb::WatchConfigRequest::default()).await.unwrap().into_inner();
 
         // The first snapshot may predate the follower applying the key; wait for it.
         let mut snap = next_config(&mut stream).await;
@@ -520,4 +520,58 @@ fn config_watch_streams_changes_and_reflection_lists_services() {
             assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
         }
     });
+}
+
+/// A watcher that asks for heartbeats gets them while its node follows a
+/// leader, each carrying only the index of the config last sent; when the
+/// node loses its leader (the other two are killed), the heartbeats stop, so
+/// an edge can tell a current copy from a stale one.
+#[test]
+fn watch_heartbeats_stop_when_the_node_loses_its_leader() {
+    use tokio_stream::StreamExt;
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_ready();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    c.admin_ok(1, &["team", "create", "eng"]);
+    // Every member has applied the team before the watch starts.
+    c.wait_status(&[leader], "converged", Duration::from_secs(10), |s| converged(s, 3));
+    let silent = rt().block_on(async {
+        let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::connect(format!(
+            "http://{}",
+            c.addrs[&follower]
+        ))
+        .await
+        .unwrap();
+        let mut stream = client.watch_config(pb::WatchConfigRequest { heartbeat_ms: 200 }).await.unwrap().into_inner();
+        let first = next_config(&mut stream).await;
+        assert!(!first.heartbeat);
+        assert_eq!(first.teams, vec![pb::Team { name: "eng".into() }]);
+        let started = Instant::now();
+        for _ in 0..5 {
+            let m = next_config(&mut stream).await;
+            assert!(m.heartbeat, "a config came though nothing changed: {m:?}");
+            assert_eq!(m.index, first.index);
+            assert!(m.teams.is_empty() && m.keys.is_empty() && m.budgets.is_empty(), "{m:?}");
+        }
+        // Five beats at 200 ms: about a second, not a burst and not a stall.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(5), "5 heartbeats took {took:?}");
+
+        for id in (1..=3).filter(|i| *i != follower) {
+            c.kill9(id);
+        }
+        // Within an election timeout or two the follower stands for
+        // election, knows no leader, and goes quiet: find a silent second
+        // within 15 s.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(m))) => assert!(m.heartbeat && m.index == first.index, "{m:?}"),
+                Ok(other) => panic!("the stream ended: {other:?}"),
+            }
+        }
+        false
+    });
+    assert!(silent, "node {follower} kept sending heartbeats with no leader\n{}", c.log_tails());
 }

@@ -3,9 +3,9 @@
 //! round trip. The copy is swapped whole on each update.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -86,10 +86,23 @@ impl ConfigView {
     }
 }
 
+/// How often the ledger node is asked to confirm that it is still in touch
+/// with a leader (a heartbeat on the watch stream).
+pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Silence after which the copy counts as stale: `/readyz` turns 503 and the
+/// watch moves to another ledger node. A blackholed link or a node cut off
+/// from the majority shows up here within this bound, not at the TCP
+/// timeout minutes later.
+pub const WATCH_STALE_AFTER: Duration = Duration::from_secs(3);
+
 /// The shared, swappable config and whether its watch is live.
 pub struct ConfigCache {
     view: RwLock<Arc<ConfigView>>,
     live: AtomicBool,
+    /// Milliseconds since `epoch` when the watch last heard from a node in
+    /// touch with the leader.
+    heard_ms: AtomicU64,
+    epoch: Instant,
     changed: watch::Sender<u64>,
 }
 
@@ -98,6 +111,8 @@ impl ConfigCache {
         Arc::new(ConfigCache {
             view: RwLock::new(Arc::new(ConfigView::default())),
             live: AtomicBool::new(false),
+            heard_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             changed: watch::channel(0).0,
         })
     }
@@ -106,14 +121,25 @@ impl ConfigCache {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Ready: a watch stream is open and has delivered the config.
+    /// Ready: a watch stream is open, has delivered the config, and its
+    /// node confirmed within `WATCH_STALE_AFTER` that it is in touch.
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire)
+        self.live.load(Ordering::Acquire) && self.since_heard() <= WATCH_STALE_AFTER
+    }
+
+    fn since_heard(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heard_ms.load(Ordering::Acquire)))
+    }
+
+    fn heard(&self) {
+        self.heard_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
     }
 
     pub fn install(&self, view: ConfigView) {
         let index = view.index;
         *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
+        self.heard();
         self.live.store(true, Ordering::Release);
         self.changed.send_replace(index);
     }
@@ -123,33 +149,49 @@ impl ConfigCache {
     }
 
     /// Follows `WatchConfig` on the ledger servers in turn, forever: on a
-    /// broken stream the cache is marked not live until another server
-    /// delivers the config again.
+    /// broken or silent stream the cache is marked not live until another
+    /// server delivers the config again.
     pub async fn follow(self: Arc<Self>, ledger: LedgerClient, on_index: impl Fn(u64) + Send + 'static) {
         let mut i = 0usize;
         let mut failures = 0u32;
+        let request = pb::WatchConfigRequest { heartbeat_ms: WATCH_HEARTBEAT.as_millis() as u32 };
         loop {
             let mut client = ledger.at(i);
             i = i.wrapping_add(1);
-            match client.watch_config(pb::WatchConfigRequest {}).await {
-                Ok(resp) => {
+            // A frozen node accepts the connection and never answers: the
+            // call itself is bounded too.
+            match tokio::time::timeout(WATCH_STALE_AFTER, client.watch_config(request)).await {
+                Err(_) => tracing::debug!("config watch got no answer in {WATCH_STALE_AFTER:?}"),
+                Ok(Err(s)) => tracing::debug!("config watch could not start: {}", s.message()),
+                Ok(Ok(resp)) => {
                     let mut stream = resp.into_inner();
                     loop {
-                        match stream.message().await {
-                            Ok(Some(snap)) => {
+                        match tokio::time::timeout(WATCH_STALE_AFTER, stream.message()).await {
+                            Ok(Ok(Some(snap))) if snap.heartbeat => {
+                                failures = 0;
+                                self.heard();
+                            }
+                            Ok(Ok(Some(snap))) => {
                                 failures = 0;
                                 on_index(snap.index);
                                 self.install(ConfigView::from_snapshot(&snap));
                             }
-                            Ok(None) => break,
-                            Err(s) => {
+                            Ok(Ok(None)) => break,
+                            Ok(Err(s)) => {
                                 tracing::warn!("config watch broke: {}", s.message());
+                                break;
+                            }
+                            Err(_) => {
+                                tracing::warn!(
+                                    "config watch silent for {:?} (node unreachable or out of touch with the \
+                                     leader); trying another ledger node",
+                                    WATCH_STALE_AFTER
+                                );
                                 break;
                             }
                         }
                     }
                 }
-                Err(s) => tracing::debug!("config watch could not start: {}", s.message()),
             }
             self.live.store(false, Ordering::Release);
             failures = failures.saturating_add(1);
@@ -192,6 +234,7 @@ mod tests {
                 },
                 pb::Policy { scope: "key:k1".into(), allowed_models: vec![] },
             ],
+            heartbeat: false,
         }
     }
 
