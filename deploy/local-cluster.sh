@@ -22,7 +22,7 @@ start)
     fi
     extra=()
     [ "$id" = 1 ] && extra=(--bootstrap)
-    "$bin" ledger --id "$id" --grpc "127.0.0.1:707$id" --data-dir "$dir/n$id" \
+    "$bin" ledger --id "$id" --grpc "127.0.0.1:707$id" --data-dir "$dir/n$id" --http "127.0.0.1:909$id" \
       --peers "$peers" "${extra[@]}" >>"$dir/n$id.log" 2>&1 &
     echo $! >"$dir/n$id.pid"
     echo "node $id: pid $!, log $dir/n$id.log"

@@ -645,6 +645,14 @@ async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let r = http_get(&http, "/readyz").await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // The embedded ledger's metrics are on the edge's /metrics.
+    let m = http_get(&http, "/metrics").await;
+    assert!(m.contains("\ntollgate_raft_is_leader 1\n"), "{m}");
+    let settled = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_ledger_commands_total{outcome=\"settled\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(settled >= Some(2), "settled {settled:?}: {m}");
     let usage = |admin: AdminClient| async move {
         let req = pb::UsageRequest { by: "user".into() };
         let rows = admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows;

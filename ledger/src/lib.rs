@@ -6,9 +6,11 @@
 
 pub mod codec;
 pub mod convert;
+pub mod metrics;
 pub mod money;
 pub mod network;
 pub mod node;
+pub mod prom;
 pub mod proposer;
 pub mod raft_types;
 pub mod server;

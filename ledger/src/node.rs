@@ -15,6 +15,7 @@ use tollgate_proto::v1::admin_service_server::AdminServiceServer;
 use tollgate_proto::v1::ledger_service_server::LedgerServiceServer;
 use tollgate_proto::v1::raft_service_server::RaftServiceServer;
 
+use crate::metrics::LedgerMetrics;
 use crate::network::{Network, MAX_MESSAGE_BYTES};
 use crate::proposer::{now_ms, Proposer, ProposerConfig};
 use crate::raft_types::{NodeId, Raft};
@@ -98,6 +99,42 @@ impl LedgerConfig {
     }
 }
 
+/// What `/healthz`, `/readyz` and `/metrics` of a ledger node read.
+#[derive(Clone)]
+pub struct LedgerProbe {
+    raft: Raft,
+    sm: StateMachineStore,
+    proposer: Proposer,
+    metrics: Arc<LedgerMetrics>,
+    quorum_ack_bound_ms: u64,
+}
+
+impl LedgerProbe {
+    /// This node's metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.raft, &self.sm, self.proposer.queued(), self.quorum_ack_bound_ms)
+    }
+
+    /// Ready: leading with a quorum's recent ack (or alone), or following a
+    /// known leader.
+    pub fn in_touch(&self) -> bool {
+        crate::server::in_touch(&self.raft.metrics().borrow(), self.quorum_ack_bound_ms)
+    }
+
+    /// One line for `/readyz`: role, leader and applied index.
+    pub fn describe(&self) -> String {
+        let m = self.raft.metrics().borrow().clone();
+        format!(
+            "node {} {:?}, leader {}, term {}, applied index {}",
+            m.id,
+            m.state,
+            m.current_leader.map_or("unknown".to_string(), |l| l.to_string()),
+            m.current_term,
+            m.last_applied.map_or(0, |l| l.index)
+        )
+    }
+}
+
 /// A running ledger node.
 pub struct LedgerNode {
     pub id: NodeId,
@@ -105,6 +142,8 @@ pub struct LedgerNode {
     pub proposer: Proposer,
     pub sm: StateMachineStore,
     pub admin_token_path: PathBuf,
+    pub metrics: Arc<LedgerMetrics>,
+    quorum_ack_bound_ms: u64,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -121,7 +160,8 @@ impl LedgerNode {
             })
         };
         let db = open("raft")?;
-        let log_store = LogStore::new(&db)?;
+        let metrics = Arc::new(LedgerMetrics::default());
+        let log_store = LogStore::new(&db)?.with_metrics(metrics.clone());
         // Snapshots get a database of their own: writing a large one must not
         // hold up the flush that every log append waits for.
         let sm = StateMachineStore::new(&open("snapshots")?)?;
@@ -141,7 +181,7 @@ impl LedgerNode {
         }
         .validate()?;
         let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log_store, sm.clone()).await?;
-        let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone());
+        let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone(), metrics.clone());
 
         let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
             .await
@@ -196,7 +236,28 @@ impl LedgerNode {
             tokio::spawn(ensure_admin_token(proposer.clone(), sm.clone(), sha256_hex(&token), shutdown.subscribe()));
         }
         tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.subscribe()));
-        Ok(LedgerNode { id: cfg.id, raft, proposer, sm, admin_token_path, shutdown, server })
+        Ok(LedgerNode {
+            id: cfg.id,
+            raft,
+            proposer,
+            sm,
+            admin_token_path,
+            metrics,
+            quorum_ack_bound_ms: cfg.election_timeout_max_ms,
+            shutdown,
+            server,
+        })
+    }
+
+    /// A cheap handle for health checks and metrics (for an HTTP endpoint).
+    pub fn probe(&self) -> LedgerProbe {
+        LedgerProbe {
+            raft: self.raft.clone(),
+            sm: self.sm.clone(),
+            proposer: self.proposer.clone(),
+            metrics: self.metrics.clone(),
+            quorum_ack_bound_ms: self.quorum_ack_bound_ms,
+        }
     }
 
     /// Stops serving and shuts Raft down.

@@ -18,6 +18,7 @@ use tollgate_proto::v1::raft_service_client::RaftServiceClient;
 use tollgate_proto::v1::RaftPayload;
 use tonic::transport::Channel;
 
+use crate::metrics::LedgerMetrics;
 use crate::raft_types::{NodeId, Raft};
 use crate::state::{Batch, Command, Outcome};
 
@@ -94,12 +95,14 @@ pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     max_queued: usize,
+    metrics: Arc<LedgerMetrics>,
 }
 
 struct Ctx {
     id: NodeId,
     raft: Raft,
     cfg: ProposerConfig,
+    metrics: Arc<LedgerMetrics>,
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
 }
 
@@ -108,14 +111,19 @@ pub fn now_ms() -> u64 {
 }
 
 impl Proposer {
-    pub fn start(id: NodeId, raft: Raft, cfg: ProposerConfig) -> Proposer {
+    pub fn start(id: NodeId, raft: Raft, cfg: ProposerConfig, metrics: Arc<LedgerMetrics>) -> Proposer {
         // The channel counts submissions; `queued` counts commands, the real bound.
         let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let max_queued = cfg.max_queued;
-        let ctx = Arc::new(Ctx { id, raft, cfg, peers: Mutex::new(HashMap::new()) });
+        let ctx = Arc::new(Ctx { id, raft, cfg, metrics: metrics.clone(), peers: Mutex::new(HashMap::new()) });
         tokio::spawn(run(ctx, rx, queued.clone()));
-        Proposer { tx, queued, max_queued }
+        Proposer { tx, queued, max_queued, metrics }
+    }
+
+    /// Commands waiting for a batch.
+    pub fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Proposes `cmds` (forwarding to the leader when needed).
@@ -143,6 +151,7 @@ impl Proposer {
         let before = self.queued.fetch_add(n, Ordering::AcqRel);
         if before + n > self.max_queued {
             self.queued.fetch_sub(n, Ordering::AcqRel);
+            self.metrics.overloaded();
             return Err(ProposeError::Overloaded(before));
         }
         let (reply, rx) = oneshot::channel();
@@ -237,13 +246,24 @@ async fn propose_group(ctx: &Ctx, mut group: Vec<Pending>) {
         let token = p.admin_token.take();
         let cmds = std::mem::take(&mut p.cmds);
         let result = forward_while_leading(ctx, leader_id, &addr, cmds, token).await;
+        count_forward(ctx, &result);
         distribute(vec![p], result);
     }
     if !plain.is_empty() {
         let cmds = concat(&mut plain);
         let result = forward_while_leading(ctx, leader_id, &addr, cmds, None).await;
+        count_forward(ctx, &result);
         distribute(plain, result);
     }
+}
+
+fn count_forward(ctx: &Ctx, result: &Proposed) {
+    ctx.metrics.forward(match result {
+        Ok(_) => "ok",
+        Err(ProposeError::NoLeader) => "no_leader",
+        Err(ProposeError::Unknown(_)) => "unknown",
+        Err(_) => "refused",
+    });
 }
 
 /// Forwards to `leader_id`, giving up as soon as this node sees another
@@ -303,18 +323,26 @@ async fn propose_local(ctx: &Ctx, cmds: Vec<Command>) -> Proposed {
     let res = match tokio::time::timeout(ctx.cfg.commit_timeout, ctx.raft.client_write(batch)).await {
         Ok(res) => res,
         Err(_) => {
+            ctx.metrics.proposal("unknown", started.elapsed(), &[]);
             return Err(ProposeError::Unknown(format!("not committed within {:?}", ctx.cfg.commit_timeout)));
         }
     };
-    tracing::debug!(cmds = n, commit_us = started.elapsed().as_micros() as u64, "proposed");
-    match res {
+    let took = started.elapsed();
+    tracing::debug!(cmds = n, commit_us = took.as_micros() as u64, "proposed");
+    let result = match res {
         Ok(resp) => Ok((resp.log_id.index, resp.data.0)),
         // Lost leadership before proposing: nothing was applied.
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NoLeader),
         Err(RaftError::APIError(e)) => Err(ProposeError::Unknown(e.to_string())),
         // Raft stopped with the entry possibly appended: it may still commit.
         Err(RaftError::Fatal(e)) => Err(ProposeError::Unknown(format!("raft stopped: {e}"))),
+    };
+    match &result {
+        Ok((_, outcomes)) => ctx.metrics.proposal("committed", took, outcomes),
+        Err(ProposeError::NoLeader) => ctx.metrics.proposal("no_leader", took, &[]),
+        Err(_) => ctx.metrics.proposal("unknown", took, &[]),
     }
+    result
 }
 
 async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<String>) -> Proposed {

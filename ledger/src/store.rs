@@ -23,6 +23,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::metrics::LedgerMetrics;
 use crate::raft_types::*;
 use crate::state::LedgerState;
 
@@ -74,11 +75,18 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    metrics: Option<Arc<LedgerMetrics>>,
 }
 
 impl LogStore {
     pub fn new(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(LogStore { db: db.clone(), log: db.open_tree("log")?, meta: db.open_tree("meta")? })
+        Ok(LogStore { db: db.clone(), log: db.open_tree("log")?, meta: db.open_tree("meta")?, metrics: None })
+    }
+
+    /// Reports each append's write-and-fsync time to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<LedgerMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
@@ -183,6 +191,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let written = started.elapsed();
         // Entries must be on disk before openraft counts them toward a quorum.
         let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        if let Some(m) = &self.metrics {
+            m.log_flush(started.elapsed());
+        }
         tracing::debug!(
             entries = n,
             write_us = written.as_micros() as u64,

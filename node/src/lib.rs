@@ -6,4 +6,5 @@ pub mod config;
 pub mod edge;
 pub mod errors;
 pub mod meter;
+pub mod ops_http;
 pub mod pricing;

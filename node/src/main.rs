@@ -65,6 +65,10 @@ struct LedgerArgs {
     /// Log entries kept behind the latest snapshot.
     #[arg(long, default_value_t = 1000)]
     logs_to_keep: u64,
+    /// Serve GET /healthz, /readyz and /metrics (Prometheus) on this HTTP
+    /// address, e.g. 127.0.0.1:9090. Off unless given.
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -125,7 +129,7 @@ async fn run_edge(a: EdgeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let edge = match Edge::start(settings).await {
+    let edge = match Edge::start(settings, None).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -180,7 +184,8 @@ async fn run_up(a: UpArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let edge = match Edge::start(settings.clone()).await {
+    // The embedded ledger's metrics are served on the edge's /metrics.
+    let edge = match Edge::start(settings.clone(), Some(node.probe())).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -279,8 +284,24 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (stop_http, stopped) = tokio::sync::watch::channel(false);
+    let http = match a.http {
+        Some(addr) => match tollgate_node::ops_http::start(addr, node.probe(), stopped).await {
+            Ok((_, task)) => Some(task),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                node.shutdown().await;
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     wait_for_signal().await;
     tracing::info!("shutting down");
+    let _ = stop_http.send(true);
+    if let Some(task) = http {
+        let _ = task.await;
+    }
     node.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -575,3 +575,83 @@ fn watch_heartbeats_stop_when_the_node_loses_its_leader() {
     });
     assert!(silent, "node {follower} kept sending heartbeats with no leader\n{}", c.log_tails());
 }
+
+/// Every ledger node serves /healthz, /readyz and /metrics (`--http`): the
+/// leader and the followers say which they are, a granted hold shows up in
+/// the budget and hold gauges on every member and in the leader's command
+/// counts, and a node left without a quorum turns not ready while it stays
+/// healthy.
+#[test]
+fn ops_endpoints_report_role_readiness_and_budgets() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_ready();
+    c.admin_ok(1, &["team", "create", "eng"]);
+    c.admin_ok(1, &["user", "create", "ana@corp.io", "--team", "eng"]);
+    let key =
+        c.admin_json(1, &["key", "create", "--user", "ana@corp.io", "--json"])["id"].as_str().unwrap().to_string();
+    c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "2", "--period", "total"]);
+    let servers: Vec<String> = c.addrs.values().cloned().collect();
+    rt().block_on(async {
+        let ledger = LedgerClient::new(&servers, Duration::from_secs(10)).unwrap();
+        let req = pb::ReserveRequest {
+            hold_id: Some(hold(7)),
+            key_id: key.clone(),
+            model: "m".into(),
+            amount_nano_usd: 1234,
+            ttl_ms: 600_000,
+        };
+        let r = ledger.at(0).reserve(pb::ReserveBatch { requests: vec![req] }).await.unwrap().into_inner();
+        assert!(matches!(r.results[0].outcome, Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_))), "{r:?}");
+    });
+    c.wait_status(&[leader], "converged", Duration::from_secs(10), |s| converged(s, 3));
+
+    let budget = "{scope=\"team:eng\",model=\"\",period=\"total\",mode=\"hard\"}";
+    for id in 1..=3u64 {
+        let (status, body) = http_get(&c.http[&id], "/readyz").unwrap();
+        assert_eq!(status, 200, "node {id}: {body}");
+        assert!(body.contains(&format!("leader {leader}")), "node {id}: {body}");
+        let (status, m) = http_get(&c.http[&id], "/metrics").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(metric(&m, "tollgate_raft_is_leader"), Some(if id == leader { 1.0 } else { 0.0 }), "node {id}");
+        assert_eq!(metric(&m, "tollgate_raft_leader_id"), Some(leader as f64));
+        assert_eq!(metric(&m, "tollgate_raft_voters"), Some(3.0));
+        assert_eq!(metric(&m, "tollgate_ledger_active_holds"), Some(1.0), "node {id}");
+        assert_eq!(metric(&m, &format!("tollgate_budget_held_nano_usd{budget}")), Some(1234.0), "node {id}");
+        assert_eq!(metric(&m, &format!("tollgate_budget_limit_nano_usd{budget}")), Some(2e9), "node {id}");
+        assert_eq!(metric(&m, &format!("tollgate_budget_spent_nano_usd{budget}")), Some(0.0), "node {id}");
+        if id == leader {
+            // The reserve was applied through the leader's proposer (maybe
+            // forwarded to it), once.
+            assert_eq!(metric(&m, "tollgate_ledger_commands_total{outcome=\"granted\"}"), Some(1.0), "{m}");
+            assert!(metric(&m, "tollgate_ledger_commit_seconds_count").unwrap() >= 1.0);
+            for peer in (1..=3).filter(|p| *p != leader) {
+                let lag = metric(&m, &format!("tollgate_raft_replication_lag_entries{{peer=\"{peer}\"}}"));
+                assert_eq!(lag, Some(0.0), "peer {peer}: {m}");
+            }
+        } else {
+            assert_eq!(metric(&m, "tollgate_ledger_commands_total{outcome=\"granted\"}"), None, "{m}");
+        }
+    }
+    let (status, _) = http_get(&c.http[&1], "/nope").unwrap();
+    assert_eq!(status, 404);
+
+    // Alone, a node cannot reach a quorum: not ready (within a few election
+    // timeouts), still healthy.
+    let survivor = (1..=3).find(|i| *i != leader).unwrap();
+    for id in (1..=3).filter(|i| *i != survivor) {
+        c.kill9(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (status, body) = loop {
+        let r = http_get(&c.http[&survivor], "/readyz").unwrap();
+        if r.0 == 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    assert_eq!(http_get(&c.http[&survivor], "/healthz").unwrap().0, 200);
+    let (_, m) = http_get(&c.http[&survivor], "/metrics").unwrap();
+    assert_eq!(metric(&m, "tollgate_raft_in_touch"), Some(0.0), "{m}");
+}

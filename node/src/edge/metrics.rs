@@ -1,95 +1,11 @@
-//! Prometheus text exposition for the edge, without a metrics crate: labelled
-//! counters and histograms behind short locks, with a cap on the number of
-//! label sets per family so a client cannot grow memory by inventing model
-//! names (overflow lands in a single `other` series).
+//! The edge's Prometheus metrics (`tollgate_ledger::prom` writes the text
+//! format; label sets per family are capped, so a client cannot grow memory
+//! by inventing model names).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-/// Most label sets one family keeps before folding new ones into `other`.
-const MAX_SERIES: usize = 1000;
-
-/// Histogram bucket upper bounds, in seconds.
-const BUCKETS: [f64; 18] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0];
-
-#[derive(Default)]
-struct Counter {
-    series: Mutex<BTreeMap<Vec<String>, u64>>,
-}
-
-impl Counter {
-    fn add(&self, labels: &[&str], n: u64) {
-        let mut s = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-        if let Some(v) = s.get_mut(&key) {
-            *v += n;
-            return;
-        }
-        let key = if s.len() >= MAX_SERIES { labels.iter().map(|_| "other".to_string()).collect() } else { key };
-        *s.entry(key).or_insert(0) += n;
-    }
-}
-
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
-/// Escapes a label value for the text format.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn render_counter(out: &mut String, c: &Counter, name: &str, help: &str, labels: &[&str]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    let s = c.series.lock().unwrap_or_else(|p| p.into_inner());
-    for (values, n) in s.iter() {
-        let pairs: Vec<String> = labels.iter().zip(values).map(|(l, v)| format!("{l}=\"{}\"", esc(v))).collect();
-        let _ = writeln!(out, "{name}{{{}}} {n}", pairs.join(","));
-    }
-}
+use tollgate_ledger::prom::{gauge, Counter, Histogram};
 
 /// The edge's metrics.
 #[derive(Default)]
@@ -142,37 +58,32 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        render_counter(
+        self.requests.render(
             &mut out,
-            &self.requests,
             "tollgate_requests_total",
             "Requests by route, model and HTTP status.",
             &["route", "model", "status"],
         );
-        render_counter(
+        self.admissions.render(
             &mut out,
-            &self.admissions,
             "tollgate_admissions_total",
             "Admission decisions: granted, denied (budget), error (ledger unreachable or refused).",
             &["result"],
         );
-        render_counter(
+        self.spend.render(
             &mut out,
-            &self.spend,
             "tollgate_spend_nano_usd_total",
             "Metered spend in nano-USD by team and model.",
             &["team", "model"],
         );
-        render_counter(
+        self.tokens.render(
             &mut out,
-            &self.tokens,
             "tollgate_tokens_total",
             "Metered tokens by model and type (input, output, cache_write_5m, cache_write_1h, cache_read).",
             &["model", "type"],
         );
-        render_counter(
+        self.outbox_dropped.render(
             &mut out,
-            &self.outbox_dropped,
             "tollgate_outbox_dropped_total",
             "Outbox records the ledger refused permanently (logged), by kind.",
             &["kind"],
@@ -199,7 +110,7 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            gauge(&mut out, name, help, v);
         }
         out
     }
@@ -222,7 +133,7 @@ mod tests {
         assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.001\"} 1"), "{text}");
         assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("tollgate_gateway_overhead_seconds_count 2"));
-        for i in 0..(MAX_SERIES + 10) {
+        for i in 0..(tollgate_ledger::prom::MAX_SERIES + 10) {
             m.spend("t", &format!("m{i}"), 1);
         }
         let text = m.render();

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
+use tollgate_ledger::node::LedgerProbe;
 
 use crate::config::EdgeSettings;
 use metrics::Metrics;
@@ -76,6 +77,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) http: UpstreamClient,
     pub(crate) pending: Arc<Pending>,
+    /// The ledger running in the same process (`tollgate up`), whose
+    /// metrics `/metrics` includes.
+    pub(crate) embedded: Option<LedgerProbe>,
 }
 
 /// A running edge.
@@ -106,7 +110,7 @@ fn upstream_client() -> anyhow::Result<UpstreamClient> {
 impl Edge {
     /// Binds the listener, opens the outbox (replaying what an earlier run
     /// left), starts the config watch and serves.
-    pub async fn start(settings: EdgeSettings) -> anyhow::Result<Edge> {
+    pub async fn start(settings: EdgeSettings, embedded: Option<LedgerProbe>) -> anyhow::Result<Edge> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", settings.data_dir.display()))?;
         let metrics = Arc::new(Metrics::default());
@@ -130,6 +134,7 @@ impl Edge {
             outbox,
             metrics,
             pending: Arc::new(Pending::default()),
+            embedded,
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(serve(listener, shared.clone(), stopped));

@@ -158,7 +158,11 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             };
         }
         (&Method::GET, "/metrics") => {
-            return plain(StatusCode::OK, "text/plain; version=0.0.4", s.metrics.render());
+            let mut text = s.metrics.render();
+            if let Some(ledger) = &s.embedded {
+                text.push_str(&ledger.render_metrics());
+            }
+            return plain(StatusCode::OK, "text/plain; version=0.0.4", text);
         }
         _ => {}
     }

@@ -13,6 +13,26 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
+/// `GET path` on a node's ops endpoint: (status, body), or `None` if it
+/// does not answer.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of one exact series (`name{labels}` as printed) in a
+/// Prometheus exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A loopback port for a child to bind (outside the ephemeral range, never
 /// the same twice in one test process).
 pub fn free_port() -> u16 {
@@ -22,6 +42,8 @@ pub fn free_port() -> u16 {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub addrs: BTreeMap<u64, String>,
+    /// Each node's ops endpoints (`--http`: /healthz, /readyz, /metrics).
+    pub http: BTreeMap<u64, String>,
     pub children: BTreeMap<u64, Child>,
     pub extra_args: Vec<String>,
 }
@@ -30,9 +52,11 @@ impl Cluster {
     /// Starts `n` ledger nodes; node 1 bootstraps.
     pub fn start(n: u64, extra_args: &[&str]) -> Cluster {
         let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let http = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let mut c = Cluster {
             dir: tempfile::tempdir().unwrap(),
             addrs,
+            http,
             children: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
@@ -63,6 +87,7 @@ impl Cluster {
         let mut cmd = Command::new(BIN);
         cmd.arg("ledger")
             .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
+            .args(["--http", &self.http[&id]])
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(&self.extra_args)
