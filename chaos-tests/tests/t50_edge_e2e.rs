@@ -529,6 +529,76 @@ async fn an_edge_cut_off_from_the_ledger_is_not_ready_until_it_is_back() {
     eprintln!("ready again {} ms after the ledger thawed", thawed.elapsed().as_millis());
 }
 
+/// `fail_mode = open`: with every ledger node frozen, the edge admits
+/// requests up to its allowance ($0.005: three reservations of about
+/// $0.0016 fit, a fourth does not) and refuses the rest with a 503 naming
+/// the allowance; once those finish, their actual cost (not the
+/// reservation) counts, so another is admitted. When the ledger is back,
+/// the outbox charges each admitted request exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_admits_up_to_its_allowance_and_charges_once_the_ledger_is_back() {
+    let s = setup(&[]).await;
+    let (key_id, secret) = s.principal("eng", "olga@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let cfg = s.dir.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        "version = 1\n[edge]\nfail_mode = \"open\"\nfail_open_allowance_usd = \"0.005\"\nadmission_timeout_ms = 1000\n",
+    )
+    .unwrap();
+    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let call = |headers: Value| json!({"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 100, "headers": headers});
+    let warm = sdk(json!({"base_url": base(&edge), "key": secret, "steps": [call(json!({}))]})).await;
+    assert_eq!(ok_steps(&warm), 1, "{warm:?}");
+
+    let pids: Vec<String> = (1..=3).filter_map(|i| s.cluster.pid(i)).map(|p| p.to_string()).collect();
+    assert!(Command::new("kill").arg("-STOP").args(&pids).status().unwrap().success());
+    let steps: Vec<Value> = (0..6).map(|_| call(json!({"x-mock-latency-ms": "1500"}))).collect();
+    let results = sdk(json!({"base_url": base(&edge), "key": secret, "parallel": 6, "steps": steps})).await;
+    let refused: Vec<&Value> = results.iter().filter(|r| r["ok"] != true).collect();
+    assert_eq!(ok_steps(&results), 3, "{results:?}");
+    for r in &refused {
+        assert_eq!(r["status"], 503, "{r}");
+        let m = r["message"].as_str().unwrap_or_default();
+        assert!(m.contains("fail-open allowance ($0.005)"), "{m}");
+    }
+    // The three finished: only their cost is outstanding now.
+    let more = sdk(json!({"base_url": base(&edge), "key": secret, "steps": [call(json!({}))]})).await;
+    assert_eq!(ok_steps(&more), 1, "{more:?}");
+    let m = http_get(&edge.addr, "/metrics").await;
+    assert!(m.contains("tollgate_admissions_total{result=\"fail_open\"} 4"), "{m}");
+    assert!(!m.contains("\ntollgate_fail_open_outstanding_nano_usd 0\n"), "{m}");
+    assert!(Command::new("kill").arg("-CONT").args(&pids).status().unwrap().success());
+
+    // Back: every admitted request charged once, at the ground truth.
+    let row = s.settled("key", &format!("key:{key_id}"), 5).await;
+    let truth = s.mock.truth();
+    assert_eq!(truth.len(), 5, "the mock saw the warm-up and the four admitted requests");
+    let want: u64 = truth.iter().map(truth_cost).sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut row = row;
+    while row.spent_nano_usd != want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        row = s.row("key", &format!("key:{key_id}")).await;
+    }
+    assert_eq!((row.spent_nano_usd, row.held_nano_usd, row.unsettled_nano_usd), (want, 0, 0), "{row:?}");
+    // Reserves that sat in the frozen ledger's sockets may land after it
+    // resumes: those of the refused requests are then released by the edge
+    // (counted, never charged); those of the admitted ones are settled by
+    // their charge, once.
+    assert!((5..=8).contains(&row.requests), "{row:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = http_get(&edge.addr, "/metrics").await;
+        if m.contains("\ntollgate_fail_open_outstanding_nano_usd 0\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the allowance was never given back: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_mid_stream_is_charged_what_is_known_and_a_hung_upstream_times_out() {
     let s = setup(&["--event-delay-ms", "40"]).await;

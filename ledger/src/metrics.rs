@@ -30,18 +30,27 @@ impl LedgerMetrics {
         if result == "committed" {
             self.commit.observe(took);
         }
+        // One lock per outcome kind, not per command (a batch has thousands).
+        const NAMES: [&str; 8] =
+            ["granted", "denied", "settled", "settled_duplicate", "released", "extended", "done", "rejected"];
+        let mut counts = [0u64; NAMES.len()];
         for o in outcomes {
-            let name = match o {
-                Outcome::Granted { .. } => "granted",
-                Outcome::Denied(_) => "denied",
-                Outcome::Settled { duplicate: false, .. } => "settled",
-                Outcome::Settled { duplicate: true, .. } => "settled_duplicate",
-                Outcome::Released => "released",
-                Outcome::Extended { .. } => "extended",
-                Outcome::Done => "done",
-                Outcome::Rejected(_) => "rejected",
+            let i = match o {
+                Outcome::Granted { .. } => 0,
+                Outcome::Denied(_) => 1,
+                Outcome::Settled { duplicate: false, .. } => 2,
+                Outcome::Settled { duplicate: true, .. } => 3,
+                Outcome::Released => 4,
+                Outcome::Extended { .. } => 5,
+                Outcome::Done => 6,
+                Outcome::Rejected(_) => 7,
             };
-            self.commands.add(&[name], 1);
+            counts[i] += 1;
+        }
+        for (name, n) in NAMES.iter().zip(counts) {
+            if n > 0 {
+                self.commands.add(&[name], n);
+            }
         }
     }
 

@@ -204,12 +204,22 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                 if r.session_id.len() > MAX_SESSION_ID_BYTES {
                     return Err(format!("session_id is longer than {MAX_SESSION_ID_BYTES} bytes"));
                 }
-                Ok(Command::Settle {
-                    hold: hold_id(r.hold_id.as_ref())?,
-                    cost: NanoUsd(r.cost_nano_usd),
-                    usage: usage_from_pb(r.usage.as_ref()),
+                let (hold, cost, usage) =
+                    (hold_id(r.hold_id.as_ref())?, NanoUsd(r.cost_nano_usd), usage_from_pb(r.usage.as_ref()));
+                let session = (!r.session_id.is_empty()).then(|| r.session_id.clone());
+                if r.fail_open_key_id.is_empty() {
+                    return Ok(Command::Settle { hold, cost, usage, estimated: r.estimated, session });
+                }
+                check_key_model(&r.fail_open_key_id, &r.model)?;
+                Ok(Command::Charge {
+                    hold,
+                    key: r.fail_open_key_id.clone(),
+                    model: r.model.clone(),
+                    cost,
+                    usage,
                     estimated: r.estimated,
-                    session: (!r.session_id.is_empty()).then(|| r.session_id.clone()),
+                    session,
+                    ttl_ms: r.ttl_ms,
                 })
             },
             |o| match o {

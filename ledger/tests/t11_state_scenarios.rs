@@ -303,3 +303,84 @@ fn token_counts_saturate_instead_of_overflowing() {
     }
     assert_eq!(s.usage["team:eng"].usage.input_tokens, u64::MAX);
 }
+
+fn charge(hold: u128, key: &str, cost: u64) -> Command {
+    Command::Charge {
+        hold: HoldId(hold),
+        key: key.into(),
+        model: "m".into(),
+        cost: NanoUsd(cost),
+        usage: Usage { input_tokens: 10, output_tokens: 2, ..Default::default() },
+        estimated: false,
+        session: None,
+        ttl_ms: 60_000,
+    }
+}
+
+#[test]
+fn a_fail_open_charge_without_a_hold_is_charged_once_and_overshoot_is_recorded_as_excess() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    one(&mut s, &mut i, T0, reserve(1, 600, 60_000));
+    one(&mut s, &mut i, T0, settle(1, 600));
+    // The edge admitted hold 9 while the ledger was out of reach; the
+    // provider billed 700. Never denied: 1300 spent, 300 of it over the limit.
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 10, charge(9, "k1", 700)),
+        Outcome::Settled { charged: NanoUsd(700), duplicate: false }
+    );
+    let b = team_budget(&s).clone();
+    assert_eq!((b.settled, b.held, b.excess, b.requests), (NanoUsd(1300), NanoUsd(0), NanoUsd(300), 2));
+    assert_eq!(s.usage["key:k1"].settled, NanoUsd(1300));
+    assert_eq!(s.usage["key:k1"].usage.input_tokens, 10);
+    assert_eq!(s.usage["model:m"].requests, 2);
+    assert!(s.check_invariants().is_ok());
+    // Replayed by the outbox, or settled again: answered, nothing applied.
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 20, charge(9, "k1", 700)),
+        Outcome::Settled { charged: NanoUsd(700), duplicate: true }
+    );
+    assert_eq!(one(&mut s, &mut i, T0 + 20, settle(9, 5)), Outcome::Settled { charged: NanoUsd(700), duplicate: true });
+    assert_eq!(team_budget(&s), &b);
+    // A reserve that arrives late under the same id cannot hold anything.
+    let Outcome::Rejected(r) = one(&mut s, &mut i, T0 + 30, reserve(9, 700, 60_000)) else { panic!("reserved") };
+    assert_eq!(r.code, ErrorCode::AlreadyExists);
+    // The budget is past its limit: the next reserve is denied.
+    assert!(matches!(one(&mut s, &mut i, T0 + 30, reserve(2, 1, 60_000)), Outcome::Denied(_)));
+    assert!(s.check_invariants().is_ok());
+}
+
+#[test]
+fn a_fail_open_charge_settles_the_hold_when_its_reserve_landed_after_all() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    // The reserve committed, but the edge never heard the answer.
+    assert!(matches!(one(&mut s, &mut i, T0, reserve(5, 400, 60_000)), Outcome::Granted { .. }));
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 10, charge(5, "k1", 250)),
+        Outcome::Settled { charged: NanoUsd(250), duplicate: false }
+    );
+    let b = team_budget(&s);
+    assert_eq!((b.settled, b.held, b.excess, b.requests), (NanoUsd(250), NanoUsd(0), NanoUsd(0), 1));
+    assert_eq!(s.active_holds(), 0);
+    assert!(s.check_invariants().is_ok());
+}
+
+#[test]
+fn a_fail_open_charge_for_an_unknown_key_or_bad_input_changes_nothing_and_a_revoked_key_is_still_charged() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    let before = s.clone();
+    let Outcome::Rejected(r) = one(&mut s, &mut i, T0, charge(3, "k_nope", 10)) else { panic!("charged") };
+    assert_eq!(r.code, ErrorCode::NotFound);
+    let mut bad_ttl = charge(3, "k1", 10);
+    if let Command::Charge { ttl_ms, .. } = &mut bad_ttl {
+        *ttl_ms = 0;
+    }
+    let Outcome::Rejected(r) = one(&mut s, &mut i, T0, bad_ttl) else { panic!("charged") };
+    assert_eq!(r.code, ErrorCode::InvalidArgument);
+    assert_eq!((s.budgets.clone(), s.holds.len(), s.usage.clone()), (before.budgets, before.holds.len(), before.usage));
+    one(&mut s, &mut i, T0, admin(AdminOp::RevokeKey { id: "k1".into() }));
+    assert_eq!(
+        one(&mut s, &mut i, T0, charge(4, "k1", 10)),
+        Outcome::Settled { charged: NanoUsd(10), duplicate: false }
+    );
+    assert_eq!(team_budget(&s).settled, NanoUsd(10));
+}

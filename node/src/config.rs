@@ -10,7 +10,8 @@
 //! ledger = ["10.0.0.1:7070", "10.0.0.2:7070", "10.0.0.3:7070"]
 //! data_dir = "/var/lib/tollgate"
 //! estimate = "estimate"          # or "strict"
-//! fail_mode = "closed"
+//! fail_mode = "closed"           # or "open" (admit up to the allowance)
+//! fail_open_allowance_usd = "10"
 //! max_body_bytes = 33554432
 //!
 //! [upstream.anthropic]
@@ -32,7 +33,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use tollgate_ledger::money::NanoUsd;
+
 use crate::pricing::{Price, PriceTable, Rates, WEB_SEARCH_NANO};
+
+/// `fail_open_allowance_usd` unless set: $10 per edge per outage.
+pub const DEFAULT_FAIL_OPEN_ALLOWANCE_NANO: u64 = 10_000_000_000;
 
 /// The config file format version this binary reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -64,14 +70,17 @@ impl EstimateMode {
 pub enum FailMode {
     /// Refuse with a clear 503 (the default).
     Closed,
+    /// Admit anyway, up to `fail_open_allowance_usd` of reservations per
+    /// outage on this edge, and charge the ledger when it is back.
+    Open,
 }
 
 impl FailMode {
     pub fn parse(s: &str) -> Result<FailMode, String> {
         match s {
             "closed" => Ok(FailMode::Closed),
-            "open" => Err("fail_mode = \"open\" is not available yet; only \"closed\" is".to_string()),
-            _ => Err(format!("fail_mode must be closed, not {s:?}")),
+            "open" => Ok(FailMode::Open),
+            _ => Err(format!("fail_mode must be closed or open, not {s:?}")),
         }
     }
 }
@@ -99,6 +108,8 @@ pub struct EdgeSection {
     pub data_dir: Option<PathBuf>,
     pub estimate: Option<EstimateMode>,
     pub fail_mode: Option<FailMode>,
+    /// Dollars, as a string parsed exactly (e.g. "25" or "2.50").
+    pub fail_open_allowance_usd: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub max_response_bytes: Option<usize>,
     pub hold_ttl_secs: Option<u64>,
@@ -208,6 +219,9 @@ pub struct EdgeSettings {
     pub openai: Upstream,
     pub estimate: EstimateMode,
     pub fail_mode: FailMode,
+    /// With `fail_mode = open`: the most this edge admits (by reservation)
+    /// while the ledger is out of reach, per outage.
+    pub fail_open_allowance: NanoUsd,
     pub max_body_bytes: usize,
     pub max_response_bytes: usize,
     pub hold_ttl: Duration,
@@ -316,6 +330,10 @@ impl EdgeSettings {
             Some(v) => FailMode::parse(v.trim()).map_err(|m| format!("TOLLGATE_FAIL_MODE: {m}"))?,
             None => e.fail_mode.unwrap_or(FailMode::Closed),
         };
+        let fail_open_allowance = match env("TOLLGATE_FAIL_OPEN_ALLOWANCE_USD").or(e.fail_open_allowance_usd.clone()) {
+            Some(v) => v.trim().parse::<NanoUsd>().map_err(|err| format!("fail_open_allowance_usd {v:?}: {err}"))?,
+            None => NanoUsd(DEFAULT_FAIL_OPEN_ALLOWANCE_NANO),
+        };
         let num = |name: &str, file: Option<u64>, default: u64| -> Result<u64, String> {
             Ok(env_parse::<u64>(name)?.or(file).unwrap_or(default))
         };
@@ -351,6 +369,7 @@ impl EdgeSettings {
             openai,
             estimate,
             fail_mode,
+            fail_open_allowance,
             max_body_bytes: size("TOLLGATE_MAX_BODY_BYTES", e.max_body_bytes, 32 * 1024 * 1024)?,
             max_response_bytes: size("TOLLGATE_MAX_RESPONSE_BYTES", e.max_response_bytes, 64 * 1024 * 1024)?,
             hold_ttl: secs("TOLLGATE_HOLD_TTL_SECS", e.hold_ttl_secs, 600)?,
@@ -435,6 +454,20 @@ mod tests {
         assert!(err.contains("http://"), "{err}");
         let err = FileConfig::parse("version = 1\n[edge]\nfail_mode = \"sideways\"\n").unwrap_err();
         assert!(err.contains("sideways") || err.contains("fail_mode"), "{err}");
+        // fail_mode open with its allowance in exact dollars; the default is $10.
+        let f = FileConfig::parse(
+            "version = 1\n[edge]\nledger = [\"a:1\"]\nfail_mode = \"open\"\nfail_open_allowance_usd = \"2.5\"\n",
+        )
+        .unwrap();
+        let s = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap();
+        assert_eq!((s.fail_mode, s.fail_open_allowance), (FailMode::Open, NanoUsd(2_500_000_000)));
+        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"a:1\"]\n").unwrap();
+        let s = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap();
+        assert_eq!((s.fail_mode, s.fail_open_allowance), (FailMode::Closed, NanoUsd(10_000_000_000)));
+        let f =
+            FileConfig::parse("version = 1\n[edge]\nledger = [\"a:1\"]\nfail_open_allowance_usd = \"-1\"\n").unwrap();
+        let err = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap_err();
+        assert!(err.contains("fail_open_allowance_usd"), "{err}");
         let empty = FileConfig { version: 1, ..Default::default() };
         let err = EdgeSettings::resolve(&empty, &Overrides::default(), None).unwrap_err();
         assert!(err.contains("ledger"), "{err}");

@@ -65,6 +65,7 @@ async fn settle(addr: &str, id: u128, cost: u64) -> pb::settle_result::Outcome {
             usage: Some(pb::Usage { input_tokens: 1000, output_tokens: 200, ..Default::default() }),
             estimated: false,
             session_id: "sess-1".to_string(),
+            ..Default::default()
         }],
     };
     let r = client.at(0).settle(req).await.unwrap_or_else(|s| panic!("settle via {addr}: {s}"));

@@ -77,6 +77,7 @@ fn settle_req(h: pb::HoldId) -> pb::SettleRequest {
         usage: Some(pb::Usage { input_tokens: 5, output_tokens: 1, ..Default::default() }),
         estimated: false,
         session_id: String::new(),
+        ..Default::default()
     }
 }
 

@@ -289,6 +289,9 @@ impl LedgerState {
                 self.settle(*hold, *cost, usage, *estimated)
             }
             Command::Release { hold } => self.release(*hold),
+            Command::Charge { hold, key, model, cost, usage, estimated, session: _, ttl_ms } => {
+                self.charge_direct(*hold, key, model, *cost, usage, *estimated, *ttl_ms)
+            }
             Command::Extend { hold, ttl_ms } => self.extend(*hold, *ttl_ms),
             Command::Tick => Outcome::Done,
             Command::Admin { actor, op } => {
@@ -488,6 +491,65 @@ impl LedgerState {
             _ => self.charge(&info, cost, Some(info.amount), usage, estimated),
         }
         self.finish(hold, HoldState::Settled { cost }, info.ttl_ms);
+        Outcome::Settled { charged: cost, duplicate: false }
+    }
+
+    /// A request admitted by an edge that could not reach the ledger
+    /// (`fail_mode = open`). If its reserve landed after all, this is its
+    /// settle. Otherwise the cost is charged to the key's budgets as settled
+    /// spend with no hold before it; nothing is denied (the provider already
+    /// billed), and what goes past a hard limit is recorded as excess.
+    #[allow(clippy::too_many_arguments)]
+    fn charge_direct(
+        &mut self,
+        hold: HoldId,
+        key: &str,
+        model: &str,
+        cost: NanoUsd,
+        usage: &Usage,
+        estimated: bool,
+        ttl_ms: u64,
+    ) -> Outcome {
+        use ErrorCode::*;
+        if self.holds.contains_key(&hold) {
+            return self.settle(hold, cost, usage, estimated);
+        }
+        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+            return Outcome::reject(InvalidArgument, format!("ttl_ms {ttl_ms} must be between 1 and {MAX_TTL_MS}"));
+        }
+        if !valid_model(model) {
+            return Outcome::reject(InvalidArgument, format!("model {model:?} is not a valid model name"));
+        }
+        // A key revoked since is still charged: the spend happened.
+        let Some(k) = self.keys.get(key) else {
+            return Outcome::reject(NotFound, format!("unknown key {key}"));
+        };
+        let user = k.user.clone();
+        let Some(team) = self.users.get(&user).map(|u| u.team.clone()) else {
+            return Outcome::reject(NotFound, format!("key {key} belongs to unknown user {user}"));
+        };
+        let ids = self.chain_budgets(&team, &user, key, model);
+        let now = self.clock_ms;
+        let mut charges = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let b = self.budgets.get_mut(id).expect("chain budget exists");
+            b.roll(now);
+            if b.mode == Mode::Hard {
+                let used = b.spent().saturating_add(b.held).saturating_add(cost);
+                let allowed = b.limit.saturating_add(b.excess);
+                b.excess = b.excess.saturating_add(used.saturating_sub(allowed));
+            }
+            b.requests += 1;
+            charges.push((*id, b.epoch));
+        }
+        self.bump(key, &user, &team, model, |c| c.requests = c.requests.saturating_add(1));
+        // The "reservation" is the cost itself: charge() then adds no excess.
+        let info =
+            HoldInfo { key: key.to_string(), user, team, model: model.to_string(), amount: cost, ttl_ms, charges };
+        self.holds
+            .insert(hold, HoldRec { info: Some(info.clone()), state: HoldState::Settled { cost }, forget_at_ms: 0 });
+        self.charge(&info, cost, None, usage, estimated);
+        self.finish(hold, HoldState::Settled { cost }, ttl_ms);
         Outcome::Settled { charged: cost, duplicate: false }
     }
 

@@ -121,6 +121,22 @@ pub enum Command {
     Tick,
     /// A change of config, recorded with who made it.
     Admin { actor: String, op: AdminOp },
+    /// A request an edge admitted without the ledger (`fail_mode = open`):
+    /// settles the hold if its reserve did land after all, else charges
+    /// `cost` to the key's budgets directly (never denied: the spend already
+    /// happened; what goes past a hard limit is recorded as excess). Exactly
+    /// once per hold id, like Settle. Appended last: older logs still decode.
+    Charge {
+        hold: HoldId,
+        key: String,
+        model: String,
+        cost: NanoUsd,
+        usage: Usage,
+        estimated: bool,
+        session: Option<String>,
+        /// How long the finished hold is remembered (duplicates answered).
+        ttl_ms: u64,
+    },
 }
 
 /// Config changes. Validated again by the state machine, so a bad one changes nothing.

@@ -4,6 +4,7 @@
 //! response (JSON or SSE, streamed through without buffering) and settles
 //! through a durable outbox. See ARCHITECTURE.md, "The edge request path".
 
+pub mod fail_open;
 pub mod metrics;
 pub mod outbox;
 mod proxy;
@@ -25,6 +26,8 @@ use tokio::sync::{Notify, Semaphore};
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
 use tollgate_ledger::node::LedgerProbe;
+
+use fail_open::FailOpen;
 
 use crate::config::EdgeSettings;
 use metrics::Metrics;
@@ -77,6 +80,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) http: UpstreamClient,
     pub(crate) pending: Arc<Pending>,
+    pub(crate) fail_open: Arc<FailOpen>,
     /// The ledger running in the same process (`tollgate up`), whose
     /// metrics `/metrics` includes.
     pub(crate) embedded: Option<LedgerProbe>,
@@ -117,7 +121,12 @@ impl Edge {
         let ledger = LedgerClient::new(&settings.ledger, Duration::from_secs(10))
             .map_err(|s| anyhow::anyhow!("ledger addresses: {}", s.message()))?;
         let coalescer = Coalescer::start(ledger.clone(), CoalescerConfig::default());
-        let outbox = Outbox::open(&settings.data_dir.join("outbox"), coalescer.clone(), metrics.clone())?;
+        let (outbox, fail_open) = Outbox::open(
+            &settings.data_dir.join("outbox"),
+            coalescer.clone(),
+            metrics.clone(),
+            settings.fail_open_allowance,
+        )?;
         let config = ConfigCache::new();
         let m = metrics.clone();
         tokio::spawn(config.clone().follow(ledger.clone(), move |i| m.config_index.store(i, Ordering::Relaxed)));
@@ -134,6 +143,7 @@ impl Edge {
             outbox,
             metrics,
             pending: Arc::new(Pending::default()),
+            fail_open,
             embedded,
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);

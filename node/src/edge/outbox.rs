@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tollgate_client::coalesce::Coalescer;
 use tollgate_proto::v1 as pb;
 
+use tollgate_ledger::money::NanoUsd;
+
+use super::fail_open::FailOpen;
 use super::metrics::Metrics;
 
 /// One durable record, keyed by its hold id.
@@ -72,12 +75,20 @@ pub struct Outbox {
     writes: mpsc::Sender<Write>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    fail_open: Arc<FailOpen>,
 }
 
 impl Outbox {
     /// Opens (or creates) the outbox under `dir` and starts its writer and
     /// its drain task; records left by an earlier run are sent at once.
-    pub fn open(dir: &Path, coalescer: Coalescer, metrics: Arc<Metrics>) -> anyhow::Result<Outbox> {
+    /// Also returns the fail-open allowance (`allowance`), which counts the
+    /// fail-open charges still waiting here until the ledger acknowledges them.
+    pub fn open(
+        dir: &Path,
+        coalescer: Coalescer,
+        metrics: Arc<Metrics>,
+        allowance: NanoUsd,
+    ) -> anyhow::Result<(Outbox, Arc<FailOpen>)> {
         let db = sled::Config::new().path(dir).flush_every_ms(Some(1000)).open().map_err(|e| {
             anyhow::anyhow!("opening the settle outbox in {} (is another edge using it?): {e}", dir.display())
         })?;
@@ -86,13 +97,22 @@ impl Outbox {
         if !tree.is_empty() {
             tracing::info!("outbox: {} records from an earlier run will be replayed", tree.len());
         }
+        let waiting: u64 = tree
+            .iter()
+            .values()
+            .filter_map(|v| match Record::decode(&v.ok()?)? {
+                Record::Settle(s) if !s.fail_open_key_id.is_empty() => Some(s.cost_nano_usd),
+                _ => None,
+            })
+            .fold(0, u64::saturating_add);
+        let fail_open = Arc::new(FailOpen::new(allowance, waiting));
         let (writes, rx) = mpsc::channel(COMMIT * 4);
         let wake = Arc::new(Notify::new());
-        let outbox = Outbox { tree, writes, wake, metrics };
+        let outbox = Outbox { tree, writes, wake, metrics, fail_open: fail_open.clone() };
         tokio::spawn(writer(db, outbox.clone(), rx));
         tokio::spawn(drain(outbox.clone(), coalescer));
         outbox.wake.notify_one();
-        Ok(outbox)
+        Ok((outbox, fail_open))
     }
 
     /// Writes `record` durably; returns once it is on disk. Sending to the
@@ -174,19 +194,15 @@ enum Sent {
 
 async fn send(c: &Coalescer, outbox: &Outbox, record: Record) -> Sent {
     match record {
-        Record::Settle(s) => match c.settle(s).await {
-            Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Settled(_)) }) => Sent::Done,
-            Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Error(e)) }) => {
-                tracing::error!("outbox: the ledger refused a settle for good ({}): {}", e.code, e.message);
-                outbox.metrics.outbox_dropped("settle");
-                Sent::Done
+        Record::Settle(s) => {
+            let fail_open_cost = (!s.fail_open_key_id.is_empty()).then_some(NanoUsd(s.cost_nano_usd));
+            let sent = settle(c, outbox, s).await;
+            if let (Sent::Done, Some(cost)) = (&sent, fail_open_cost) {
+                // The ledger knows this spend now.
+                outbox.fail_open.give_back(cost);
             }
-            Ok(pb::SettleResult { outcome: None }) => Sent::Retry,
-            Err(s) => {
-                tracing::debug!("outbox: settle not acknowledged: {}", s.message());
-                Sent::Retry
-            }
-        },
+            sent
+        }
         Record::Release(h) => match c.release(h).await {
             Ok(pb::ReleaseResult { error: None }) => Sent::Done,
             Ok(pb::ReleaseResult { error: Some(e) }) => {
@@ -199,6 +215,22 @@ async fn send(c: &Coalescer, outbox: &Outbox, record: Record) -> Sent {
                 Sent::Retry
             }
         },
+    }
+}
+
+async fn settle(c: &Coalescer, outbox: &Outbox, s: pb::SettleRequest) -> Sent {
+    match c.settle(s).await {
+        Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Settled(_)) }) => Sent::Done,
+        Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Error(e)) }) => {
+            tracing::error!("outbox: the ledger refused a settle for good ({}): {}", e.code, e.message);
+            outbox.metrics.outbox_dropped("settle");
+            Sent::Done
+        }
+        Ok(pb::SettleResult { outcome: None }) => Sent::Retry,
+        Err(s) => {
+            tracing::debug!("outbox: settle not acknowledged: {}", s.message());
+            Sent::Retry
+        }
     }
 }
 
@@ -263,6 +295,9 @@ mod tests {
             usage: Some(pb::Usage { input_tokens: 5, output_tokens: 6, ..Default::default() }),
             estimated: true,
             session_id: "s1".into(),
+            fail_open_key_id: "key_1".into(),
+            model: "m".into(),
+            ttl_ms: 600_000,
         });
         assert_eq!(Record::decode(&s.encode()), Some(s.clone()));
         assert_eq!(s.hold(), vec![7; 16]);

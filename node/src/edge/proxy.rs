@@ -21,7 +21,7 @@ use tollgate_proto::v1 as pb;
 use super::outbox::Record;
 use super::watch::Principal;
 use super::Shared;
-use crate::config::EstimateMode;
+use crate::config::{EstimateMode, FailMode};
 use crate::errors::{self, Api, ErrorResponse};
 use crate::meter::{read_anthropic_usage, read_openai_usage, SseParser, StreamMeter};
 
@@ -159,6 +159,12 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
         }
         (&Method::GET, "/metrics") => {
             let mut text = s.metrics.render();
+            tollgate_ledger::prom::gauge(
+                &mut text,
+                "tollgate_fail_open_outstanding_nano_usd",
+                "Admitted without the ledger (fail_mode = open) and not yet acknowledged by it.",
+                s.fail_open.outstanding(),
+            );
             if let Some(ledger) = &s.embedded {
                 text.push_str(&ledger.render_metrics());
             }
@@ -205,6 +211,9 @@ struct Admitted {
     model: String,
     input_estimate: u64,
     session: String,
+    /// Admitted without the ledger (`fail_mode = open`): the reservation
+    /// taken from this edge's allowance. Its settle charges the key directly.
+    fail_open: Option<NanoUsd>,
 }
 
 fn hold_id() -> pb::HoldId {
@@ -410,7 +419,15 @@ impl Ctx {
             amount_nano_usd: amount.0,
             ttl_ms: ttl.as_millis() as u64,
         };
-        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
+        // While the ledger is known to be out of reach, a fail-open edge
+        // does not make every request wait the whole admission timeout.
+        let wait = match self.s.settings.fail_mode {
+            FailMode::Open if self.s.fail_open.is_active() => {
+                self.s.settings.admission_timeout.min(FAIL_OPEN_PROBE_TIMEOUT)
+            }
+            _ => self.s.settings.admission_timeout,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(20);
         let outcome = loop {
             match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
@@ -425,6 +442,14 @@ impl Ctx {
         use pb::reserve_result::Outcome;
         let unreachable = |why: String, this: &Self| {
             this.s.metrics.admission("error");
+            let refusal = match this.s.settings.fail_mode {
+                FailMode::Closed => "so it refuses requests (fail_mode = closed)".to_string(),
+                FailMode::Open => format!(
+                    "and this edge has admitted its whole fail-open allowance ({}) without it; it refuses \
+                     requests until the ledger is back",
+                    this.s.settings.fail_open_allowance
+                ),
+            };
             let hold = hold.clone();
             let outbox = this.s.outbox.clone();
             let guard = this.s.pending.enter();
@@ -436,16 +461,16 @@ impl Ctx {
                     tracing::error!("outbox: {e}");
                 }
             });
-            this.err(
-                503,
-                format!("Tollgate cannot reach its budget ledger, so it refuses requests (fail_mode = closed): {why}"),
-            )
+            this.err(503, format!("Tollgate cannot reach its budget ledger, {refusal}: {why}"))
         };
-        match outcome {
+        let why = match outcome {
             Ok(pb::ReserveResult { outcome: Some(Outcome::GrantedExpiresAtMs(_)) }) => {
+                self.s.fail_open.ledger_answered();
                 self.s.metrics.admission("granted");
+                None
             }
             Ok(pb::ReserveResult { outcome: Some(Outcome::Denied(d)) }) => {
+                self.s.fail_open.ledger_answered();
                 self.s.metrics.admission("denied");
                 return Err(errors::budget_denied(self.api, &denial_from_pb(&d)));
             }
@@ -460,8 +485,23 @@ impl Ctx {
                         .err(500, format!("Tollgate: the ledger refused the reservation ({}): {}", e.code, e.message)),
                 });
             }
-            Ok(pb::ReserveResult { outcome: None }) => return Err(unreachable("an empty answer".into(), self)),
-            Err(why) => return Err(unreachable(why, self)),
+            Ok(pb::ReserveResult { outcome: None }) => Some("an empty answer".to_string()),
+            Err(why) => Some(why),
+        };
+        let mut fail_open = None;
+        if let Some(why) = why {
+            self.s.fail_open.ledger_unreachable();
+            if self.s.settings.fail_mode != FailMode::Open || !self.s.fail_open.take(amount) {
+                return Err(unreachable(why, self));
+            }
+            // The reserve may still have landed: no release is sent; the
+            // settle (a Charge) settles that hold, or charges the key.
+            self.s.metrics.admission("fail_open");
+            tracing::warn!(
+                key = %principal.key_id, model = %model, amount = %amount,
+                "admitted without the ledger (fail_mode = open): {why}"
+            );
+            fail_open = Some(amount);
         }
         let session = parts
             .headers
@@ -469,7 +509,7 @@ impl Ctx {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(MAX_SESSION_ID).collect())
             .unwrap_or_default();
-        Ok((Admitted { hold, principal, model, input_estimate, session }, v))
+        Ok((Admitted { hold, principal, model, input_estimate, session, fail_open }, v))
     }
 
     async fn metered(
@@ -557,6 +597,10 @@ impl Ctx {
     }
 }
 
+/// How long a fail-open edge waits for the ledger while it is known to be
+/// out of reach (instead of the full admission timeout).
+const FAIL_OPEN_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// Settles one admitted request, once.
 struct Settler {
     s: Arc<Shared>,
@@ -566,6 +610,10 @@ struct Settler {
 
 impl Settler {
     fn release(self) {
+        if let Some(amount) = self.adm.fail_open {
+            // Nothing was billed: the allowance is free again.
+            self.s.fail_open.give_back(amount);
+        }
         let outbox = self.s.outbox.clone();
         let guard = self.s.pending.enter();
         let hold = self.adm.hold;
@@ -581,6 +629,9 @@ impl Settler {
     fn settle(self, usage: Usage, estimated: bool) {
         let s = &self.s;
         let cost = s.settings.prices.cost(&self.adm.model, &usage);
+        if let Some(amount) = self.adm.fail_open {
+            s.fail_open.settled(amount, cost);
+        }
         let m = &self.adm.model;
         s.metrics.spend(&self.adm.principal.team, m, cost.0);
         s.metrics.tokens(m, "input", usage.input_tokens);
@@ -601,6 +652,13 @@ impl Settler {
             }),
             estimated,
             session_id: self.adm.session,
+            fail_open_key_id: if self.adm.fail_open.is_some() {
+                self.adm.principal.key_id.clone()
+            } else {
+                String::new()
+            },
+            model: if self.adm.fail_open.is_some() { self.adm.model.clone() } else { String::new() },
+            ttl_ms: if self.adm.fail_open.is_some() { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
         });
         let outbox = s.outbox.clone();
         let guard = s.pending.enter();
