@@ -527,6 +527,33 @@ async fn an_edge_cut_off_from_the_ledger_is_not_ready_until_it_is_back() {
     let thawed = Instant::now();
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
     eprintln!("ready again {} ms after the ledger thawed", thawed.elapsed().as_millis());
+
+    // Two of three nodes gone: the survivor still answers and sends its
+    // config, but once it notices the leader is gone (an election timeout
+    // or two) it cannot vouch for it. The edge turns not ready and stays so:
+    // within 15 s, /readyz says 503 for 5 s in a row.
+    let mut s = s;
+    s.cluster.kill9(1);
+    s.cluster.kill9(2);
+    let killed = Instant::now();
+    let mut since: Option<Instant> = None;
+    loop {
+        let r = http_get(&edge.addr, "/readyz").await;
+        if r.starts_with("HTTP/1.1 503") {
+            let t = *since.get_or_insert_with(Instant::now);
+            if t.elapsed() >= Duration::from_secs(5) {
+                break;
+            }
+        } else {
+            since = None;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "not steadily unready 20 s after losing the quorum (503 since {since:?}): {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("steadily not ready from {} ms after losing the quorum", (since.unwrap() - killed).as_millis());
 }
 
 /// `fail_mode = open`: with every ledger node frozen, the edge admits

@@ -116,6 +116,7 @@ pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
             .map(|(scope, models)| pb::Policy { scope: scope.clone(), allowed_models: models.clone() })
             .collect(),
         heartbeat: false,
+        in_touch: false,
     }
 }
 

@@ -166,7 +166,16 @@ impl LedgerMetrics {
                 s.clock_ms,
                 s.active_holds(),
                 budgets.clone().map(|b| (labels(b), b.limit.0)).collect(),
-                budgets.clone().map(|b| (labels(b), b.spent().0)).collect(),
+                // Periods roll over lazily (on the next command that touches
+                // the budget): past its period's end, as of the state clock,
+                // nothing is spent yet in the new one.
+                budgets
+                    .clone()
+                    .map(|b| {
+                        let current = b.period.start_ms(s.clock_ms) == b.period_start_ms;
+                        (labels(b), if current { b.spent().0 } else { 0 })
+                    })
+                    .collect(),
                 budgets.map(|b| (labels(b), b.held.0)).collect(),
             )
         });
@@ -179,7 +188,7 @@ impl LedgerMetrics {
         gauge_family(
             &mut out,
             "tollgate_budget_spent_nano_usd",
-            "Spent in the current period (settled + unsettled).",
+            "Spent in the current period, as of the state clock (settled + unsettled).",
             &names,
             spent,
         );

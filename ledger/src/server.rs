@@ -293,15 +293,18 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             let mut sent_index = 0;
             let mut send_config = true;
             loop {
+                let touch = in_touch(&raft.metrics().borrow(), bound);
                 let msg = if send_config {
                     changes.borrow_and_update();
-                    let snap = sm.read(|a| config_snapshot(&a.state));
+                    let mut snap = sm.read(|a| config_snapshot(&a.state));
+                    snap.in_touch = touch;
                     sent_index = snap.index;
                     Some(snap)
                 } else {
-                    in_touch(&raft.metrics().borrow(), bound).then_some(pb::ConfigSnapshot {
+                    touch.then_some(pb::ConfigSnapshot {
                         index: sent_index,
                         heartbeat: true,
+                        in_touch: true,
                         ..Default::default()
                     })
                 };
@@ -316,6 +319,8 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                         send_config = true;
                     }
                     _ = beat.tick(), if heartbeat.is_some() => send_config = false,
+                    // A watcher that hung up while this node was quiet.
+                    _ = tx.closed() => return,
                     _ = stop.changed() => return,
                 }
             }

@@ -143,7 +143,7 @@ impl Model {
                 *p = b.pstart;
             }
             h.state = MState::Expired;
-            h.forget_at = now + h.ttl;
+            h.forget_at = now + MAX_TTL_MS;
         }
         self.holds.retain(|_, h| matches!(h.state, MState::Active(_)) || h.forget_at > now);
         self.tombstones.retain(|(_, at)| *at > now);

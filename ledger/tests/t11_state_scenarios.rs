@@ -384,3 +384,27 @@ fn a_fail_open_charge_for_an_unknown_key_or_bad_input_changes_nothing_and_a_revo
     );
     assert_eq!(team_budget(&s).settled, NanoUsd(10));
 }
+
+#[test]
+fn a_fail_open_charge_long_after_its_reserve_expired_replaces_the_unsettled_charge_once() {
+    let (mut s, mut i) = org(1000, Period::Total);
+    // The reserve committed but the edge never heard: it admitted fail-open.
+    assert!(matches!(one(&mut s, &mut i, T0, reserve(5, 400, 60_000)), Outcome::Granted { .. }));
+    one(&mut s, &mut i, T0 + 60_000, Command::Tick);
+    assert_eq!(team_budget(&s).unsettled, NanoUsd(400));
+    // The outbox delivers the charge ten ttls later (a long partition).
+    one(&mut s, &mut i, T0 + 11 * 60_000, Command::Tick);
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 11 * 60_000, charge(5, "k1", 250)),
+        Outcome::Settled { charged: NanoUsd(250), duplicate: false }
+    );
+    let b = team_budget(&s);
+    assert_eq!((b.settled, b.unsettled, b.held), (NanoUsd(250), NanoUsd(0), NanoUsd(0)));
+    // A charged id stays refused for a late reserve for the longest ttl.
+    one(&mut s, &mut i, T0 + HOUR, charge(6, "k1", 100));
+    one(&mut s, &mut i, T0 + 2 * HOUR, Command::Tick);
+    let Outcome::Rejected(r) = one(&mut s, &mut i, T0 + 2 * HOUR, reserve(6, 100, 60_000)) else { panic!("reserved") };
+    assert_eq!(r.code, ErrorCode::AlreadyExists);
+    assert_eq!(team_budget(&s).settled, NanoUsd(350));
+    assert!(s.check_invariants().is_ok());
+}

@@ -549,7 +549,10 @@ impl LedgerState {
         self.holds
             .insert(hold, HoldRec { info: Some(info.clone()), state: HoldState::Settled { cost }, forget_at_ms: 0 });
         self.charge(&info, cost, None, usage, estimated);
-        self.finish(hold, HoldState::Settled { cost }, ttl_ms);
+        // Remembered for the longest ttl, like a release tombstone: a Reserve
+        // of this id that commits late (from a frozen node or an old leader)
+        // is refused instead of holding, and later charging, it again.
+        self.finish(hold, HoldState::Settled { cost }, MAX_TTL_MS);
         Outcome::Settled { charged: cost, duplicate: false }
     }
 
@@ -619,8 +622,11 @@ impl LedgerState {
             c.held = c.held.saturating_sub(info.amount);
             c.unsettled = c.unsettled.saturating_add(info.amount);
         });
-        // A late settle may still replace the unsettled charge for one more ttl.
-        let keep = info.ttl_ms;
+        // A late settle (or a fail-open Charge, which an edge's outbox may
+        // deliver long after) still replaces the unsettled charge for the
+        // longest ttl: forgotten earlier, a Charge would find no hold and
+        // charge its cost on top of the unsettled reservation.
+        let keep = MAX_TTL_MS;
         if let Some(h) = self.holds.get_mut(&hold) {
             if let Some(i) = h.info.as_mut() {
                 i.charges = charges;

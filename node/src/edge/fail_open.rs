@@ -6,8 +6,11 @@
 //! requests admitted without the ledger while they run, then their actual
 //! cost until the ledger acknowledges the charge from the outbox. A request
 //! that reached no provider gives its reservation back. So the overshoot of
-//! any budget, per edge, is at most the allowance plus what a settle costs
-//! above its reservation.
+//! any budget, per edge and outage, is at most the allowance plus what a
+//! settle costs above its reservation. Admissions always wait the whole
+//! admission timeout first: acknowledgements refill the allowance, so a
+//! shorter probe would let a slow but working ledger be bypassed without
+//! bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -16,7 +19,8 @@ use tollgate_ledger::money::NanoUsd;
 pub struct FailOpen {
     limit: u64,
     outstanding: AtomicU64,
-    /// An admission found the ledger out of reach; cleared by any answer.
+    /// An admission found the ledger out of reach; cleared by any answer
+    /// (for the log: the edge says when the ledger is back).
     unreachable: AtomicBool,
 }
 
@@ -53,7 +57,9 @@ impl FailOpen {
     }
 
     pub fn ledger_unreachable(&self) {
-        self.unreachable.store(true, Ordering::Release);
+        if !self.unreachable.swap(true, Ordering::AcqRel) {
+            tracing::warn!("the ledger does not answer admissions");
+        }
     }
 
     pub fn ledger_answered(&self) {
@@ -63,7 +69,7 @@ impl FailOpen {
     }
 
     /// The last admission found the ledger out of reach.
-    pub fn is_active(&self) -> bool {
+    pub fn ledger_out_of_reach(&self) -> bool {
         self.unreachable.load(Ordering::Acquire)
     }
 }
@@ -91,10 +97,10 @@ mod tests {
         assert_eq!(f.outstanding(), 0);
         f.give_back(NanoUsd(5));
         assert_eq!(f.outstanding(), 0, "never below zero");
-        assert!(!f.is_active());
+        assert!(!f.ledger_out_of_reach());
         f.ledger_unreachable();
-        assert!(f.is_active());
+        assert!(f.ledger_out_of_reach());
         f.ledger_answered();
-        assert!(!f.is_active());
+        assert!(!f.ledger_out_of_reach());
     }
 }

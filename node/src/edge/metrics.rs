@@ -67,7 +67,7 @@ impl Metrics {
         self.admissions.render(
             &mut out,
             "tollgate_admissions_total",
-            "Admission decisions: granted, denied (budget), error (ledger unreachable or refused).",
+            "Admission decisions: granted, denied (budget), error (ledger unreachable or refused), fail_open (admitted without the ledger).",
             &["result"],
         );
         self.spend.render(

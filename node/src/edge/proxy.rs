@@ -419,15 +419,10 @@ impl Ctx {
             amount_nano_usd: amount.0,
             ttl_ms: ttl.as_millis() as u64,
         };
-        // While the ledger is known to be out of reach, a fail-open edge
-        // does not make every request wait the whole admission timeout.
-        let wait = match self.s.settings.fail_mode {
-            FailMode::Open if self.s.fail_open.is_active() => {
-                self.s.settings.admission_timeout.min(FAIL_OPEN_PROBE_TIMEOUT)
-            }
-            _ => self.s.settings.admission_timeout,
-        };
-        let deadline = tokio::time::Instant::now() + wait;
+        // The whole timeout even while the ledger is known to be out of
+        // reach: a shorter probe would let a slow but working ledger (whose
+        // acknowledgements refill the allowance) be bypassed without bound.
+        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
         let mut pause = Duration::from_millis(20);
         let outcome = loop {
             match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
@@ -542,7 +537,7 @@ impl Ctx {
         } else {
             body
         };
-        let settler = Settler { s: self.s.clone(), adm, api: self.api };
+        let settler = Settler { s: self.s.clone(), adm, api: self.api, done: false };
         let up = match self.forward(&parts, body).await {
             Ok(r) => r,
             Err(e) => {
@@ -597,26 +592,46 @@ impl Ctx {
     }
 }
 
-/// How long a fail-open edge waits for the ledger while it is known to be
-/// out of reach (instead of the full admission timeout).
-const FAIL_OPEN_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
-
 /// Settles one admitted request, once.
 struct Settler {
     s: Arc<Shared>,
     adm: Admitted,
     api: Api,
+    /// Released or settled. A Settler dropped before that (the client hung
+    /// up while the edge waited for the upstream, or shutdown's grace ran
+    /// out) is handled in `Drop`.
+    done: bool,
+}
+
+impl Drop for Settler {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        match self.adm.fail_open {
+            // No hold may exist to expire: charge the reservation, the most
+            // the request can have cost, marked estimated.
+            Some(amount) => {
+                let usage = Usage { input_tokens: self.adm.input_estimate, ..Default::default() };
+                self.charge(usage, amount, true);
+            }
+            // The hold expires and its reservation is charged in full, the
+            // most the request can have cost (it may have reached the provider).
+            None => tracing::debug!("request for {} dropped before it settled; its hold will expire", self.adm.model),
+        }
+    }
 }
 
 impl Settler {
-    fn release(self) {
+    fn release(mut self) {
+        self.done = true;
         if let Some(amount) = self.adm.fail_open {
             // Nothing was billed: the allowance is free again.
             self.s.fail_open.give_back(amount);
         }
         let outbox = self.s.outbox.clone();
         let guard = self.s.pending.enter();
-        let hold = self.adm.hold;
+        let hold = self.adm.hold.clone();
         tokio::spawn(async move {
             let _guard = guard;
             if let Err(e) = outbox.push(Record::Release(hold)).await {
@@ -626,9 +641,16 @@ impl Settler {
     }
 
     /// Charges `usage` (computing its cost) through the outbox.
-    fn settle(self, usage: Usage, estimated: bool) {
+    fn settle(mut self, usage: Usage, estimated: bool) {
+        let cost = self.s.settings.prices.cost(&self.adm.model, &usage);
+        self.charge(usage, cost, estimated);
+    }
+
+    /// Writes the settle record (for a fail-open admission, one the ledger
+    /// applies even without a hold) on a spawned task. Exactly once.
+    fn charge(&mut self, usage: Usage, cost: NanoUsd, estimated: bool) {
+        self.done = true;
         let s = &self.s;
-        let cost = s.settings.prices.cost(&self.adm.model, &usage);
         if let Some(amount) = self.adm.fail_open {
             s.fail_open.settled(amount, cost);
         }
@@ -639,8 +661,9 @@ impl Settler {
         s.metrics.tokens(m, "cache_write_5m", usage.cache_write_5m_tokens);
         s.metrics.tokens(m, "cache_write_1h", usage.cache_write_1h_tokens);
         s.metrics.tokens(m, "cache_read", usage.cache_read_tokens);
+        let open = self.adm.fail_open.is_some();
         let record = Record::Settle(pb::SettleRequest {
-            hold_id: Some(self.adm.hold),
+            hold_id: Some(self.adm.hold.clone()),
             cost_nano_usd: cost.0,
             usage: Some(pb::Usage {
                 input_tokens: usage.input_tokens,
@@ -651,21 +674,25 @@ impl Settler {
                 web_search_requests: usage.web_search_requests,
             }),
             estimated,
-            session_id: self.adm.session,
-            fail_open_key_id: if self.adm.fail_open.is_some() {
-                self.adm.principal.key_id.clone()
-            } else {
-                String::new()
-            },
-            model: if self.adm.fail_open.is_some() { self.adm.model.clone() } else { String::new() },
-            ttl_ms: if self.adm.fail_open.is_some() { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
+            session_id: std::mem::take(&mut self.adm.session),
+            fail_open_key_id: if open { self.adm.principal.key_id.clone() } else { String::new() },
+            model: if open { self.adm.model.clone() } else { String::new() },
+            ttl_ms: if open { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
         });
         let outbox = s.outbox.clone();
         let guard = s.pending.enter();
-        tokio::spawn(async move {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("no runtime to write a settle record on; {cost} for {m} is not recorded");
+            return;
+        };
+        rt.spawn(async move {
             let _guard = guard;
             if let Err(e) = outbox.push(record).await {
-                tracing::error!("outbox: {e}; the hold will expire and be charged in full");
+                if open {
+                    tracing::error!("outbox: {e}; a fail-open charge of {cost} is lost");
+                } else {
+                    tracing::error!("outbox: {e}; the hold will expire and be charged in full");
+                }
             }
         });
     }

@@ -95,6 +95,9 @@ pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(1);
 /// timeout minutes later.
 pub const WATCH_STALE_AFTER: Duration = Duration::from_secs(3);
 
+/// `heard_ms` before anything was heard.
+const NEVER: u64 = u64::MAX;
+
 /// The shared, swappable config and whether its watch is live.
 pub struct ConfigCache {
     view: RwLock<Arc<ConfigView>>,
@@ -111,7 +114,7 @@ impl ConfigCache {
         Arc::new(ConfigCache {
             view: RwLock::new(Arc::new(ConfigView::default())),
             live: AtomicBool::new(false),
-            heard_ms: AtomicU64::new(0),
+            heard_ms: AtomicU64::new(NEVER),
             epoch: Instant::now(),
             changed: watch::channel(0).0,
         })
@@ -128,20 +131,35 @@ impl ConfigCache {
     }
 
     fn since_heard(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.heard_ms.load(Ordering::Acquire)))
+        let heard = self.heard_ms.load(Ordering::Acquire);
+        if heard == NEVER {
+            return Duration::MAX;
+        }
+        Duration::from_millis((self.epoch.elapsed().as_millis() as u64).saturating_sub(heard))
     }
 
     fn heard(&self) {
         self.heard_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
     }
 
-    pub fn install(&self, view: ConfigView) {
+    /// Installs `view` unless it is older than the copy held (a node that
+    /// is behind must not bring a revoked key back); `in_touch` says whether
+    /// its node vouched for it being current.
+    pub fn install(&self, view: ConfigView, in_touch: bool) -> bool {
         let index = view.index;
-        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
-        self.heard();
+        {
+            let mut cur = self.view.write().unwrap_or_else(|p| p.into_inner());
+            if index < cur.index {
+                return false;
+            }
+            *cur = Arc::new(view);
+        }
+        if in_touch {
+            self.heard();
+        }
         self.live.store(true, Ordering::Release);
         self.changed.send_replace(index);
+        true
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -167,14 +185,18 @@ impl ConfigCache {
                     let mut stream = resp.into_inner();
                     loop {
                         match tokio::time::timeout(WATCH_STALE_AFTER, stream.message()).await {
-                            Ok(Ok(Some(snap))) if snap.heartbeat => {
-                                failures = 0;
-                                self.heard();
-                            }
                             Ok(Ok(Some(snap))) => {
-                                failures = 0;
-                                on_index(snap.index);
-                                self.install(ConfigView::from_snapshot(&snap));
+                                if snap.in_touch {
+                                    failures = 0;
+                                    self.heard();
+                                }
+                                if !snap.heartbeat {
+                                    if self.install(ConfigView::from_snapshot(&snap), snap.in_touch) {
+                                        on_index(snap.index);
+                                    } else {
+                                        tracing::debug!("ignored config index {} older than the one held", snap.index);
+                                    }
+                                }
                             }
                             Ok(Ok(None)) => break,
                             Ok(Err(s)) => {
@@ -235,6 +257,7 @@ mod tests {
                 pb::Policy { scope: "key:k1".into(), allowed_models: vec![] },
             ],
             heartbeat: false,
+            in_touch: true,
         }
     }
 
@@ -257,5 +280,26 @@ mod tests {
         assert_eq!(v.check_policy(&p, "gpt-5-mini"), Ok(()));
         assert_eq!(v.check_policy(&p, "claude-sonnet-4-50"), Err("team:eng".into()));
         assert_eq!(v.check_policy(&p, "claude-opus-4-1"), Err("team:eng".into()));
+    }
+
+    #[test]
+    fn the_copy_is_current_only_when_a_node_in_touch_vouched_and_never_goes_back() {
+        let c = ConfigCache::new();
+        assert!(!c.is_live());
+        // A config from a node cut off from the leader: installed (better
+        // than nothing), but not current.
+        let mut snap = snapshot();
+        assert!(c.install(ConfigView::from_snapshot(&snap), false));
+        assert_eq!(c.current().index, 9);
+        assert!(!c.is_live());
+        // Vouched for: current.
+        assert!(c.install(ConfigView::from_snapshot(&snap), true));
+        assert!(c.is_live());
+        // An older config (a node that is behind) is not installed.
+        snap.index = 8;
+        snap.keys.clear();
+        assert!(!c.install(ConfigView::from_snapshot(&snap), true));
+        assert_eq!(c.current().index, 9);
+        assert!(c.current().authenticate("tg-live").is_some());
     }
 }
