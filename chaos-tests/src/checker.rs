@@ -114,6 +114,9 @@ pub struct Fault {
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub strict: bool,
+    /// `fail_mode = open` with this allowance per edge (nano-USD).
+    pub fail_open_allowance: Option<u64>,
+    pub edges: usize,
     pub election_timeout_ms: u64,
     pub truth: Vec<TruthRecord>,
     pub clients: Vec<ClientRecord>,
@@ -139,6 +142,10 @@ pub struct Verdict {
     /// Estimate mode: the same sum, reported, and the bound it is held to.
     pub estimate_overshoot_nano_usd: u64,
     pub estimate_overshoot_bound_nano_usd: u64,
+    /// Fail-open runs: the same sum, and its bound (each edge's allowance
+    /// once per fault, plus the estimate bound in estimate mode).
+    pub fail_open_overshoot_nano_usd: u64,
+    pub fail_open_overshoot_bound_nano_usd: u64,
     /// Keys charged less than the upstream's responses cost.
     pub lost_charges: u64,
     pub lost_nano_usd: u64,
@@ -200,7 +207,9 @@ pub fn check(h: &History) -> Verdict {
     // Caps.
     for b in h.budgets.iter().filter(|b| b.hard) {
         let over = (b.spent + b.held).saturating_sub(b.limit);
-        if h.strict {
+        if h.fail_open_allowance.is_some() {
+            v.fail_open_overshoot_nano_usd += over;
+        } else if h.strict {
             v.overspend_nano_usd += over;
             if over > 0 {
                 v.violations
@@ -219,10 +228,26 @@ pub fn check(h: &History) -> Verdict {
             .iter()
             .filter_map(|c| by_id.get(c.response_id.as_str()).map(|t| truth_cost(t).saturating_sub(c.estimate())))
             .sum();
-        if v.estimate_overshoot_nano_usd > v.estimate_overshoot_bound_nano_usd {
+        if h.fail_open_allowance.is_none() && v.estimate_overshoot_nano_usd > v.estimate_overshoot_bound_nano_usd {
             v.violations.push(format!(
                 "estimate-mode overshoot {} beyond its bound {}",
                 v.estimate_overshoot_nano_usd, v.estimate_overshoot_bound_nano_usd
+            ));
+        }
+    }
+
+    if let Some(allowance) = h.fail_open_allowance {
+        // While an edge cannot reach the ledger it admits at most its
+        // allowance (acknowledged charges refill it only once the ledger
+        // answers again): at most once per fault, per edge.
+        let outages = h.faults.len().max(1) as u64;
+        let estimate_part = if h.strict { 0 } else { v.estimate_overshoot_bound_nano_usd };
+        v.fail_open_overshoot_bound_nano_usd =
+            allowance.saturating_mul(h.edges as u64).saturating_mul(outages).saturating_add(estimate_part);
+        if v.fail_open_overshoot_nano_usd > v.fail_open_overshoot_bound_nano_usd {
+            v.violations.push(format!(
+                "fail-open overshoot {} beyond its bound {}",
+                v.fail_open_overshoot_nano_usd, v.fail_open_overshoot_bound_nano_usd
             ));
         }
     }
@@ -340,6 +365,8 @@ mod tests {
         let (k1, k2) = (cost(&truth[0]) + cost(&truth[1]), cost(&truth[2]));
         History {
             strict: true,
+            fail_open_allowance: None,
+            edges: 2,
             election_timeout_ms: 600,
             clients: vec![client("m1", "k1", "ok", 0), client("m2", "k1", "ok", 100), client("m3", "k2", "ok", 200)],
             truth,
@@ -404,6 +431,27 @@ mod tests {
         h.key_spend.get_mut("k1").unwrap().1 = 5;
         let v = check(&h);
         assert_eq!((v.double_charges, v.holds_left), (1, 1), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn a_fail_open_run_may_overshoot_by_each_edges_allowance_per_fault_and_no_more() {
+        let mut h = clean();
+        h.fail_open_allowance = Some(100);
+        h.faults = vec![Fault { kind: "edge-partition".into(), target: "e0".into(), ..Default::default() }; 2];
+        // Two edges, two faults: up to 400 over the cap passes, reported.
+        h.budgets[0].limit -= 400;
+        let v = check(&h);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        assert_eq!((v.overspend_nano_usd, v.fail_open_overshoot_nano_usd), (0, 400));
+        assert_eq!(v.fail_open_overshoot_bound_nano_usd, 400);
+        // One nano-dollar more is a violation.
+        h.budgets[0].limit -= 1;
+        let v = check(&h);
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert!(v.violations[0].contains("fail-open overshoot 401 beyond its bound 400"), "{:?}", v.violations);
+        // Without fail-open the same history is an overspend.
+        h.fail_open_allowance = None;
+        assert_eq!(check(&h).overspend_nano_usd, 401);
     }
 
     #[test]

@@ -62,6 +62,11 @@ struct RunArgs {
     /// Admission estimate of the edges: strict (caps never exceeded) or estimate.
     #[arg(long, default_value = "strict", value_parser = ["strict", "estimate"])]
     estimate: String,
+    /// Run the edges with fail_mode = open and this allowance each, in
+    /// nano-USD (1000000000 = $1). The checker then allows an overshoot of
+    /// up to edges x allowance x faults (plus the estimate bound) and reports it.
+    #[arg(long)]
+    fail_open_allowance_nano_usd: Option<u64>,
     /// Keep logs and data in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         users: a.users,
         rate: a.rate,
         strict: a.estimate == "strict",
+        fail_open_allowance: a.fail_open_allowance_nano_usd,
         keep: a.keep,
         bin_dir,
     };

@@ -54,6 +54,9 @@ pub struct RunConfig {
     /// Requests per second per simulated user.
     pub rate: f64,
     pub strict: bool,
+    /// Run the edges with `fail_mode = open` and this allowance each
+    /// (nano-USD); the checker then bounds the overshoot instead.
+    pub fail_open_allowance: Option<u64>,
     /// Keep the run's directory (logs, data) instead of deleting it.
     pub keep: Option<PathBuf>,
     /// Directory holding the `tollgate` and `mock-upstream` binaries.
@@ -74,6 +77,10 @@ pub struct Report {
     pub overspend_nano_usd: u64,
     pub estimate_overshoot_nano_usd: u64,
     pub estimate_overshoot_bound_nano_usd: u64,
+    /// Set for a fail-open run (`--fail-open-allowance-nano-usd`).
+    pub fail_open_allowance_nano_usd: Option<u64>,
+    pub fail_open_overshoot_nano_usd: u64,
+    pub fail_open_overshoot_bound_nano_usd: u64,
     pub lost_charges: u64,
     pub double_charges: u64,
     pub holds_left: u64,
@@ -114,6 +121,12 @@ impl Report {
             self.longest_unavailability_ms,
             self.election_timeout_ms,
         );
+        if let Some(a) = self.fail_open_allowance_nano_usd {
+            s.push_str(&format!(
+                "\n  fail-open (allowance {a} nano-USD per edge): overshoot {} nano-USD, bound {}",
+                self.fail_open_overshoot_nano_usd, self.fail_open_overshoot_bound_nano_usd
+            ));
+        }
         for v in &self.violations {
             s.push_str(&format!("\n  VIOLATION: {v}"));
         }
@@ -469,10 +482,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     );
 
     let edge_cfg = dir.join("edge.toml");
+    let fail_open = match cfg.fail_open_allowance {
+        Some(n) => format!(
+            "fail_mode = \"open\"\nfail_open_allowance_usd = \"{}.{:09}\"\n",
+            n / 1_000_000_000,
+            n % 1_000_000_000
+        ),
+        None => String::new(),
+    };
     std::fs::write(
         &edge_cfg,
         format!(
-            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n"
+            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}"
         ),
     )?;
     let mut p = Procs {
@@ -765,6 +786,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     let history = History {
         strict: cfg.strict,
+        fail_open_allowance: cfg.fail_open_allowance,
+        edges: cfg.edges,
         election_timeout_ms: ELECTION_TIMEOUT_MS,
         truth,
         clients,
@@ -791,6 +814,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         overspend_nano_usd: v.overspend_nano_usd,
         estimate_overshoot_nano_usd: v.estimate_overshoot_nano_usd,
         estimate_overshoot_bound_nano_usd: v.estimate_overshoot_bound_nano_usd,
+        fail_open_allowance_nano_usd: cfg.fail_open_allowance,
+        fail_open_overshoot_nano_usd: v.fail_open_overshoot_nano_usd,
+        fail_open_overshoot_bound_nano_usd: v.fail_open_overshoot_bound_nano_usd,
         lost_charges: v.lost_charges,
         double_charges: v.double_charges,
         holds_left: v.holds_left,
