@@ -3,7 +3,6 @@
 //! flush latency, proposals and command outcomes, queue depth) and the
 //! budgets' state (limit, spent and held per budget, live holds).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::prom::{gauge, gauge_family, Counter, Histogram};
@@ -19,7 +18,7 @@ pub struct LedgerMetrics {
     proposals: Counter,
     commands: Counter,
     forwards: Counter,
-    overloaded: AtomicU64,
+    overloaded: Counter,
 }
 
 impl LedgerMetrics {
@@ -60,7 +59,7 @@ impl LedgerMetrics {
     }
 
     pub fn overloaded(&self) {
-        self.overloaded.fetch_add(1, Ordering::Relaxed);
+        self.overloaded.add(&[], 1);
     }
 
     pub fn log_flush(&self, took: Duration) {
@@ -139,13 +138,11 @@ impl LedgerMetrics {
             &["result"],
         );
         gauge(&mut out, "tollgate_ledger_queued_commands", "Commands waiting for a batch on this node.", queued);
-        let overloaded = self.overloaded.load(Ordering::Relaxed);
-        let _ = std::fmt::Write::write_fmt(
+        self.overloaded.render(
             &mut out,
-            format_args!(
-                "# HELP tollgate_ledger_overloaded_total Submissions refused because the queue was full.\n\
-                 # TYPE tollgate_ledger_overloaded_total counter\ntollgate_ledger_overloaded_total {overloaded}\n"
-            ),
+            "tollgate_ledger_overloaded_total",
+            "Submissions refused because the queue was full.",
+            &[],
         );
 
         // The budgets as this node has applied them (read under the lock,

@@ -142,8 +142,7 @@ pub struct LedgerNode {
     pub proposer: Proposer,
     pub sm: StateMachineStore,
     pub admin_token_path: PathBuf,
-    pub metrics: Arc<LedgerMetrics>,
-    quorum_ack_bound_ms: u64,
+    probe: LedgerProbe,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -182,6 +181,13 @@ impl LedgerNode {
         .validate()?;
         let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log_store, sm.clone()).await?;
         let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone(), metrics.clone());
+        let probe = LedgerProbe {
+            raft: raft.clone(),
+            sm: sm.clone(),
+            proposer: proposer.clone(),
+            metrics,
+            quorum_ack_bound_ms: cfg.election_timeout_max_ms,
+        };
 
         let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
             .await
@@ -200,10 +206,9 @@ impl LedgerNode {
             )
             .add_service(
                 LedgerServiceServer::new(LedgerApi {
-                    raft: raft.clone(),
                     proposer: proposer.clone(),
                     sm: sm.clone(),
-                    quorum_ack_bound_ms: cfg.election_timeout_max_ms,
+                    probe: probe.clone(),
                     stop: shutdown.subscribe(),
                 })
                 .max_decoding_message_size(16 * 1024 * 1024),
@@ -236,28 +241,12 @@ impl LedgerNode {
             tokio::spawn(ensure_admin_token(proposer.clone(), sm.clone(), sha256_hex(&token), shutdown.subscribe()));
         }
         tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.subscribe()));
-        Ok(LedgerNode {
-            id: cfg.id,
-            raft,
-            proposer,
-            sm,
-            admin_token_path,
-            metrics,
-            quorum_ack_bound_ms: cfg.election_timeout_max_ms,
-            shutdown,
-            server,
-        })
+        Ok(LedgerNode { id: cfg.id, raft, proposer, sm, admin_token_path, probe, shutdown, server })
     }
 
     /// A cheap handle for health checks and metrics (for an HTTP endpoint).
     pub fn probe(&self) -> LedgerProbe {
-        LedgerProbe {
-            raft: self.raft.clone(),
-            sm: self.sm.clone(),
-            proposer: self.proposer.clone(),
-            metrics: self.metrics.clone(),
-            quorum_ack_bound_ms: self.quorum_ack_bound_ms,
-        }
+        self.probe.clone()
     }
 
     /// Stops serving and shuts Raft down.

@@ -37,6 +37,10 @@ impl Counter {
     pub fn render(&self, out: &mut String, name: &str, help: &str, labels: &[&str]) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         let s = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if labels.is_empty() && s.is_empty() {
+            // An unlabelled counter is there from the start, at 0.
+            let _ = writeln!(out, "{name} 0");
+        }
         for (values, n) in s.iter() {
             let _ = writeln!(out, "{name}{} {n}", label_set(labels, values));
         }
@@ -142,6 +146,15 @@ mod tests {
         c.render(&mut out, "x_total", "help", &["model"]);
         assert!(out.contains("x_total{model=\"a\\\"b\"} 5"), "{out}");
         assert!(out.contains("x_total{model=\"other\"} 5"), "{out}");
+
+        let plain = Counter::default();
+        let mut out = String::new();
+        plain.render(&mut out, "y_total", "help", &[]);
+        assert!(out.ends_with("\ny_total 0\n"), "{out}");
+        plain.add(&[], 3);
+        let mut out = String::new();
+        plain.render(&mut out, "y_total", "help", &[]);
+        assert!(out.ends_with("\ny_total 3\n"), "{out}");
 
         let h = Histogram::default();
         h.observe(Duration::from_micros(700));

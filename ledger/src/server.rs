@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::*;
 use crate::money::NanoUsd;
+use crate::node::LedgerProbe;
 use crate::proposer::{ForwardRequest, ProposeError, Proposer};
 use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::state::{hex, AdminOp, Command, Mode, Outcome, Period, Scope};
@@ -150,12 +151,10 @@ async fn propose_items<T, R>(
 
 /// The API edges use: admission, settlement and the config watch.
 pub struct LedgerApi {
-    pub raft: Raft,
     pub proposer: Proposer,
     pub sm: StateMachineStore,
-    /// How long a leader may go without a quorum's ack and still call
-    /// itself in touch (the election timeout: past it, followers elect).
-    pub quorum_ack_bound_ms: u64,
+    /// Whether this node is in touch with a leader (heartbeats need it).
+    pub probe: LedgerProbe,
     /// Set when the node shuts down: config streams end, so the server's
     /// graceful shutdown is not held up by watchers that never hang up.
     pub stop: tokio::sync::watch::Receiver<bool>,
@@ -281,8 +280,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             ms => Some(Duration::from_millis(u64::from(ms).clamp(100, 60_000))),
         };
         let sm = self.sm.clone();
-        let raft = self.raft.clone();
-        let bound = self.quorum_ack_bound_ms;
+        let probe = self.probe.clone();
         let mut changes = sm.watch_config();
         // One slot: a slow watcher gets the newest config, not a backlog.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -293,7 +291,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             let mut sent_index = 0;
             let mut send_config = true;
             loop {
-                let touch = in_touch(&raft.metrics().borrow(), bound);
+                let touch = probe.in_touch();
                 let msg = if send_config {
                     changes.borrow_and_update();
                     let mut snap = sm.read(|a| config_snapshot(&a.state));

@@ -371,10 +371,7 @@ fn coalesced_requests_each_get_their_own_answer() {
     use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
     let c = Cluster::start(3, &[]);
     c.wait_ready();
-    c.admin_ok(1, &["team", "create", "eng"]);
-    c.admin_ok(1, &["user", "create", "ana@corp.io", "--team", "eng"]);
-    let key =
-        c.admin_json(1, &["key", "create", "--user", "ana@corp.io", "--json"])["id"].as_str().unwrap().to_string();
+    let key = c.principal("eng", "ana@corp.io");
     // Room for exactly 40 of the 100-nano reserves below.
     c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "0.000004", "--period", "total"]);
     let servers: Vec<String> = c.addrs.values().cloned().collect();
@@ -460,10 +457,7 @@ fn config_watch_streams_changes_and_reflection_lists_services() {
     let c = Cluster::start(3, &[]);
     let leader = c.wait_ready();
     let follower = (1..=3).find(|i| *i != leader).unwrap();
-    c.admin_ok(1, &["team", "create", "eng"]);
-    c.admin_ok(1, &["user", "create", "ana@corp.io", "--team", "eng"]);
-    let key =
-        c.admin_json(1, &["key", "create", "--user", "ana@corp.io", "--json"])["id"].as_str().unwrap().to_string();
+    let key = c.principal("eng", "ana@corp.io");
     rt().block_on(async {
         let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::connect(format!(
             "http://{}",
@@ -586,10 +580,7 @@ fn watch_heartbeats_stop_when_the_node_loses_its_leader() {
 fn ops_endpoints_report_role_readiness_and_budgets() {
     let mut c = Cluster::start(3, &[]);
     let leader = c.wait_ready();
-    c.admin_ok(1, &["team", "create", "eng"]);
-    c.admin_ok(1, &["user", "create", "ana@corp.io", "--team", "eng"]);
-    let key =
-        c.admin_json(1, &["key", "create", "--user", "ana@corp.io", "--json"])["id"].as_str().unwrap().to_string();
+    let key = c.principal("eng", "ana@corp.io");
     c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "2", "--period", "total"]);
     let servers: Vec<String> = c.addrs.values().cloned().collect();
     rt().block_on(async {

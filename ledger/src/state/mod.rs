@@ -197,6 +197,20 @@ fn valid_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// A hold's ttl and model name, as Reserve and Charge take them.
+fn check_ttl_model(ttl_ms: u64, model: &str) -> Result<(), Outcome> {
+    if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+        return Err(Outcome::reject(
+            ErrorCode::InvalidArgument,
+            format!("ttl_ms {ttl_ms} must be between 1 and {MAX_TTL_MS}"),
+        ));
+    }
+    if !valid_model(model) {
+        return Err(Outcome::reject(ErrorCode::InvalidArgument, format!("model {model:?} is not a valid model name")));
+    }
+    Ok(())
+}
+
 fn valid_model(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
@@ -309,6 +323,17 @@ impl LedgerState {
         }
     }
 
+    /// The user and team `key` belongs to, and whether it is revoked.
+    fn key_owner(&self, key: &str) -> Result<(String, String, bool), Outcome> {
+        let Some(k) = self.keys.get(key) else {
+            return Err(Outcome::reject(ErrorCode::NotFound, format!("unknown key {key}")));
+        };
+        let Some(team) = self.users.get(&k.user).map(|u| u.team.clone()) else {
+            return Err(Outcome::reject(ErrorCode::NotFound, format!("key {key} belongs to unknown user {}", k.user)));
+        };
+        Ok((k.user.clone(), team, k.revoked))
+    }
+
     /// The budgets that apply to a request by `key` (on its chain) for `model`.
     fn chain_budgets(&self, team: &str, user: &str, key: &str, model: &str) -> Vec<BudgetId> {
         self.budgets
@@ -338,11 +363,8 @@ impl LedgerState {
         if amount == NanoUsd::ZERO {
             return Outcome::reject(InvalidArgument, "reserve amount must be greater than zero");
         }
-        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
-            return Outcome::reject(InvalidArgument, format!("ttl_ms {ttl_ms} must be between 1 and {MAX_TTL_MS}"));
-        }
-        if !valid_model(model) {
-            return Outcome::reject(InvalidArgument, format!("model {model:?} is not a valid model name"));
+        if let Err(r) = check_ttl_model(ttl_ms, model) {
+            return r;
         }
         if let Some(existing) = self.holds.get(&hold) {
             return match (&existing.state, &existing.info) {
@@ -359,16 +381,13 @@ impl LedgerState {
                 _ => Outcome::reject(AlreadyExists, format!("hold id {hold} is already in use")),
             };
         }
-        let Some(k) = self.keys.get(key) else {
-            return Outcome::reject(NotFound, format!("unknown key {key}"));
+        let (user, team, revoked) = match self.key_owner(key) {
+            Ok(o) => o,
+            Err(r) => return r,
         };
-        if k.revoked {
+        if revoked {
             return Outcome::reject(FailedPrecondition, format!("key {key} is revoked"));
         }
-        let user = k.user.clone();
-        let Some(team) = self.users.get(&user).map(|u| u.team.clone()) else {
-            return Outcome::reject(NotFound, format!("key {key} belongs to unknown user {user}"));
-        };
         let ids = self.chain_budgets(&team, &user, key, model);
         let now = self.clock_ms;
         for id in &ids {
@@ -510,23 +529,16 @@ impl LedgerState {
         estimated: bool,
         ttl_ms: u64,
     ) -> Outcome {
-        use ErrorCode::*;
         if self.holds.contains_key(&hold) {
             return self.settle(hold, cost, usage, estimated);
         }
-        if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
-            return Outcome::reject(InvalidArgument, format!("ttl_ms {ttl_ms} must be between 1 and {MAX_TTL_MS}"));
-        }
-        if !valid_model(model) {
-            return Outcome::reject(InvalidArgument, format!("model {model:?} is not a valid model name"));
+        if let Err(r) = check_ttl_model(ttl_ms, model) {
+            return r;
         }
         // A key revoked since is still charged: the spend happened.
-        let Some(k) = self.keys.get(key) else {
-            return Outcome::reject(NotFound, format!("unknown key {key}"));
-        };
-        let user = k.user.clone();
-        let Some(team) = self.users.get(&user).map(|u| u.team.clone()) else {
-            return Outcome::reject(NotFound, format!("key {key} belongs to unknown user {user}"));
+        let (user, team, _revoked) = match self.key_owner(key) {
+            Ok(o) => o,
+            Err(r) => return r,
         };
         let ids = self.chain_budgets(&team, &user, key, model);
         let now = self.clock_ms;

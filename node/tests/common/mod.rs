@@ -147,6 +147,14 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Creates `team`, a user `email` in it and a key for that user, all
+    /// through node 1; returns the key's id.
+    pub fn principal(&self, team: &str, email: &str) -> String {
+        self.admin_ok(1, &["team", "create", team]);
+        self.admin_ok(1, &["user", "create", email, "--team", team]);
+        self.admin_json(1, &["key", "create", "--user", email, "--json"])["id"].as_str().unwrap().to_string()
+    }
+
     pub fn admin_json(&self, id: u64, args: &[&str]) -> Value {
         let out = self.admin_ok(id, args);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not json ({e}): {out}"))
