@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tollgate_client::AdminClient;
+use tollgate_tls::{ClusterTls, Role};
+
+use crate::pki::{host_of, Pki};
 
 /// The `tollgate` binary next to the running executable (same cargo profile).
 pub fn sibling_binary() -> anyhow::Result<PathBuf> {
@@ -47,21 +50,40 @@ pub fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
+/// Whether a cluster's processes talk mutual TLS (as in production) or
+/// plaintext (loopback only; for A/B benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tls,
+    Plaintext,
+}
+
 pub struct LedgerCluster {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub addrs: BTreeMap<u64, String>,
+    /// The cluster's CA, when it runs over mutual TLS.
+    pub pki: Option<Pki>,
     children: BTreeMap<u64, Child>,
 }
 
 impl LedgerCluster {
-    /// Starts `n` nodes under `dir`; node 1 bootstraps the cluster.
+    /// Starts `n` nodes under `dir` over mutual TLS; node 1 bootstraps the cluster.
     pub fn start(bin: &Path, dir: &Path, n: u64) -> anyhow::Result<LedgerCluster> {
+        Self::start_with(bin, dir, n, Transport::Tls)
+    }
+
+    pub fn start_with(bin: &Path, dir: &Path, n: u64, transport: Transport) -> anyhow::Result<LedgerCluster> {
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
             addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
         }
-        let mut c = LedgerCluster { bin: bin.to_path_buf(), dir: dir.to_path_buf(), addrs, children: BTreeMap::new() };
+        let pki = match transport {
+            Transport::Tls => Some(Pki::create(&dir.join("pki"))?),
+            Transport::Plaintext => None,
+        };
+        let mut c =
+            LedgerCluster { bin: bin.to_path_buf(), dir: dir.to_path_buf(), addrs, pki, children: BTreeMap::new() };
         for id in 1..=n {
             c.spawn(id)?;
         }
@@ -72,11 +94,27 @@ impl LedgerCluster {
         self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
     }
 
+    /// The TLS flags of process `role` (issued on first use), or none.
+    pub fn tls_flags(&self, role: &Role) -> anyhow::Result<Vec<String>> {
+        let Some(pki) = &self.pki else { return Ok(vec![]) };
+        let hosts = match role {
+            Role::Ledger(id) => vec![host_of(&self.addrs[id])],
+            _ => vec![],
+        };
+        Ok(Pki::flags(&pki.files(role, &hosts)?))
+    }
+
+    /// An in-process client identity (`None` for a plaintext cluster).
+    pub fn client_tls(&self, role: &Role) -> anyhow::Result<Option<std::sync::Arc<ClusterTls>>> {
+        self.pki.as_ref().map(|p| p.client(role)).transpose()
+    }
+
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("node{id}.log")))?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("ledger")
             .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
+            .args(self.tls_flags(&Role::Ledger(id))?)
             .arg("--data-dir")
             .arg(self.dir.join(format!("node{id}")))
             .stdin(Stdio::null())
@@ -101,9 +139,10 @@ impl LedgerCluster {
     /// Waits (bounded) until the admin API answers with the bootstrap token.
     pub async fn admin(&self, timeout: Duration) -> anyhow::Result<AdminClient> {
         let deadline = Instant::now() + timeout;
+        let tls = self.client_tls(&Role::Admin("harness".into()))?;
         loop {
             if let Ok(token) = self.token() {
-                let client = AdminClient::new(&self.servers(), Some(token))?;
+                let client = AdminClient::new(&self.servers(), Some(token), tls.clone())?;
                 let probe = client
                     .call(tollgate_proto::v1::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
                     .await;

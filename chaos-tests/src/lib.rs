@@ -10,4 +10,5 @@ pub mod checker;
 pub mod cluster;
 pub mod mock;
 pub mod netns;
+pub mod pki;
 pub mod run;

@@ -70,6 +70,10 @@ struct RunArgs {
     /// Keep logs and data in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Run the cluster without TLS (`--insecure-plaintext`) instead of the
+    /// default mutual TLS between every process, e.g. for an A/B comparison.
+    #[arg(long)]
+    plaintext: bool,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         fail_open_allowance: a.fail_open_allowance_nano_usd,
         keep: a.keep,
         bin_dir,
+        tls: !a.plaintext,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

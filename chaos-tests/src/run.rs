@@ -21,9 +21,11 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
+use tollgate_tls::{ClusterTls, Role};
 
 use crate::checker::{self, BudgetFigures, ClientRecord, Fault, History, MemberState, Verdict};
 use crate::netns::Net;
+use crate::pki::{host_of, Pki};
 
 pub const SCENARIOS: [&str; 7] = [
     "leader-kill",
@@ -61,6 +63,8 @@ pub struct RunConfig {
     pub keep: Option<PathBuf>,
     /// Directory holding the `tollgate` and `mock-upstream` binaries.
     pub bin_dir: PathBuf,
+    /// Mutual TLS between every process (the default), else plaintext.
+    pub tls: bool,
 }
 
 /// The JSON report.
@@ -72,6 +76,8 @@ pub struct Report {
     pub nodes: u64,
     pub edges: usize,
     pub estimate: String,
+    /// Whether the processes talked mutual TLS.
+    pub tls: bool,
     pub faults: Vec<Fault>,
     pub requests: checker::RequestCounts,
     pub overspend_nano_usd: u64,
@@ -99,13 +105,14 @@ impl Report {
         let faults: Vec<String> =
             self.faults.iter().map(|f| format!("{} {} at {:.1}s", f.kind, f.target, f.at_ms as f64 / 1000.0)).collect();
         let mut s = format!(
-            "scenario {} seed {} ({} s, {} ledger nodes, {} edges, {}): {}\n  faults: {}\n  requests: {} ok, {} denied, {} failed; {} upstream responses; ${:.6} spent\n  overspend {} nano-USD, lost charges {}, double charges {}, holds left {}, digests agree: {}\n  longest unavailability {} ms (election timeout {} ms)",
+            "scenario {} seed {} ({} s, {} ledger nodes, {} edges, {}, {}): {}\n  faults: {}\n  requests: {} ok, {} denied, {} failed; {} upstream responses; ${:.6} spent\n  overspend {} nano-USD, lost charges {}, double charges {}, holds left {}, digests agree: {}\n  longest unavailability {} ms (election timeout {} ms)",
             self.scenario,
             self.seed,
             self.duration_secs,
             self.nodes,
             self.edges,
             self.estimate,
+            if self.tls { "mutual TLS" } else { "plaintext" },
             if self.passed { "PASSED" } else { "FAILED" },
             if faults.is_empty() { "none".to_string() } else { faults.join(", ") },
             self.requests.ok,
@@ -170,6 +177,8 @@ struct Procs {
     net: Net,
     ledger_peers: String,
     ledger_addrs: BTreeMap<u64, String>,
+    /// Transport flags of each ledger node (its TLS files, or --insecure-plaintext).
+    node_flags: BTreeMap<u64, Vec<String>>,
     nodes: BTreeMap<u64, Child>,
     edges: BTreeMap<usize, Child>,
     edge_args: BTreeMap<usize, Vec<String>>,
@@ -186,6 +195,7 @@ impl Procs {
             .arg("--data-dir")
             .arg(self.dir.join(format!("n{id}")))
             .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+            .args(&self.node_flags[&id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log(&format!("n{id}"))?);
@@ -403,9 +413,9 @@ async fn user_loop(load: Load, user: User, seed: u64) {
     }
 }
 
-async fn leader(admin_addrs: &[String]) -> Option<u64> {
+async fn leader(admin_addrs: &[String], tls: &Option<Arc<ClusterTls>>) -> Option<u64> {
     for a in admin_addrs {
-        if let Ok(s) = AdminClient::node_status_at(a, Duration::from_millis(500)).await {
+        if let Ok(s) = AdminClient::node_status_at(a, Duration::from_millis(500), tls.clone()).await {
             if s.role == "leader" {
                 return Some(s.id);
             }
@@ -414,10 +424,10 @@ async fn leader(admin_addrs: &[String]) -> Option<u64> {
     None
 }
 
-async fn wait_leader(admin_addrs: &[String], within: Duration) -> Option<u64> {
+async fn wait_leader(admin_addrs: &[String], tls: &Option<Arc<ClusterTls>>, within: Duration) -> Option<u64> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Some(l) = leader(admin_addrs).await {
+        if let Some(l) = leader(admin_addrs, tls).await {
             return Some(l);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -496,11 +506,25 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}"
         ),
     )?;
+    // Every process gets its own certificate from a CA made for this run.
+    let pki = if cfg.tls { Some(Pki::create(&dir.join("pki"))?) } else { None };
+    let transport = |role: &Role, hosts: Vec<String>| -> anyhow::Result<Vec<String>> {
+        match &pki {
+            Some(pki) => Ok(Pki::flags(&pki.files(role, &hosts)?)),
+            None => Ok(vec!["--insecure-plaintext".into()]),
+        }
+    };
+    let node_flags = ledger_addrs
+        .iter()
+        .map(|(id, addr)| Ok((*id, transport(&Role::Ledger(*id), vec![host_of(addr)])?)))
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let admin_tls = pki.as_ref().map(|p| p.client(&Role::Admin("chaos".into()))).transpose()?;
     let mut p = Procs {
         bin: bin.clone(),
         dir: dir.clone(),
         net,
         ledger_peers,
+        node_flags,
         ledger_addrs: ledger_addrs.clone(),
         nodes: BTreeMap::new(),
         edges: BTreeMap::new(),
@@ -518,6 +542,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         args.extend(["--upstream-anthropic".into(), mock_url.clone(), "--upstream-openai".into(), mock_url.clone()]);
         args.extend(["--estimate".into(), if cfg.strict { "strict" } else { "estimate" }.into()]);
         args.extend(["--config".into(), edge_cfg.display().to_string()]);
+        args.extend(transport(&Role::Edge(format!("e{k}")), vec![])?);
         p.edge_args.insert(k, args);
         p.spawn_edge(k)?;
     }
@@ -527,7 +552,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let admin = loop {
         if let Ok(t) = std::fs::read_to_string(&token_path) {
-            let a = AdminClient::new(&admin_addrs, Some(t.trim().to_string()))?;
+            let a = AdminClient::new(&admin_addrs, Some(t.trim().to_string()), admin_tls.clone())?;
             if a.call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await }).await.is_ok() {
                 break a;
             }
@@ -610,7 +635,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let mut f = Fault { kind: cfg.scenario.clone(), at_ms: ms(Instant::now()), ..Default::default() };
         match cfg.scenario.as_str() {
             "leader-kill" | "follower-kill" => {
-                let l = wait_leader(&admin_addrs, Duration::from_secs(10)).await.context("no leader")?;
+                let l = wait_leader(&admin_addrs, &admin_tls, Duration::from_secs(10)).await.context("no leader")?;
                 let target = if cfg.scenario == "leader-kill" {
                     l
                 } else {
@@ -633,7 +658,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 p.spawn_edge(k)?;
             }
             "leader-pause" => {
-                let l = wait_leader(&admin_addrs, Duration::from_secs(10)).await.context("no leader")?;
+                let l = wait_leader(&admin_addrs, &admin_tls, Duration::from_secs(10)).await.context("no leader")?;
                 f.target = format!("n{l}");
                 let pid = p.node_pid(l).context("leader not running")?;
                 f.at_ms = ms(Instant::now());
@@ -643,7 +668,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                 kill(pid, "-CONT");
             }
             "leader-partition" => {
-                let l = wait_leader(&admin_addrs, Duration::from_secs(10)).await.context("no leader")?;
+                let l = wait_leader(&admin_addrs, &admin_tls, Duration::from_secs(10)).await.context("no leader")?;
                 f.target = format!("n{l}");
                 let others: Vec<String> = (1..=cfg.nodes).filter(|i| *i != l).map(|i| format!("n{i}")).collect();
                 f.at_ms = ms(Instant::now());
@@ -668,7 +693,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
                     // Wait for it to rejoin before the next one goes.
                     let deadline = Instant::now() + Duration::from_secs(30);
                     loop {
-                        let s = AdminClient::node_status_at(&ledger_addrs[&id], Duration::from_millis(500)).await;
+                        let s = AdminClient::node_status_at(
+                            &ledger_addrs[&id],
+                            Duration::from_millis(500),
+                            admin_tls.clone(),
+                        )
+                        .await;
                         if s.is_ok_and(|s| s.has_leader && s.applied_index > 0) {
                             break;
                         }
@@ -735,7 +765,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let members = loop {
         let mut ms = Vec::new();
         for (id, addr) in &ledger_addrs {
-            match AdminClient::node_status_at(addr, Duration::from_secs(2)).await {
+            match AdminClient::node_status_at(addr, Duration::from_secs(2), admin_tls.clone()).await {
                 Ok(s) => ms.push(MemberState {
                     id: *id,
                     reachable: true,
@@ -809,6 +839,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         nodes: cfg.nodes,
         edges: cfg.edges,
         estimate: if cfg.strict { "strict" } else { "estimate" }.into(),
+        tls: cfg.tls,
         faults,
         requests: v.requests.clone(),
         overspend_nano_usd: v.overspend_nano_usd,

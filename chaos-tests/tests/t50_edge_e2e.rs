@@ -14,6 +14,7 @@ use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster
 use tollgate_chaos::mock::{read_log, TruthRecord};
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
+use tollgate_tls::Role;
 
 const UPSTREAM_KEY: &str = "sk-upstream-test";
 
@@ -120,8 +121,12 @@ async fn setup(mock_flags: &[&str]) -> Setup {
 }
 
 impl Setup {
+    /// An edge over mutual TLS to the ledger, with its own certificate.
     fn edge(&self, name: &str, extra: &[&str]) -> EdgeProc {
-        EdgeProc::start(&sibling_binary().unwrap(), &self.dir, name, &self.cluster.servers(), &self.mock.url(), extra)
+        let mut flags = self.cluster.tls_flags(&Role::Edge(name.into())).unwrap();
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        EdgeProc::start(&sibling_binary().unwrap(), &self.dir, name, &self.cluster.servers(), &self.mock.url(), &flags)
             .unwrap()
     }
 
@@ -715,7 +720,7 @@ async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
     assert_eq!(std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777, 0o600);
 
     let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
-    let admin = AdminClient::new(std::slice::from_ref(&grpc), Some(token)).unwrap();
+    let admin = AdminClient::new(std::slice::from_ref(&grpc), Some(token), None).unwrap();
     admin
         .call(pb::CreateTeamRequest { name: "eng".into() }, |mut c, r| async move { c.create_team(r).await })
         .await

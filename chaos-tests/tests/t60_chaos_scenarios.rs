@@ -1,6 +1,6 @@
 //! Every chaos scenario, briefly, through the `tollgate-chaos` binary: a
 //! private network of namespaces, 3 `tollgate ledger` nodes, 2 `tollgate
-//! edge`s, the mock upstream and 12 simulated users over 4 teams with hard
+//! edge`s (all over mutual TLS), the mock upstream and 12 simulated users over 4 teams with hard
 //! budgets that run out during the run; the fault is injected from outside
 //! and the invariant checker must pass. The scenarios run one at a time (they
 //! share 2 cores); each seed is fixed so a failure can be repeated with
@@ -42,6 +42,8 @@ fn scenario(name: &str, seed: u64) {
     }
     assert_eq!(r["scenario"], name);
     assert_eq!(r["seed"], seed);
+    // Every process talked mutual TLS, as a production cluster does.
+    assert_eq!(r["tls"], true);
     assert_eq!(r["overspend_nano_usd"], 0);
     assert_eq!(r["lost_charges"], 0);
     assert_eq!(r["double_charges"], 0);

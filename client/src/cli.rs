@@ -20,6 +20,8 @@ pub struct AdminArgs {
     /// File holding the admin token (default: $TOLLGATE_ADMIN_TOKEN, else ./tollgate-data/admin.token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::tls_args::TlsArgs,
     #[command(subcommand)]
     pub cmd: AdminCmd,
 }
@@ -175,7 +177,8 @@ fn fail(s: Status) -> anyhow::Error {
 /// Runs one admin command.
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     let token = read_token(&args)?;
-    let client = AdminClient::new(&args.server, token).map_err(fail)?;
+    let tls = args.tls.load().map_err(|e| anyhow::anyhow!(e))?;
+    let client = AdminClient::new(&args.server, token, tls).map_err(fail)?;
     match args.cmd {
         AdminCmd::Cluster { cmd: ClusterCmd::Status { json } } => cluster_status(&client, json).await,
         AdminCmd::Team { cmd: TeamCmd::Create { name } } => {
@@ -345,7 +348,7 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
     let mut first: Option<pb::NodeStatusResponse> = None;
     let mut errors = Vec::new();
     for addr in client.servers() {
-        match AdminClient::node_status_at(addr, timeout).await {
+        match AdminClient::node_status_at(addr, timeout, client.tls()).await {
             Ok(s) if s.initialized => {
                 first = Some(s);
                 break;
@@ -362,8 +365,11 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
     // deposed leader may not know yet).
     let mut leader: Option<(u64, u64)> = None;
     for m in &first.members {
-        let status =
-            if m.id == first.id { Ok(first.clone()) } else { AdminClient::node_status_at(&m.addr, timeout).await };
+        let status = if m.id == first.id {
+            Ok(first.clone())
+        } else {
+            AdminClient::node_status_at(&m.addr, timeout, client.tls()).await
+        };
         match status {
             Ok(s) => {
                 if s.role == "leader" && leader.is_none_or(|(term, _)| s.term > term) {

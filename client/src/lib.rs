@@ -4,38 +4,38 @@
 
 pub mod cli;
 pub mod coalesce;
+pub mod tls_args;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::v1::ledger_service_client::LedgerServiceClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tollgate_tls::ClusterTls;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
 
 /// How many rounds over the server list a call makes before giving up.
 const ROUNDS: u32 = 5;
 
-pub fn channel(addr: &str, timeout: Duration) -> Result<Channel, Status> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_millis(1000))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy())
+/// A lazily connected channel to a ledger node at `addr` (`host:port`),
+/// over the cluster's mutual TLS when `tls` is set.
+pub fn channel(addr: &str, timeout: Duration, tls: Option<Arc<ClusterTls>>) -> Result<Channel, Status> {
+    let addr = addr.strip_prefix("http://").or_else(|| addr.strip_prefix("https://")).unwrap_or(addr);
+    tollgate_tls::channel(addr, tls, |e| e.connect_timeout(Duration::from_millis(1000)).timeout(timeout))
+        .map_err(|e| Status::invalid_argument(format!("bad server address {addr:?}: {e}")))
 }
 
 /// Errors that certainly mean "not applied", so trying another server (or
 /// again after a pause) cannot apply a write twice: the ledger marks such
 /// statuses with `x-tollgate-retry-safe`, and a connection that could not be
-/// opened never carried the request. A transport `UNAVAILABLE` after the
-/// request may have been delivered, `UNKNOWN` and `DEADLINE_EXCEEDED` are not
-/// retried.
+/// opened never carried the request (decided from the error's type, see
+/// [`tollgate_tls::never_connected`]). A transport `UNAVAILABLE` after the
+/// request may have been delivered, `UNKNOWN` and `DEADLINE_EXCEEDED` are
+/// not retried.
 pub fn retryable(s: &Status) -> bool {
-    let marked = s.metadata().get("x-tollgate-retry-safe").is_some();
-    let never_connected = s.code() == Code::Unavailable && s.message().contains("tcp connect error");
-    marked || never_connected
+    s.metadata().get("x-tollgate-retry-safe").is_some() || tollgate_tls::never_connected(s)
 }
 
 /// The operator's client: tries each server in turn, and retries a few
@@ -44,18 +44,24 @@ pub fn retryable(s: &Status) -> bool {
 pub struct AdminClient {
     servers: Vec<(String, AdminServiceClient<Channel>)>,
     token: Option<String>,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 impl AdminClient {
-    pub fn new(servers: &[String], token: Option<String>) -> Result<Self, Status> {
+    pub fn new(servers: &[String], token: Option<String>, tls: Option<Arc<ClusterTls>>) -> Result<Self, Status> {
         if servers.is_empty() {
             return Err(Status::invalid_argument("no server given"));
         }
         let servers = servers
             .iter()
-            .map(|s| Ok((s.clone(), AdminServiceClient::new(channel(s, Duration::from_secs(15))?))))
+            .map(|s| Ok((s.clone(), AdminServiceClient::new(channel(s, Duration::from_secs(15), tls.clone())?))))
             .collect::<Result<_, Status>>()?;
-        Ok(AdminClient { servers, token })
+        Ok(AdminClient { servers, token, tls })
+    }
+
+    /// The TLS identity this client dials with, if any.
+    pub fn tls(&self) -> Option<Arc<ClusterTls>> {
+        self.tls.clone()
     }
 
     fn request<T>(&self, msg: T) -> Result<Request<T>, Status> {
@@ -94,8 +100,12 @@ impl AdminClient {
     }
 
     /// Asks one server (not the list) for its own status.
-    pub async fn node_status_at(addr: &str, timeout: Duration) -> Result<pb::NodeStatusResponse, Status> {
-        let mut c = AdminServiceClient::new(channel(addr, timeout)?);
+    pub async fn node_status_at(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<Arc<ClusterTls>>,
+    ) -> Result<pb::NodeStatusResponse, Status> {
+        let mut c = AdminServiceClient::new(channel(addr, timeout, tls)?);
         let mut req = Request::new(pb::NodeStatusRequest {});
         req.set_timeout(timeout);
         Ok(c.node_status(req).await?.into_inner())
@@ -117,13 +127,13 @@ pub struct LedgerClient {
 }
 
 impl LedgerClient {
-    pub fn new(servers: &[String], timeout: Duration) -> Result<Self, Status> {
+    pub fn new(servers: &[String], timeout: Duration, tls: Option<Arc<ClusterTls>>) -> Result<Self, Status> {
         if servers.is_empty() {
             return Err(Status::invalid_argument("no ledger server given"));
         }
         let servers = servers
             .iter()
-            .map(|s| Ok((s.clone(), LedgerServiceClient::new(channel(s, timeout)?))))
+            .map(|s| Ok((s.clone(), LedgerServiceClient::new(channel(s, timeout, tls.clone())?))))
             .collect::<Result<_, Status>>()?;
         Ok(LedgerClient { servers })
     }

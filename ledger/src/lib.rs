@@ -4,6 +4,7 @@
 //! Only this crate knows openraft and sled.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod metrics;

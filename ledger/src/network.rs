@@ -3,6 +3,7 @@
 //! the ledger's binary encoding ([`crate::codec`]), so the other side gets
 //! back exactly the error openraft produced.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -16,38 +17,48 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tollgate_proto::v1::raft_service_client::RaftServiceClient;
 use tollgate_proto::v1::RaftPayload;
-use tonic::transport::{Channel, Endpoint};
+use tollgate_tls::ClusterTls;
+use tonic::transport::Channel;
 
 use crate::raft_types::{NodeId, TypeConfig};
 
 /// The largest gRPC message between ledger nodes (append batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A lazily connected channel to a peer at `addr` (`host:port`).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+/// A lazily connected channel to a peer at `addr` (`host:port`), over the
+/// cluster's mutual TLS when `tls` is set.
+pub fn channel(addr: &str, tls: Option<Arc<ClusterTls>>) -> Result<Channel, tonic::transport::Error> {
+    tollgate_tls::channel(addr, tls, |e| {
+        e.connect_timeout(Duration::from_millis(500))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+    })
 }
 
-pub fn raft_client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-    Ok(RaftServiceClient::new(channel(addr)?)
+pub fn raft_client(
+    addr: &str,
+    tls: Option<Arc<ClusterTls>>,
+) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    Ok(RaftServiceClient::new(channel(addr, tls)?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// Builds one [`PeerClient`] per replication target.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub tls: Option<Arc<ClusterTls>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient { target, node: node.clone(), client: raft_client(&node.addr).map_err(|e| e.to_string()) }
+        PeerClient {
+            target,
+            node: node.clone(),
+            client: raft_client(&node.addr, self.tls.clone()).map_err(|e| e.to_string()),
+        }
     }
 }
 

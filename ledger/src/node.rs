@@ -14,7 +14,10 @@ use tokio::sync::watch;
 use tollgate_proto::v1::admin_service_server::AdminServiceServer;
 use tollgate_proto::v1::ledger_service_server::LedgerServiceServer;
 use tollgate_proto::v1::raft_service_server::RaftServiceServer;
+use tollgate_tls::{ClusterTls, Role};
+use tonic::service::interceptor::InterceptedService;
 
+use crate::auth::{Audience, Gate};
 use crate::metrics::LedgerMetrics;
 use crate::network::{Network, MAX_MESSAGE_BYTES};
 use crate::proposer::{now_ms, Proposer, ProposerConfig};
@@ -47,6 +50,9 @@ pub struct LedgerConfig {
     /// catches up from the log rather than a full snapshot.
     pub logs_to_keep: u64,
     pub proposer: ProposerConfig,
+    /// The cluster's mutual TLS (a `ledger` certificate for this node's
+    /// id); `None` serves and dials plaintext.
+    pub tls: Option<Arc<ClusterTls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +65,8 @@ pub enum ConfigError {
     Timeouts { heartbeat: u64, min: u64, max: u64 },
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("the TLS certificate names {0}, but this is ledger node {1}: issue one with `tollgate cert issue --role ledger --id {1}`")]
+    WrongCertificate(Role, NodeId),
 }
 
 impl LedgerConfig {
@@ -75,6 +83,7 @@ impl LedgerConfig {
             snapshot_every_entries: 5000,
             logs_to_keep: 1000,
             proposer: ProposerConfig::default(),
+            tls: None,
         }
     }
 
@@ -94,6 +103,11 @@ impl LedgerConfig {
         }
         if self.proposer.max_batch_cmds == 0 || self.proposer.max_inflight == 0 || self.proposer.max_queued == 0 {
             return Err(ConfigError::Zero("proposer limits"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.role() != &Role::Ledger(self.id) {
+                return Err(ConfigError::WrongCertificate(tls.role().clone(), self.id));
+            }
         }
         Ok(self)
     }
@@ -145,6 +159,9 @@ pub struct LedgerNode {
     probe: LedgerProbe,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Set when the node cannot go on (its admin token is not the
+    /// cluster's): the process should exit with this message.
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl LedgerNode {
@@ -179,8 +196,9 @@ impl LedgerNode {
             ..Default::default()
         }
         .validate()?;
-        let raft = Raft::new(cfg.id, Arc::new(raft_config), Network, log_store, sm.clone()).await?;
-        let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone(), metrics.clone());
+        let raft =
+            Raft::new(cfg.id, Arc::new(raft_config), Network { tls: cfg.tls.clone() }, log_store, sm.clone()).await?;
+        let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone(), metrics.clone(), cfg.tls.clone());
         let probe = LedgerProbe {
             raft: raft.clone(),
             sm: sm.clone(),
@@ -194,54 +212,85 @@ impl LedgerNode {
             .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
         let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_else(|| cfg.grpc_addr.to_string());
         let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let gate = Gate::new(cfg.tls.is_some(), raft.clone(), cfg.peers.keys().copied().collect());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        // Each service behind the gate for its audience (see `auth`): a
+        // refused caller gets PERMISSION_DENIED before any handler runs.
+        let raft_rpc = RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone(), gate: gate.clone() };
+        let ledger_api =
+            LedgerApi { proposer: proposer.clone(), sm: sm.clone(), probe: probe.clone(), stop: shutdown.subscribe() };
+        let admin_api = AdminApi {
+            id: cfg.id,
+            addr: advertised,
+            raft: raft.clone(),
+            proposer: proposer.clone(),
+            sm: sm.clone(),
+            gate: gate.clone(),
+            tls: cfg.tls.clone(),
+        };
         let router = tonic::transport::Server::builder()
             .concurrency_limit_per_connection(4096)
-            .add_service(
-                RaftServiceServer::new(RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone() })
+            .add_service(InterceptedService::new(
+                RaftServiceServer::new(raft_rpc)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .add_service(
-                LedgerServiceServer::new(LedgerApi {
-                    proposer: proposer.clone(),
-                    sm: sm.clone(),
-                    probe: probe.clone(),
-                    stop: shutdown.subscribe(),
-                })
-                .max_decoding_message_size(16 * 1024 * 1024),
-            )
-            .add_service(AdminServiceServer::new(AdminApi {
-                id: cfg.id,
-                addr: advertised,
-                raft: raft.clone(),
-                proposer: proposer.clone(),
-                sm: sm.clone(),
-            }))
-            .add_service(reflection);
-        // Nagle plus delayed ACKs would stall small RPCs for tens of ms; the
-        // builder's tcp_nodelay only covers sockets tonic accepts itself.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        });
+                gate.interceptor(Audience::Members),
+            ))
+            .add_service(InterceptedService::new(
+                LedgerServiceServer::new(ledger_api).max_decoding_message_size(16 * 1024 * 1024),
+                gate.interceptor(Audience::Edges),
+            ))
+            .add_service(InterceptedService::new(
+                AdminServiceServer::new(admin_api),
+                gate.interceptor(Audience::Anyone),
+            ))
+            .add_service(InterceptedService::new(reflection, gate.interceptor(Audience::Anyone)));
+        let incoming = tollgate_tls::incoming(listener, cfg.tls.clone());
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown_rx.wait_for(|s| *s).await;
         }));
-        tracing::info!(id = cfg.id, addr = %cfg.grpc_addr, "ledger node serving gRPC");
+        let transport = if cfg.tls.is_some() { "mutual TLS" } else { "plaintext" };
+        tracing::info!(id = cfg.id, addr = %cfg.grpc_addr, transport, "ledger node serving gRPC");
 
         let admin_token_path = cfg.data_dir.join("admin.token");
+        let (fail, fatal) = watch::channel(None);
         if cfg.bootstrap {
             bootstrap(&raft, &cfg).await?;
-            let token = load_or_create_token(&admin_token_path)?;
-            tokio::spawn(ensure_admin_token(proposer.clone(), sm.clone(), sha256_hex(&token), shutdown.subscribe()));
+        }
+        // The bootstrap node writes the token; any node that has one checks
+        // it against the cluster's.
+        let token =
+            if cfg.bootstrap { Some(load_or_create_token(&admin_token_path)?) } else { read_token(&admin_token_path) };
+        if let Some(token) = token {
+            let registrar = TokenRegistrar {
+                raft: raft.clone(),
+                proposer: proposer.clone(),
+                sm: sm.clone(),
+                hash: sha256_hex(&token),
+                path: admin_token_path.clone(),
+                register: cfg.bootstrap,
+                fail,
+            };
+            tokio::spawn(registrar.run(shutdown.subscribe()));
         }
         tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.subscribe()));
-        Ok(LedgerNode { id: cfg.id, raft, proposer, sm, admin_token_path, probe, shutdown, server })
+        Ok(LedgerNode { id: cfg.id, raft, proposer, sm, admin_token_path, probe, shutdown, server, fatal })
+    }
+
+    /// Resolves when the node cannot go on, with the reason; the process
+    /// should then shut it down and exit with an error.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        let why = match fatal.wait_for(|f| f.is_some()).await {
+            Ok(f) => f.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 
     /// A cheap handle for health checks and metrics (for an HTTP endpoint).
@@ -306,38 +355,86 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Proposes the admin token's hash until the state has one. Keeps trying
-/// (backing off to 5 s) for as long as the node runs: peers may start late.
-async fn ensure_admin_token(proposer: Proposer, sm: StateMachineStore, hash: String, mut stop: watch::Receiver<bool>) {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        match sm.read(|a| a.state.admin_token_sha256.clone()) {
-            Some(h) if h == hash => return,
-            Some(_) => {
-                tracing::warn!("the cluster already has a different admin token; this node's admin.token is not valid");
+/// A token file left by an earlier start, if any (non-bootstrap nodes only
+/// have one if an operator put it there).
+fn read_token(path: &Path) -> Option<String> {
+    let t = std::fs::read_to_string(path).ok()?;
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Registers the admin token's hash with the cluster (bootstrap node) and
+/// checks that the cluster's hash is this node's token.
+struct TokenRegistrar {
+    raft: Raft,
+    proposer: Proposer,
+    sm: StateMachineStore,
+    hash: String,
+    path: PathBuf,
+    /// Propose the hash while the cluster has none (the bootstrap node).
+    register: bool,
+    fail: watch::Sender<Option<String>>,
+}
+
+impl TokenRegistrar {
+    /// Until the state has a hash: while this node leads, proposes it
+    /// (locally: a forwarded registration is refused by every node, so no
+    /// other caller can race one in); while another node leads, asks for an
+    /// election now and then, which this node wins once caught up (nothing
+    /// but this registration can change config before it). Then checks the
+    /// registered hash is this node's token, and stops the node if not.
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut pause = Duration::from_millis(100);
+        let mut last_elect = std::time::Instant::now();
+        loop {
+            if *stop.borrow() {
                 return;
             }
-            None => {}
-        }
-        let cmd =
-            Command::Admin { actor: "bootstrap".to_string(), op: AdminOp::SetAdminToken { sha256: hash.clone() } };
-        match proposer.submit(vec![cmd]).await {
-            Ok((_, o)) if o.first() == Some(&Outcome::Done) => {
-                tracing::info!("admin token registered with the cluster");
-                return;
+            match self.sm.read(|a| a.state.admin_token_sha256.clone()) {
+                Some(h) if crate::server::token_matches_hash(&h, &self.hash) => {
+                    tracing::info!("admin token registered with the cluster");
+                    return;
+                }
+                Some(_) => {
+                    let why = format!(
+                        "the cluster's admin token is not the one in {}: this data dir belongs to another cluster, or \
+                         the token file was replaced. Restore the original token file (or start from an empty data dir)",
+                        self.path.display()
+                    );
+                    tracing::error!("{why}");
+                    let _ = self.fail.send(Some(why));
+                    return;
+                }
+                None if !self.register => {}
+                None => self.try_register(&mut last_elect).await,
             }
-            Ok((_, o)) if matches!(o.first(), Some(Outcome::Rejected(r)) if r.code == ErrorCode::AlreadyExists) => {}
-            Ok((_, o)) => tracing::warn!(outcome = ?o, "setting the admin token was refused"),
-            Err(e) => tracing::debug!(error = %e, "admin token not set yet"),
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
+            }
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => return,
+    }
+
+    async fn try_register(&self, last_elect: &mut std::time::Instant) {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state == ServerState::Leader {
+            let cmd = Command::Admin {
+                actor: "bootstrap".to_string(),
+                op: AdminOp::SetAdminToken { sha256: self.hash.clone() },
+            };
+            match self.proposer.submit(vec![cmd]).await {
+                Ok((_, o)) if o.first() == Some(&Outcome::Done) => {}
+                Ok((_, o)) if matches!(o.first(), Some(Outcome::Rejected(r)) if r.code == ErrorCode::AlreadyExists) => {
+                }
+                Ok((_, o)) => tracing::warn!(outcome = ?o, "registering the admin token was refused"),
+                Err(e) => tracing::debug!(error = %e, "admin token not registered yet"),
+            }
+        } else if m.current_leader.is_some() && last_elect.elapsed() > Duration::from_secs(3) {
+            *last_elect = std::time::Instant::now();
+            tracing::info!("another node leads before the admin token is registered; standing for election");
+            let _ = self.raft.trigger().elect().await;
         }
-        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 

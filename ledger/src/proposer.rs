@@ -104,6 +104,7 @@ struct Ctx {
     cfg: ProposerConfig,
     metrics: Arc<LedgerMetrics>,
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    tls: Option<Arc<tollgate_tls::ClusterTls>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -111,12 +112,18 @@ pub fn now_ms() -> u64 {
 }
 
 impl Proposer {
-    pub fn start(id: NodeId, raft: Raft, cfg: ProposerConfig, metrics: Arc<LedgerMetrics>) -> Proposer {
+    pub fn start(
+        id: NodeId,
+        raft: Raft,
+        cfg: ProposerConfig,
+        metrics: Arc<LedgerMetrics>,
+        tls: Option<Arc<tollgate_tls::ClusterTls>>,
+    ) -> Proposer {
         // The channel counts submissions; `queued` counts commands, the real bound.
         let (tx, rx) = mpsc::channel(cfg.max_queued.max(1));
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let max_queued = cfg.max_queued;
-        let ctx = Arc::new(Ctx { id, raft, cfg, metrics: metrics.clone(), peers: Mutex::new(HashMap::new()) });
+        let ctx = Arc::new(Ctx { id, raft, cfg, metrics: metrics.clone(), peers: Mutex::new(HashMap::new()), tls });
         tokio::spawn(run(ctx, rx, queued.clone()));
         Proposer { tx, queued, max_queued, metrics }
     }
@@ -351,7 +358,8 @@ async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<
         match peers.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = crate::network::raft_client(addr).map_err(|e| ProposeError::Unknown(e.to_string()))?;
+                let c = crate::network::raft_client(addr, ctx.tls.clone())
+                    .map_err(|e| ProposeError::Unknown(e.to_string()))?;
                 peers.insert(addr.to_string(), c.clone());
                 c
             }
@@ -363,7 +371,7 @@ async fn forward(ctx: &Ctx, addr: &str, cmds: Vec<Command>, admin_token: Option<
     req.set_timeout(Duration::from_secs(10));
     let mut client = client;
     let resp = client.propose(req).await.map_err(|s| {
-        if s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error") {
+        if tollgate_tls::never_connected(&s) {
             // Never connected (the leader is down): certainly not applied,
             // so the caller may retry once a new leader is elected.
             tracing::debug!("forward to leader at {addr}: {}", s.message());

@@ -15,6 +15,7 @@ use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Audience, Gate};
 use crate::convert::*;
 use crate::money::NanoUsd;
 use crate::node::LedgerProbe;
@@ -36,11 +37,14 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Statu
         .map_err(|e| Status::internal(format!("encoding raft payload: {e}")))
 }
 
-/// Raft RPCs between ledger nodes, plus forwarded proposals.
+/// Raft RPCs between ledger nodes, plus forwarded proposals. Served only
+/// to member ledgers (an interceptor checks the certificate); a message
+/// that names its sender must come from that sender's certificate.
 pub struct RaftRpc {
     pub raft: Raft,
     pub proposer: Proposer,
     pub sm: StateMachineStore,
+    pub gate: Gate,
 }
 
 #[tonic::async_trait]
@@ -49,6 +53,7 @@ impl pb::raft_service_server::RaftService for RaftRpc {
         let started = std::time::Instant::now();
         let bytes = req.get_ref().data.len();
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+        self.gate.check_sender(&req, rpc.vote.leader_id().voted_for())?;
         let n = rpc.entries.len();
         let decoded = started.elapsed();
         let out = encode(&self.raft.append_entries(rpc).await);
@@ -64,11 +69,13 @@ impl pb::raft_service_server::RaftService for RaftRpc {
 
     async fn install_snapshot(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
+        self.gate.check_sender(&req, rpc.vote.leader_id().voted_for())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
 
     async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
+        self.gate.check_sender(&req, rpc.vote.leader_id().voted_for())?;
         encode(&self.raft.vote(rpc).await)
     }
 
@@ -77,15 +84,18 @@ impl pb::raft_service_server::RaftService for RaftRpc {
         if fwd.cmds.len() > MAX_ITEMS_PER_CALL * 4 {
             return Err(Status::invalid_argument("forwarded batch is too large"));
         }
-        // Config changes need the admin token here too (the bootstrap's
-        // one-time SetAdminToken excepted: the state machine takes it once).
-        let needs_token = fwd
-            .cmds
-            .iter()
-            .any(|c| matches!(c, Command::Admin { op, .. } if !matches!(op, AdminOp::SetAdminToken { .. })));
-        if needs_token {
+        // The admin token's hash is registered only by the bootstrap node
+        // itself, as its leader: never from a forwarded proposal, so no
+        // caller can race it in with a hash of its own.
+        if fwd.cmds.iter().any(|c| matches!(c, Command::Admin { op: AdminOp::SetAdminToken { .. }, .. })) {
+            return Err(Status::permission_denied(
+                "the admin token is registered only by the bootstrap node itself, never through a forwarded proposal",
+            ));
+        }
+        // Config changes need the admin token here too.
+        if fwd.cmds.iter().any(|c| matches!(c, Command::Admin { .. })) {
             let want = self.sm.read(|a| a.state.admin_token_sha256.clone());
-            let ok = matches!((&fwd.admin_token, want), (Some(t), Some(w)) if sha256_hex(t) == w);
+            let ok = matches!((&fwd.admin_token, want), (Some(t), Some(w)) if token_matches(t, &w));
             if !ok {
                 return Err(Status::permission_denied("forwarded admin commands need a valid admin token"));
             }
@@ -347,17 +357,32 @@ fn unexpected(o: &Outcome) -> pb::ItemError {
     pb::ItemError { code: "internal".to_string(), message: format!("unexpected outcome {o:?}") }
 }
 
-/// The operator's API.
+/// The operator's API. Admins and ledgers (forwarding reads) may call it
+/// (an interceptor checks the certificate); every call but `NodeStatus`
+/// also needs the admin token.
 pub struct AdminApi {
     pub id: NodeId,
     pub addr: String,
     pub raft: Raft,
     pub proposer: Proposer,
     pub sm: StateMachineStore,
+    pub gate: Gate,
+    pub tls: Option<std::sync::Arc<tollgate_tls::ClusterTls>>,
 }
 
 pub fn sha256_hex(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// Whether `token` hashes to `want_sha256_hex`, compared in constant time.
+pub fn token_matches(token: &str, want_sha256_hex: &str) -> bool {
+    token_matches_hash(&sha256_hex(token), want_sha256_hex)
+}
+
+/// Whether two hex hashes are equal, compared in constant time.
+pub fn token_matches_hash(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 /// A new random secret: `prefix` + 2×`bytes` hex digits.
@@ -382,8 +407,11 @@ impl AdminApi {
         Ok(())
     }
 
-    /// Checks the bearer token against the replicated hash; returns it.
-    fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
+    /// Checks the caller's certificate and the bearer token against the
+    /// replicated hash; returns the token and who is acting (the admin
+    /// certificate's name over TLS, else `admin-token`), for the audit trail.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(String, String), Status> {
+        let role = self.gate.check(req, Audience::Admins)?;
         self.check_member()?;
         let token = req
             .metadata()
@@ -395,14 +423,15 @@ impl AdminApi {
         let Some(want) = want else {
             return Err(Status::unavailable("the cluster has no admin token yet: the bootstrap node has not set it"));
         };
-        if sha256_hex(token) != want {
+        if !token_matches(token, &want) {
             return Err(Status::unauthenticated("invalid admin token"));
         }
-        Ok(token.to_string())
+        let actor = role.map_or_else(|| ACTOR.to_string(), |r| r.to_string());
+        Ok((token.to_string(), actor))
     }
 
-    async fn admin(&self, token: &str, op: AdminOp) -> Result<u64, Status> {
-        let cmds = vec![Command::Admin { actor: ACTOR.to_string(), op }];
+    async fn admin(&self, (token, actor): &(String, String), op: AdminOp) -> Result<u64, Status> {
+        let cmds = vec![Command::Admin { actor: actor.clone(), op }];
         let (index, outcomes) =
             self.proposer.submit_admin(cmds, token.to_string()).await.map_err(|e| propose_status(&e))?;
         match outcomes.first() {
@@ -432,7 +461,7 @@ impl AdminApi {
             .get_node(&leader)
             .map(|n| n.addr.clone())
             .ok_or_else(|| propose_status(&ProposeError::NoLeader))?;
-        let ch = crate::network::channel(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let ch = crate::network::channel(&addr, self.tls.clone()).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Some(AdminServiceClient::new(ch)))
     }
 }
@@ -498,8 +527,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::CreateTeamRequest>,
     ) -> Result<Response<pb::CreateTeamResponse>, Status> {
-        let token = self.authorize(&req)?;
-        let index = self.admin(&token, AdminOp::CreateTeam { name: req.into_inner().name }).await?;
+        let auth = self.authorize(&req)?;
+        let index = self.admin(&auth, AdminOp::CreateTeam { name: req.into_inner().name }).await?;
         Ok(Response::new(pb::CreateTeamResponse { index }))
     }
 
@@ -507,30 +536,30 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let token = self.authorize(&req)?;
+        let auth = self.authorize(&req)?;
         let r = req.into_inner();
-        let index = self.admin(&token, AdminOp::CreateUser { email: r.email, team: r.team }).await?;
+        let index = self.admin(&auth, AdminOp::CreateUser { email: r.email, team: r.team }).await?;
         Ok(Response::new(pb::CreateUserResponse { index }))
     }
 
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        let token = self.authorize(&req)?;
+        let auth = self.authorize(&req)?;
         let r = req.into_inner();
         let id = random_token("key_", 6)?;
         let secret = random_token("tg_", 24)?;
         let op = AdminOp::CreateKey { id: id.clone(), user: r.user, name: r.name, secret_sha256: sha256_hex(&secret) };
-        let index = self.admin(&token, op).await?;
+        let index = self.admin(&auth, op).await?;
         Ok(Response::new(pb::CreateKeyResponse { id, secret, index }))
     }
 
     async fn revoke_key(&self, req: Request<pb::RevokeKeyRequest>) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        let token = self.authorize(&req)?;
-        let index = self.admin(&token, AdminOp::RevokeKey { id: req.into_inner().id }).await?;
+        let auth = self.authorize(&req)?;
+        let index = self.admin(&auth, AdminOp::RevokeKey { id: req.into_inner().id }).await?;
         Ok(Response::new(pb::RevokeKeyResponse { index }))
     }
 
     async fn set_budget(&self, req: Request<pb::SetBudgetRequest>) -> Result<Response<pb::SetBudgetResponse>, Status> {
-        let token = self.authorize(&req)?;
+        let auth = self.authorize(&req)?;
         let r = req.into_inner();
         let scope = parse_scope(&r.scope)?;
         let limit = NanoUsd::from_str(&r.limit_usd).map_err(|e| Status::invalid_argument(format!("limit: {e}")))?;
@@ -541,7 +570,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .ok_or_else(|| Status::invalid_argument(format!("mode {:?} must be hard or soft", r.mode)))?;
         let model = (!r.model.is_empty()).then_some(r.model);
         let op = AdminOp::SetBudget { scope: scope.clone(), model: model.clone(), limit, period, mode };
-        let index = self.admin(&token, op).await?;
+        let index = self.admin(&auth, op).await?;
         let budget = pb::Budget {
             scope: scope.to_string(),
             model: model.unwrap_or_default(),
@@ -553,10 +582,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn set_policy(&self, req: Request<pb::SetPolicyRequest>) -> Result<Response<pb::SetPolicyResponse>, Status> {
-        let token = self.authorize(&req)?;
+        let auth = self.authorize(&req)?;
         let r = req.into_inner();
         let scope = parse_scope(&r.scope)?;
-        let index = self.admin(&token, AdminOp::SetPolicy { scope, allowed_models: r.allowed_models }).await?;
+        let index = self.admin(&auth, AdminOp::SetPolicy { scope, allowed_models: r.allowed_models }).await?;
         Ok(Response::new(pb::SetPolicyResponse { index }))
     }
 

@@ -13,6 +13,16 @@
 //! fail_mode = "closed"           # or "open" (admit up to the allowance)
 //! fail_open_allowance_usd = "10"
 //! max_body_bytes = 33554432
+//! ops_listen = "127.0.0.1:9090"  # /metrics, /healthz, /readyz on their own port
+//!
+//! [cluster_tls]                  # mutual TLS to the ledger (or --tls-ca/--tls-cert/--tls-key)
+//! ca = "/etc/tollgate/ca.pem"
+//! cert = "/etc/tollgate/edge-eu-1.pem"
+//! key = "/etc/tollgate/edge-eu-1.key"
+//!
+//! [tls]                          # HTTPS for AI tools (or --http-tls-cert/--http-tls-key)
+//! cert = "/etc/tollgate/gateway.pem"
+//! key = "/etc/tollgate/gateway.key"
 //!
 //! [upstream.anthropic]
 //! url = "https://api.anthropic.com"
@@ -34,6 +44,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use tollgate_ledger::money::NanoUsd;
+use tollgate_tls::TlsFiles;
 
 use crate::pricing::{Price, PriceTable, Rates, WEB_SEARCH_NANO};
 
@@ -98,6 +109,27 @@ pub struct FileConfig {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub pricing: PricingSection,
+    /// Mutual TLS between this edge and the ledger.
+    #[serde(default)]
+    pub cluster_tls: ClusterTlsSection,
+    /// TLS on the HTTP listener, for the AI tools.
+    #[serde(default)]
+    pub tls: HttpTlsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsSection {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -120,6 +152,10 @@ pub struct EdgeSection {
     pub shutdown_grace_secs: Option<u64>,
     pub max_outbox: Option<usize>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub first_byte_timeout_ms: Option<u64>,
+    pub max_concurrent_per_key: Option<usize>,
+    pub ops_listen: Option<SocketAddr>,
     pub openai_default_max_tokens: Option<u64>,
 }
 
@@ -231,7 +267,23 @@ pub struct EdgeSettings {
     pub body_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub max_outbox: usize,
+    /// Open client connections at once, and from one IP address.
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// A connection that sends no byte (or does not finish its TLS
+    /// handshake) within this is closed; so is one idle this long between requests.
+    pub first_byte_timeout: Duration,
+    /// Requests of one virtual key in flight at once; more get a 429.
+    pub max_concurrent_per_key: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served on their own
+    /// (they stay on the main listener too).
+    pub ops_listen: Option<SocketAddr>,
+    /// Mutual TLS to the ledger.
+    pub cluster_tls: Option<TlsFiles>,
+    /// Talk to a non-loopback ledger without TLS anyway.
+    pub insecure_plaintext: bool,
+    /// HTTPS on the listener: certificate and key files.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
     /// Output tokens reserved for an OpenAI request that sets no maximum
     /// (`estimate` mode only; `strict` mode requires a maximum).
     pub openai_default_max_tokens: u64,
@@ -247,6 +299,30 @@ pub struct Overrides {
     pub upstream_anthropic: Option<String>,
     pub upstream_openai: Option<String>,
     pub estimate: Option<EstimateMode>,
+    pub cluster_tls: Option<TlsFiles>,
+    pub insecure_plaintext: bool,
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
+    pub ops_listen: Option<SocketAddr>,
+}
+
+/// Whether `addr` (`host:port`) is on this machine only: a loopback IP or
+/// `localhost`.
+pub fn is_loopback(addr: &str) -> bool {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return sa.ip().is_loopback();
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn both<T>(what: &str, a: Option<T>, b: Option<T>) -> Result<Option<(T, T)>, String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => Err(format!("{what} needs both a certificate and a key")),
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -361,6 +437,37 @@ impl EdgeSettings {
             }
             prices.set(prefix, entry.price());
         }
+        let cluster_tls = match flags.cluster_tls.clone() {
+            Some(f) => Some(f),
+            None => {
+                let t = &file.cluster_tls;
+                match (&t.ca, &t.cert, &t.key) {
+                    (None, None, None) => None,
+                    (Some(ca), Some(cert), Some(key)) => {
+                        Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+                    }
+                    _ => return Err("cluster_tls needs all three of ca, cert and key".into()),
+                }
+            }
+        };
+        if cluster_tls.is_none() && !flags.insecure_plaintext {
+            if let Some(far) = ledger.iter().find(|a| !is_loopback(a)) {
+                return Err(format!(
+                    "the ledger address {far} is not loopback and this edge has no TLS: give --tls-ca, --tls-cert \
+                     and --tls-key (an edge certificate; see `tollgate cert`), or --insecure-plaintext on a network \
+                     you trust completely"
+                ));
+            }
+        }
+        let http_tls = match both(
+            "--http-tls-cert/--http-tls-key",
+            flags.http_tls_cert.clone().or(env("TOLLGATE_HTTP_TLS_CERT").map(PathBuf::from)),
+            flags.http_tls_key.clone().or(env("TOLLGATE_HTTP_TLS_KEY").map(PathBuf::from)),
+        )? {
+            Some(p) => Some(p),
+            None => both("[tls]", file.tls.cert.clone(), file.tls.key.clone())?,
+        };
+        let ops_listen = flags.ops_listen.or(env_parse("TOLLGATE_OPS_LISTEN")?).or(e.ops_listen);
         let s = EdgeSettings {
             listen,
             ledger,
@@ -384,6 +491,17 @@ impl EdgeSettings {
             shutdown_grace: secs("TOLLGATE_SHUTDOWN_GRACE_SECS", e.shutdown_grace_secs, 30)?,
             max_outbox: size("TOLLGATE_MAX_OUTBOX", e.max_outbox, 100_000)?,
             max_connections: size("TOLLGATE_MAX_CONNECTIONS", e.max_connections, 10_000)?,
+            max_connections_per_ip: size("TOLLGATE_MAX_CONNECTIONS_PER_IP", e.max_connections_per_ip, 256)?,
+            first_byte_timeout: Duration::from_millis(num(
+                "TOLLGATE_FIRST_BYTE_TIMEOUT_MS",
+                e.first_byte_timeout_ms,
+                10_000,
+            )?),
+            max_concurrent_per_key: size("TOLLGATE_MAX_CONCURRENT_PER_KEY", e.max_concurrent_per_key, 64)?,
+            ops_listen,
+            cluster_tls,
+            insecure_plaintext: flags.insecure_plaintext,
+            http_tls,
             openai_default_max_tokens: num("TOLLGATE_OPENAI_DEFAULT_MAX_TOKENS", e.openai_default_max_tokens, 4096)?,
             prices,
         };
@@ -392,6 +510,9 @@ impl EdgeSettings {
         }
         if s.admission_timeout.is_zero() {
             return Err("admission_timeout_ms must be at least 1".into());
+        }
+        if s.first_byte_timeout.is_zero() {
+            return Err("first_byte_timeout_ms must be at least 1".into());
         }
         Ok(s)
     }

@@ -2,6 +2,7 @@
 //! `tollgate` binary (`src/main.rs`), which composes the roles.
 #![forbid(unsafe_code)]
 
+pub mod cert_cli;
 pub mod config;
 pub mod edge;
 pub mod errors;

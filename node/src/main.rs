@@ -12,9 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tollgate_client::tls_args::TlsArgs;
 use tollgate_ledger::node::{LedgerConfig, LedgerNode};
-use tollgate_node::config::{EdgeSettings, EstimateMode, FileConfig, Overrides};
+use tollgate_node::config::{is_loopback, EdgeSettings, EstimateMode, FileConfig, Overrides};
 use tollgate_node::edge::Edge;
+use tollgate_tls::ClusterTls;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "A self-hosted AI gateway cluster with a Raft-replicated budget ledger")]
@@ -33,6 +35,8 @@ enum Cmd {
     Ledger(LedgerArgs),
     /// Manage teams, users, keys and budgets; show usage and cluster status.
     Admin(tollgate_client::cli::AdminArgs),
+    /// The cluster's certificates: a CA, and certificates for ledgers, edges and admins.
+    Cert(tollgate_node::cert_cli::CertArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +73,13 @@ struct LedgerArgs {
     /// address, e.g. 127.0.0.1:9090. Off unless given.
     #[arg(long)]
     http: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Serve and dial gRPC without TLS although an address is not loopback.
+    /// Anyone who can reach the port can then forge Raft traffic: only for
+    /// a network you trust completely.
+    #[arg(long)]
+    insecure_plaintext: bool,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +105,24 @@ struct EdgeArgs {
     /// Admission estimate: `strict` (worst case, caps never exceeded) or `estimate` [default: estimate].
     #[arg(long, value_parser = ["strict", "estimate"])]
     estimate: Option<String>,
+    /// Mutual TLS to the ledger (an `edge` certificate; for `tollgate up`,
+    /// a `ledger` certificate for node 1, which its edge uses too).
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Talk to the ledger without TLS although its address is not loopback
+    /// (anyone on the path can read and forge settlements).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Serve HTTPS to AI tools with this certificate (PEM; re-read on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "http_tls_key")]
+    http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "http_tls_cert")]
+    http_tls_key: Option<PathBuf>,
+    /// Also serve /metrics, /healthz and /readyz on this address (an
+    /// operations port that clients' traffic cannot crowd out).
+    #[arg(long)]
+    ops_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +146,11 @@ fn edge_settings(a: &EdgeArgs, ledger_default: Option<Vec<String>>) -> Result<Ed
         upstream_anthropic: a.upstream_anthropic.clone(),
         upstream_openai: a.upstream_openai.clone(),
         estimate: a.estimate.as_deref().map(EstimateMode::parse).transpose()?,
+        cluster_tls: a.tls.files()?,
+        insecure_plaintext: a.insecure_plaintext,
+        http_tls_cert: a.http_tls_cert.clone(),
+        http_tls_key: a.http_tls_key.clone(),
+        ops_listen: a.ops_listen,
     };
     EdgeSettings::resolve(&file, &flags, ledger_default)
 }
@@ -129,17 +163,77 @@ async fn run_edge(a: EdgeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let edge = match Edge::start(settings, None).await {
+    let tls = match load_tls(settings.cluster_tls.as_ref()) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    warn_plaintext(settings.insecure_plaintext && tls.is_none(), "edge");
+    let edge = match Edge::start(settings, None, tls.clone()).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
+    let reload = spawn_reloader(tls, edge.http_tls());
     wait_for_signal().await;
+    reload.abort();
     tracing::info!("shutting down");
     edge.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Loads the cluster TLS files (exit 64 on a bad one).
+fn load_tls(files: Option<&tollgate_tls::TlsFiles>) -> Result<Option<std::sync::Arc<ClusterTls>>, ExitCode> {
+    let Some(files) = files else { return Ok(None) };
+    match ClusterTls::load(files.clone()) {
+        Ok(t) => {
+            tracing::info!(identity = %t.role(), "mutual TLS on");
+            Ok(Some(t))
+        }
+        Err(e) => {
+            eprintln!("error: TLS: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+/// Said at every start that runs without TLS on a non-loopback address.
+fn warn_plaintext(insecure: bool, what: &str) {
+    if insecure {
+        tracing::warn!(
+            "INSECURE: this {what} runs gRPC without TLS (--insecure-plaintext): anyone who can reach its network \
+             can read admin tokens and settlements and forge ledger traffic"
+        );
+    }
+}
+
+/// Re-reads the certificate files on SIGHUP: new connections use them.
+fn spawn_reloader(
+    cluster: Option<std::sync::Arc<ClusterTls>>,
+    http: Option<std::sync::Arc<tollgate_tls::http::HttpTls>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            if let Some(t) = &cluster {
+                match t.reload() {
+                    Ok(()) => tracing::info!(identity = %t.role(), "SIGHUP: reloaded the cluster TLS files"),
+                    Err(e) => tracing::error!("SIGHUP: keeping the previous cluster TLS files: {e}"),
+                }
+            }
+            if let Some(t) = &http {
+                match t.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: reloaded the HTTP listener's certificate"),
+                    Err(e) => tracing::error!("SIGHUP: keeping the previous HTTP certificate: {e}"),
+                }
+            }
+            if cluster.is_none() && http.is_none() {
+                tracing::info!("SIGHUP: no TLS files to reload");
+            }
+        }
+    })
 }
 
 async fn run_up(a: UpArgs) -> ExitCode {
@@ -173,10 +267,24 @@ async fn run_up(a: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if settings.cluster_tls.is_none() && !grpc.ip().is_loopback() && !settings.insecure_plaintext {
+        eprintln!(
+            "error: the embedded ledger's gRPC address {grpc} is not loopback: give it mutual TLS (--tls-ca, \
+             --tls-cert, --tls-key with a ledger certificate for node 1; see `tollgate cert`), or \
+             --insecure-plaintext on a network you trust completely"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let tls = match load_tls(settings.cluster_tls.as_ref()) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    warn_plaintext(settings.insecure_plaintext && tls.is_none() && !grpc.ip().is_loopback(), "gateway");
     let data_dir = settings.data_dir.clone();
     let first_start = !data_dir.join("admin.token").exists();
     let mut cfg = LedgerConfig::new(1, grpc, data_dir.clone(), BTreeMap::from([(1, grpc.to_string())]));
     cfg.bootstrap = true;
+    cfg.tls = tls.clone();
     let node = match LedgerNode::start(cfg).await {
         Ok(n) => n,
         Err(e) => {
@@ -185,7 +293,7 @@ async fn run_up(a: UpArgs) -> ExitCode {
         }
     };
     // The embedded ledger's metrics are served on the edge's /metrics.
-    let edge = match Edge::start(settings.clone(), Some(node.probe())).await {
+    let edge = match Edge::start(settings.clone(), Some(node.probe()), tls.clone()).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -197,7 +305,18 @@ async fn run_up(a: UpArgs) -> ExitCode {
         tracing::warn!("the edge has not yet received its config from the embedded ledger");
     }
     print_onboarding(&settings, grpc, &data_dir, first_start, edge.local_addr);
-    wait_for_signal().await;
+    let reload = spawn_reloader(tls, edge.http_tls());
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        why = node.failed() => {
+            eprintln!("error: {why}");
+            reload.abort();
+            edge.shutdown().await;
+            node.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+    }
+    reload.abort();
     tracing::info!("shutting down");
     edge.shutdown().await;
     node.shutdown().await;
@@ -263,8 +382,31 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let tls_files = match a.tls.files() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let exposed = !a.grpc.ip().is_loopback() || peers.values().any(|p| !is_loopback(p));
+    if tls_files.is_none() && exposed && !a.insecure_plaintext {
+        eprintln!(
+            "error: this node's gRPC address or a peer's is not loopback, and it has no TLS: give --tls-ca, \
+             --tls-cert and --tls-key (a ledger certificate for node {}; see `tollgate cert`), or \
+             --insecure-plaintext on a network you trust completely",
+            a.id
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let tls = match load_tls(tls_files.as_ref()) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    warn_plaintext(a.insecure_plaintext && tls.is_none() && exposed, "ledger node");
     let mut cfg = LedgerConfig::new(a.id, a.grpc, a.data_dir, peers);
     cfg.bootstrap = a.bootstrap;
+    cfg.tls = tls.clone();
     cfg.heartbeat_ms = a.heartbeat_ms;
     cfg.election_timeout_min_ms = a.election_timeout_ms;
     cfg.election_timeout_max_ms = a.election_timeout_ms.saturating_mul(2);
@@ -296,13 +438,22 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
         },
         None => None,
     };
-    wait_for_signal().await;
+    let reload = spawn_reloader(tls, None);
+    let failed = tokio::select! {
+        _ = wait_for_signal() => None,
+        why = node.failed() => Some(why),
+    };
+    reload.abort();
     tracing::info!("shutting down");
     let _ = stop_http.send(true);
     if let Some(task) = http {
         let _ = task.await;
     }
     node.shutdown().await;
+    if let Some(why) = failed {
+        eprintln!("error: {why}");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 
@@ -321,7 +472,8 @@ async fn wait_for_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let default = if matches!(cli.cmd, Cmd::Admin(_)) { "warn" } else { "info,openraft=warn,sled=warn" };
+        let default =
+            if matches!(cli.cmd, Cmd::Admin(_) | Cmd::Cert(_)) { "warn" } else { "info,openraft=warn,sled=warn" };
         tracing_subscriber::EnvFilter::new(default)
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -338,6 +490,7 @@ fn main() -> ExitCode {
             Cmd::Ledger(a) => run_ledger(a).await,
             Cmd::Edge(a) => run_edge(a).await,
             Cmd::Up(a) => run_up(a).await,
+            Cmd::Cert(a) => tollgate_node::cert_cli::run(a),
             Cmd::Admin(a) => match tollgate_client::cli::run(a).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -10,6 +10,7 @@ use common::*;
 use serde_json::Value;
 use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
+use tollgate_tls::Role;
 
 fn hold(n: u128) -> pb::HoldId {
     pb::HoldId { id: n.to_be_bytes().to_vec() }
@@ -22,8 +23,8 @@ fn rt() -> tokio::runtime::Runtime {
 /// Reserves through `addr`, retrying while the cluster has no leader
 /// (bounded). When the outcome is unknown the id is released, as an edge
 /// would, and a fresh one is used. Returns the id used and the outcome.
-async fn reserve_any(addr: &str, key: &str, id: u128, amount: u64) -> (u128, pb::reserve_result::Outcome) {
-    let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5)).unwrap();
+async fn reserve_any(c: &Cluster, addr: &str, key: &str, id: u128, amount: u64) -> (u128, pb::reserve_result::Outcome) {
+    let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5), c.edge_tls()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut id = id;
     loop {
@@ -50,14 +51,14 @@ async fn reserve_any(addr: &str, key: &str, id: u128, amount: u64) -> (u128, pb:
     }
 }
 
-async fn reserve(addr: &str, key: &str, id: u128, amount: u64) -> pb::reserve_result::Outcome {
-    let (used, outcome) = reserve_any(addr, key, id, amount).await;
+async fn reserve(c: &Cluster, addr: &str, key: &str, id: u128, amount: u64) -> pb::reserve_result::Outcome {
+    let (used, outcome) = reserve_any(c, addr, key, id, amount).await;
     assert_eq!(used, id, "reserve of {id} needed a retry");
     outcome
 }
 
-async fn settle(addr: &str, id: u128, cost: u64) -> pb::settle_result::Outcome {
-    let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5)).unwrap();
+async fn settle(c: &Cluster, addr: &str, id: u128, cost: u64) -> pb::settle_result::Outcome {
+    let client = LedgerClient::new(&[addr.to_string()], Duration::from_secs(5), c.edge_tls()).unwrap();
     let req = pb::SettleBatch {
         requests: vec![pb::SettleRequest {
             hold_id: Some(hold(id)),
@@ -116,7 +117,8 @@ fn three_node_ledger_survives_leader_kill() {
     assert_eq!(entries[0]["what"], "set admin token");
     assert_eq!(entries[0]["actor"], "bootstrap");
     let team = entries.iter().find(|e| e["what"] == "create team eng").unwrap();
-    assert_eq!(team["actor"], "admin-token");
+    // Over TLS the actor is the admin certificate's name (plaintext: "admin-token").
+    assert_eq!(team["actor"], "admin:ops");
     assert!(team["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
     assert!(entries.windows(2).all(|w| w[0]["index"].as_u64() < w[1]["index"].as_u64()));
 
@@ -128,7 +130,7 @@ fn three_node_ledger_survives_leader_kill() {
         let mut spent = 0u64;
         let mut next = 1u128;
         loop {
-            match reserve(&via, &key_id, next, 400_000).await {
+            match reserve(&c, &via, &key_id, next, 400_000).await {
                 pb::reserve_result::Outcome::GrantedExpiresAtMs(_) => {}
                 pb::reserve_result::Outcome::Denied(d) => {
                     assert_eq!(d.scope, "team:eng");
@@ -139,13 +141,13 @@ fn three_node_ledger_survives_leader_kill() {
                 }
                 other => panic!("unexpected {other:?}"),
             }
-            let first = settle(&via, next, 300_000).await;
+            let first = settle(&c, &via, next, 300_000).await;
             assert_eq!(
                 first,
                 pb::settle_result::Outcome::Settled(pb::Settled { charged_nano_usd: 300_000, duplicate: false })
             );
             // The same settle again (a retry from an outbox): answered, not applied.
-            let again = settle(&c.addrs[&leader], next, 300_000).await;
+            let again = settle(&c, &c.addrs[&leader], next, 300_000).await;
             assert_eq!(
                 again,
                 pb::settle_result::Outcome::Settled(pb::Settled { charged_nano_usd: 300_000, duplicate: true })
@@ -181,9 +183,9 @@ fn three_node_ledger_survives_leader_kill() {
     // Writes continue through a survivor.
     rt.block_on(async {
         let via = c.addrs[&survivors[0]].clone();
-        let (id, outcome) = reserve_any(&via, &key_id, 500, 1000).await;
+        let (id, outcome) = reserve_any(&c, &via, &key_id, 500, 1000).await;
         assert!(matches!(outcome, pb::reserve_result::Outcome::GrantedExpiresAtMs(_)));
-        assert!(matches!(settle(&via, id, 700).await, pb::settle_result::Outcome::Settled(_)));
+        assert!(matches!(settle(&c, &via, id, 700).await, pb::settle_result::Outcome::Settled(_)));
     });
     c.admin_ok(survivors[1], &["team", "create", "ops"]);
 
@@ -228,14 +230,16 @@ fn bad_input_is_refused_with_clear_errors() {
     let bad = c.dir.path().join("bad.token");
     std::fs::write(&bad, "tga_wrong\n").unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["admin", "--server", &c.addrs[&2], "--token-file", bad.to_str().unwrap(), "team", "create", "x"])
+        .args(["admin", "--server", &c.addrs[&2], "--token-file", bad.to_str().unwrap()])
+        .args(c.tls_flags(&Role::Admin("ops".into())))
+        .args(["team", "create", "x"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid admin token"));
     // Malformed ledger requests.
     rt().block_on(async {
-        let client = LedgerClient::new(&[c.addrs[&3].clone()], Duration::from_secs(5)).unwrap();
+        let client = LedgerClient::new(&[c.addrs[&3].clone()], Duration::from_secs(5), c.edge_tls()).unwrap();
         // One call, three items: a malformed hold id and an oversized key are
         // refused item by item; the well-formed item next to them is still
         // decided (unknown key), so one bad item never fails its neighbours.
@@ -279,10 +283,9 @@ fn bad_input_is_refused_with_clear_errors() {
         use tollgate_ledger::state::{AdminOp, Command};
         let cmd = Command::Admin { actor: "mallory".into(), op: AdminOp::CreateTeam { name: "evil".into() } };
         let data = tollgate_ledger::codec::encode(&ForwardRequest { cmds: vec![cmd], admin_token: None }).unwrap();
+        // From a member's own certificate: the forward still needs the token.
         let mut raft =
-            tollgate_proto::v1::raft_service_client::RaftServiceClient::connect(format!("http://{}", c.addrs[&1]))
-                .await
-                .unwrap();
+            tollgate_proto::v1::raft_service_client::RaftServiceClient::new(c.channel(&c.addrs[&1], &Role::Ledger(2)));
         let e = raft.propose(pb::RaftPayload { data }).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     });
@@ -379,7 +382,7 @@ fn coalesced_requests_each_get_their_own_answer() {
     let index_before = common::node_status(&c, leader).applied_index;
     let granted: Vec<u128> = rt().block_on(async {
         let co = Coalescer::start(
-            LedgerClient::new(&servers, Duration::from_secs(10)).unwrap(),
+            LedgerClient::new(&servers, Duration::from_secs(10), c.edge_tls()).unwrap(),
             CoalescerConfig { max_batch: 16, max_inflight: 2, max_queued: 1024 },
         );
         let mut tasks = Vec::new();
@@ -412,10 +415,14 @@ fn coalesced_requests_each_get_their_own_answer() {
         // Group commit: the 60 concurrent reserves took far fewer log
         // entries than commands.
         let leader_addr = c.addrs[&leader].clone();
-        let index_mid = tollgate_client::AdminClient::node_status_at(&leader_addr, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .applied_index;
+        let index_mid = tollgate_client::AdminClient::node_status_at(
+            &leader_addr,
+            Duration::from_secs(2),
+            c.tls(&Role::Admin("ops".into())),
+        )
+        .await
+        .unwrap()
+        .applied_index;
         let entries = index_mid - index_before;
         eprintln!("60 concurrent reserves used {entries} log entries");
         assert!(entries <= 20, "{entries} log entries for 60 concurrent reserves");
@@ -459,12 +466,9 @@ fn config_watch_streams_changes_and_reflection_lists_services() {
     let follower = (1..=3).find(|i| *i != leader).unwrap();
     let key = c.principal("eng", "ana@corp.io");
     rt().block_on(async {
-        let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::connect(format!(
-            "http://{}",
-            c.addrs[&follower]
-        ))
-        .await
-        .unwrap();
+        let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::new(
+            c.channel(&c.addrs[&follower], &Role::Edge("test-edge".into())),
+        );
         let mut stream = client.watch_config(pb::WatchConfigRequest::default()).await.unwrap().into_inner();
 
         // The first snapshot may predate the follower applying the key; wait for it.
@@ -491,11 +495,7 @@ fn config_watch_streams_changes_and_reflection_lists_services() {
         );
         assert!(revoked_at.elapsed() < Duration::from_secs(5));
 
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addrs[&follower]))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = c.channel(&c.addrs[&follower], &Role::Admin("ops".into()));
         let mut refl = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
         let req = tonic_reflection::pb::v1::ServerReflectionRequest {
             host: String::new(),
@@ -531,12 +531,9 @@ fn watch_heartbeats_stop_when_the_node_loses_its_leader() {
     // Every member has applied the team before the watch starts.
     c.wait_status(&[leader], "converged", Duration::from_secs(10), |s| converged(s, 3));
     let silent = rt().block_on(async {
-        let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::connect(format!(
-            "http://{}",
-            c.addrs[&follower]
-        ))
-        .await
-        .unwrap();
+        let mut client = tollgate_proto::v1::ledger_service_client::LedgerServiceClient::new(
+            c.channel(&c.addrs[&follower], &Role::Edge("test-edge".into())),
+        );
         let mut stream = client.watch_config(pb::WatchConfigRequest { heartbeat_ms: 200 }).await.unwrap().into_inner();
         let first = next_config(&mut stream).await;
         assert!(!first.heartbeat);
@@ -584,7 +581,7 @@ fn ops_endpoints_report_role_readiness_and_budgets() {
     c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "2", "--period", "total"]);
     let servers: Vec<String> = c.addrs.values().cloned().collect();
     rt().block_on(async {
-        let ledger = LedgerClient::new(&servers, Duration::from_secs(10)).unwrap();
+        let ledger = LedgerClient::new(&servers, Duration::from_secs(10), c.edge_tls()).unwrap();
         let req = pb::ReserveRequest {
             hold_id: Some(hold(7)),
             key_id: key.clone(),

@@ -18,7 +18,8 @@
 //! reads its VmHWM at the end. `--stream-rounds N` repeats it against the
 //! same edge, to tell memory that is reused from memory that keeps growing.
 //!
-//! Every loop is bounded in time and count.
+//! The edge and the ledger talk mutual TLS, as in production, unless
+//! `--plaintext`. Every loop is bounded in time and count.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -35,7 +36,7 @@ use hyper::{Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster};
+use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster, Transport};
 use tollgate_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -77,6 +78,14 @@ struct Args {
     /// Directory under which the processes keep their data (default: a temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Edge and ledger without TLS (for an A/B against the default mutual TLS).
+    #[arg(long)]
+    plaintext: bool,
+}
+
+/// The edge's flags for reaching the ledger over the cluster's TLS, if on.
+fn edge_flags(cluster: &LedgerCluster, name: &str) -> anyhow::Result<Vec<String>> {
+    cluster.tls_flags(&tollgate_tls::Role::Edge(name.into()))
 }
 
 /// SSE events in one Anthropic stream from the mock (3 opening, 8 deltas, 4 closing).
@@ -465,7 +474,12 @@ async fn main() -> anyhow::Result<()> {
         println!("keeping data and logs in {}", dir.keep().display());
     }
 
-    let cluster = LedgerCluster::start(&bin, &dir_path, args.nodes)?;
+    let cluster = LedgerCluster::start_with(
+        &bin,
+        &dir_path,
+        args.nodes,
+        if args.plaintext { Transport::Plaintext } else { Transport::Tls },
+    )?;
     let secret = principals(&cluster).await?;
     let client = http_client(1024);
     if !args.skip_latency {
@@ -488,7 +502,9 @@ async fn latency(
 ) -> anyhow::Result<()> {
     let mock = MockProc::start(mock_bin, dir, "mock-latency", 0)?;
     mock.wait_ready(Duration::from_secs(10)).await?;
-    let edge = EdgeProc::start(bin, dir, "edge-latency", &cluster.servers(), &format!("http://{}", mock.addr), &[])?;
+    let flags = edge_flags(cluster, "edge-latency")?;
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let edge = EdgeProc::start(bin, dir, "edge-latency", &cluster.servers(), &format!("http://{}", mock.addr), &flags)?;
     edge.wait_ready(Duration::from_secs(30)).await?;
     let body = request_body(args.prompt_bytes, false);
     let direct: Uri = format!("http://{}/v1/messages", mock.addr).parse()?;
@@ -627,7 +643,9 @@ async fn memory(
     let delay_ms = (args.stream_seconds * 1000 / MOCK_EVENTS).max(1);
     let mock = MockProc::start(mock_bin, dir, "mock-streams", delay_ms)?;
     mock.wait_ready(Duration::from_secs(10)).await?;
-    let edge = EdgeProc::start(bin, dir, "edge-streams", &cluster.servers(), &format!("http://{}", mock.addr), &[])?;
+    let flags = edge_flags(cluster, "edge-streams")?;
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let edge = EdgeProc::start(bin, dir, "edge-streams", &cluster.servers(), &format!("http://{}", mock.addr), &flags)?;
     edge.wait_ready(Duration::from_secs(30)).await?;
     let pid = edge.pid().context("the edge is not running")?;
     let client = http_client(args.streams + 16);

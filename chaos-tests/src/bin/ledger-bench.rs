@@ -5,7 +5,8 @@
 //! through the nodes in turn for `--seconds`; prints settled pairs per second.
 //! Phase 2 (latency): an open loop issuing `--rate` Reserves per second for
 //! `--seconds` (each followed by its Settle, untimed); prints Reserve latency
-//! p50/p99/max. Every loop is bounded in time and count.
+//! p50/p99/max. Every loop is bounded in time and count. The nodes and the
+//! clients talk mutual TLS, as in production, unless `--plaintext`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use tollgate_chaos::cluster::{sibling_binary, LedgerCluster};
+use tollgate_chaos::cluster::{sibling_binary, LedgerCluster, Transport};
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
@@ -51,6 +52,9 @@ struct Args {
     /// Directory under which the nodes keep their data (default: a temp dir).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Run nodes and clients without TLS (for an A/B against the default mutual TLS).
+    #[arg(long)]
+    plaintext: bool,
 }
 
 const KEYS: usize = 64;
@@ -101,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
     if args.keep {
         println!("keeping node data and logs in {}", dir.keep().display());
     }
-    let cluster = LedgerCluster::start(&bin, &dir_path, args.nodes)?;
+    let transport = if args.plaintext { Transport::Plaintext } else { Transport::Tls };
+    let cluster = LedgerCluster::start_with(&bin, &dir_path, args.nodes, transport)?;
+    let edge_tls = cluster.client_tls(&tollgate_tls::Role::Edge("bench".into()))?;
+    let admin_tls = cluster.client_tls(&tollgate_tls::Role::Admin("harness".into()))?;
     let admin = cluster.admin(Duration::from_secs(30)).await.context("cluster did not come up")?;
 
     // One team, one user, KEYS keys, budgets far above what the run spends.
@@ -125,19 +132,22 @@ async fn main() -> anyhow::Result<()> {
         };
         admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
     }
-    let status = tollgate_client::AdminClient::node_status_at(&cluster.addrs[&1], Duration::from_secs(2)).await?;
+    let status =
+        tollgate_client::AdminClient::node_status_at(&cluster.addrs[&1], Duration::from_secs(2), admin_tls.clone())
+            .await?;
     let leader_addr = cluster.addrs[&status.leader_id].clone();
     let targets: Vec<String> = if args.leader_only { vec![leader_addr.clone()] } else { cluster.servers() };
     // One channel per target per 64 workers: HTTP/2 multiplexes, but one
     // connection per target would serialize on a single socket.
     let mut clients = Vec::new();
     for _ in 0..(args.concurrency / 64).max(1) {
-        clients.push(LedgerClient::new(&targets, Duration::from_secs(10))?);
+        clients.push(LedgerClient::new(&targets, Duration::from_secs(10), edge_tls.clone())?);
     }
     println!(
-        "ledger-bench: {} nodes (leader {}), fsync on, {} keys, requests to {}",
+        "ledger-bench: {} nodes (leader {}), fsync on, {}, {} keys, requests to {}",
         args.nodes,
         status.leader_id,
+        if args.plaintext { "plaintext" } else { "mutual TLS" },
         KEYS,
         if args.leader_only { "the leader only" } else { "every node in turn" }
     );
@@ -145,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
     // As an edge does: concurrent requests share batched calls to every node.
     let coalescer = (!args.no_coalesce).then(|| {
         Coalescer::start(
-            LedgerClient::new(&targets, Duration::from_secs(10)).expect("client"),
+            LedgerClient::new(&targets, Duration::from_secs(10), edge_tls.clone()).expect("client"),
             CoalescerConfig::default(),
         )
     });
@@ -158,7 +168,8 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     if !args.latency_only {
-        throughput(&args, &clients, coalescer.clone(), &keys, &leader_addr, status.applied_index).await?;
+        let leader = (leader_addr.as_str(), admin_tls.clone());
+        throughput(&args, &clients, coalescer.clone(), &keys, leader, status.applied_index).await?;
     }
     latency(&args, &clients, coalescer, &keys).await
 }
@@ -193,7 +204,7 @@ async fn throughput(
     clients: &[LedgerClient],
     coalescer: Option<Coalescer>,
     keys: &[String],
-    leader_addr: &str,
+    (leader_addr, admin_tls): (&str, Option<Arc<tollgate_tls::ClusterTls>>),
     start_index: u64,
 ) -> anyhow::Result<()> {
     // ---- phase 1: saturation ----
@@ -260,7 +271,7 @@ async fn throughput(
         args.concurrency,
         errors.load(Ordering::Relaxed)
     );
-    let after = tollgate_client::AdminClient::node_status_at(leader_addr, Duration::from_secs(2)).await?;
+    let after = tollgate_client::AdminClient::node_status_at(leader_addr, Duration::from_secs(2), admin_tls).await?;
     println!(
         "  log entries used: {} for {} commands ({:.0} commands per entry)",
         after.applied_index - start_index,

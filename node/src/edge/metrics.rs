@@ -15,6 +15,7 @@ pub struct Metrics {
     spend: Counter,
     tokens: Counter,
     outbox_dropped: Counter,
+    connections_refused: Counter,
     overhead: Histogram,
     upstream: Histogram,
     pub outbox_depth: AtomicI64,
@@ -40,6 +41,12 @@ impl Metrics {
         if n > 0 {
             self.tokens.add(&[model, kind], n);
         }
+    }
+
+    /// A client connection closed before any request: `per_ip_limit` or
+    /// `tls_handshake`.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused.add(&[reason], 1);
     }
 
     pub fn outbox_dropped(&self, kind: &str) {
@@ -87,6 +94,12 @@ impl Metrics {
             "tollgate_outbox_dropped_total",
             "Outbox records the ledger refused permanently (logged), by kind.",
             &["kind"],
+        );
+        self.connections_refused.render(
+            &mut out,
+            "tollgate_connections_refused_total",
+            "Client connections closed before a request: per_ip_limit (too many open from one address), tls_handshake (failed or too slow).",
+            &["reason"],
         );
         self.overhead.render(
             &mut out,

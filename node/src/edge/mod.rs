@@ -11,7 +11,7 @@ mod proxy;
 pub mod watch;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ use tokio::sync::{Notify, Semaphore};
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
 use tollgate_ledger::node::LedgerProbe;
+use tollgate_tls::http::HttpTls;
+use tollgate_tls::ClusterTls;
 
 use fail_open::FailOpen;
 
@@ -89,7 +91,10 @@ pub(crate) struct Shared {
 /// A running edge.
 pub struct Edge {
     pub local_addr: SocketAddr,
+    /// Where `--ops-listen` serves, once bound.
+    pub ops_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    http_tls: Option<Arc<HttpTls>>,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -111,14 +116,28 @@ fn upstream_client() -> anyhow::Result<UpstreamClient> {
         .build(https))
 }
 
+fn shared_ops_addr(settings: &EdgeSettings) -> Option<SocketAddr> {
+    settings.ops_listen
+}
+
 impl Edge {
     /// Binds the listener, opens the outbox (replaying what an earlier run
     /// left), starts the config watch and serves.
-    pub async fn start(settings: EdgeSettings, embedded: Option<LedgerProbe>) -> anyhow::Result<Edge> {
+    pub async fn start(
+        settings: EdgeSettings,
+        embedded: Option<LedgerProbe>,
+        tls: Option<Arc<ClusterTls>>,
+    ) -> anyhow::Result<Edge> {
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", settings.data_dir.display()))?;
+        let http_tls = match &settings.http_tls {
+            Some((cert, key)) => {
+                Some(HttpTls::load(cert.clone(), key.clone()).map_err(|e| anyhow::anyhow!("HTTPS: {e}"))?)
+            }
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
-        let ledger = LedgerClient::new(&settings.ledger, Duration::from_secs(10))
+        let ledger = LedgerClient::new(&settings.ledger, Duration::from_secs(10), tls)
             .map_err(|s| anyhow::anyhow!("ledger addresses: {}", s.message()))?;
         let coalescer = Coalescer::start(ledger.clone(), CoalescerConfig::default());
         let (outbox, fail_open) = Outbox::open(
@@ -134,6 +153,13 @@ impl Edge {
             .await
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
         let local_addr = listener.local_addr()?;
+        let ops_listener = match shared_ops_addr(&settings) {
+            Some(addr) => Some(
+                TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listening on --ops-listen {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
         let shared = Arc::new(Shared {
             http: upstream_client()?,
             settings,
@@ -147,9 +173,21 @@ impl Edge {
             embedded,
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(serve(listener, shared.clone(), stopped));
-        tracing::info!("edge listening on http://{local_addr}");
-        Ok(Edge { local_addr, shared, stop, server })
+        if let Some(l) = ops_listener {
+            tokio::spawn(serve(l, shared.clone(), stopped.clone(), None, Listener::Ops));
+        }
+        let server = tokio::spawn(serve(listener, shared.clone(), stopped, http_tls.clone(), Listener::Gateway));
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        tracing::info!("edge listening on {scheme}://{local_addr}");
+        if let Some(a) = ops_addr {
+            tracing::info!("edge operations endpoints on http://{a} (/healthz, /readyz, /metrics)");
+        }
+        Ok(Edge { local_addr, ops_addr, shared, stop, server, http_tls })
+    }
+
+    /// The HTTPS certificate of the listener, for reloading on SIGHUP.
+    pub fn http_tls(&self) -> Option<Arc<HttpTls>> {
+        self.http_tls.clone()
     }
 
     /// Waits (bounded) until the config watch has delivered the config.
@@ -182,9 +220,68 @@ impl Edge {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+/// Client connections open per IP address; an address at its limit gets
+/// its new connections closed at once (so one client cannot take every slot).
+pub(crate) struct PerIp {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+pub(crate) struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn new(max: usize) -> Arc<PerIp> {
+        Arc::new(PerIp { max, counts: Default::default() })
+    }
+
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.0.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// Which requests a listener answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The gateway: provider routes and the operations endpoints.
+    Gateway,
+    /// `--ops-listen`: only /healthz, /readyz and /metrics.
+    Ops,
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    http_tls: Option<Arc<HttpTls>>,
+    kind: Listener,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let (max, per_ip) = match kind {
+        Listener::Gateway => (shared.settings.max_connections, shared.settings.max_connections_per_ip),
+        // Scrapers and probes: few, from few addresses.
+        Listener::Ops => (64, 16),
+    };
+    let slots = Arc::new(Semaphore::new(max));
+    let per_ip = PerIp::new(per_ip);
+    let first_byte = shared.settings.first_byte_timeout;
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -194,7 +291,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: tokio::s
             a = listener.accept() => a,
             _ = stopped.changed() => break,
         };
-        let (stream, _) = match accepted {
+        let (stream, remote) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("accept: {e}");
@@ -202,20 +299,50 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: tokio::s
                 continue;
             }
         };
+        let Some(ip_slot) = per_ip.enter(remote.ip()) else {
+            shared.metrics.connection_refused("per_ip_limit");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let s = shared.clone();
         let service = service_fn(move |req| {
             let s = s.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(s, req).await) }
+            async move {
+                Ok::<_, Infallible>(match kind {
+                    Listener::Gateway => proxy::handle(s, req).await,
+                    Listener::Ops => proxy::ops_only(&s, &req),
+                })
+            }
         });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let tls = http_tls.clone();
+        let metrics = shared.metrics.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            let _slots = (permit, ip_slot);
+            let io: Box<dyn tollgate_tls::transport::Io> = match &tls {
+                None => Box::new(stream),
+                // A client that does not finish its handshake in time loses the slot.
+                Some(tls) => match tokio::time::timeout(first_byte, tls.acceptor().accept(stream)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        metrics.connection_refused("tls_handshake");
+                        return tracing::debug!(%remote, "https handshake failed: {e}");
+                    }
+                    Err(_) => {
+                        metrics.connection_refused("tls_handshake");
+                        return tracing::debug!(%remote, "https handshake timed out");
+                    }
+                },
+            };
+            // The header timeout runs from the moment hyper waits for a
+            // request head, so it also closes a connection that sends
+            // nothing at first or idles between requests.
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(first_byte)
+                .serve_connection(TokioIo::new(io), service);
+            let _ = watcher.watch(conn).await;
         });
     }
     drop(listener);

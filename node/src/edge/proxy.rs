@@ -139,25 +139,21 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
     Ok(r.1)
 }
 
-/// Entry point for every request.
-pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let t0 = Instant::now();
-    let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => return plain(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, "/readyz") => {
-            return if s.config.is_live() {
-                let index = s.config.current().index;
-                plain(StatusCode::OK, "text/plain", format!("ready (config index {index})\n"))
-            } else {
-                plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "not ready: the config watch is not current\n".into(),
-                )
-            };
+/// `/healthz`, `/readyz` and `/metrics`, if `req` asks for one.
+fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    Some(match req.uri().path() {
+        "/healthz" => plain(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if s.config.is_live() => {
+            let index = s.config.current().index;
+            plain(StatusCode::OK, "text/plain", format!("ready (config index {index})\n"))
         }
-        (&Method::GET, "/metrics") => {
+        "/readyz" => {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the config watch is not current\n".into())
+        }
+        "/metrics" => {
             let mut text = s.metrics.render();
             tollgate_ledger::prom::gauge(
                 &mut text,
@@ -168,9 +164,29 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             if let Some(ledger) = &s.embedded {
                 text.push_str(&ledger.render_metrics());
             }
-            return plain(StatusCode::OK, "text/plain; version=0.0.4", text);
+            plain(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        _ => {}
+        _ => return None,
+    })
+}
+
+/// The `--ops-listen` listener: the operations endpoints and nothing else.
+pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    ops(s, req).unwrap_or_else(|| {
+        plain(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: this port serves /healthz, /readyz and /metrics\n".into(),
+        )
+    })
+}
+
+/// Entry point for every request.
+pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let t0 = Instant::now();
+    let path = req.uri().path().to_string();
+    if let Some(r) = ops(&s, &req) {
+        return r;
     }
     let route = match route(req.method(), &path, req.headers()) {
         Ok(r) => r,

@@ -7,9 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tollgate_chaos::pki::{host_of, Pki};
+use tollgate_tls::{ClusterTls, Role};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -46,19 +49,33 @@ pub struct Cluster {
     pub http: BTreeMap<u64, String>,
     pub children: BTreeMap<u64, Child>,
     pub extra_args: Vec<String>,
+    /// The cluster's CA when it runs over mutual TLS (the default).
+    pub pki: Option<Pki>,
 }
 
 impl Cluster {
-    /// Starts `n` ledger nodes; node 1 bootstraps.
+    /// Starts `n` ledger nodes over mutual TLS; node 1 bootstraps.
     pub fn start(n: u64, extra_args: &[&str]) -> Cluster {
+        Self::start_with(n, extra_args, true)
+    }
+
+    /// Starts `n` ledger nodes on loopback without TLS.
+    pub fn start_plaintext(n: u64, extra_args: &[&str]) -> Cluster {
+        Self::start_with(n, extra_args, false)
+    }
+
+    fn start_with(n: u64, extra_args: &[&str], tls: bool) -> Cluster {
         let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let http = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = tls.then(|| Pki::create(&dir.path().join("pki")).unwrap());
         let mut c = Cluster {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             addrs,
             http,
             children: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            pki,
         };
         for id in 1..=n {
             c.spawn(id);
@@ -72,6 +89,37 @@ impl Cluster {
 
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}"))
+    }
+
+    /// The `--tls-*` flags of `role` (issued on first use), none without TLS.
+    pub fn tls_flags(&self, role: &Role) -> Vec<String> {
+        let Some(pki) = &self.pki else { return vec![] };
+        let hosts = match role {
+            Role::Ledger(id) => self.addrs.get(id).map(|a| vec![host_of(a)]).unwrap_or_default(),
+            _ => vec![],
+        };
+        Pki::flags(&pki.files(role, &hosts).unwrap())
+    }
+
+    /// A loaded identity for an in-process client, none without TLS.
+    pub fn tls(&self, role: &Role) -> Option<Arc<ClusterTls>> {
+        let pki = self.pki.as_ref()?;
+        self.tls_flags(role);
+        Some(pki.client(role).unwrap())
+    }
+
+    /// What an edge would use to reach the ledger.
+    pub fn edge_tls(&self) -> Option<Arc<ClusterTls>> {
+        self.tls(&Role::Edge("test-edge".into()))
+    }
+
+    /// A channel to `addr` as `role` (over TLS when the cluster has it).
+    pub fn channel(&self, addr: &str, role: &Role) -> tonic::transport::Channel {
+        tollgate_tls::channel(addr, self.tls(role), |e| e.timeout(Duration::from_secs(10))).unwrap()
+    }
+
+    pub fn ledger_client(&self, servers: &[String]) -> tollgate_client::LedgerClient {
+        tollgate_client::LedgerClient::new(servers, Duration::from_secs(10), self.edge_tls()).unwrap()
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -88,6 +136,7 @@ impl Cluster {
         cmd.arg("ledger")
             .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
             .args(["--http", &self.http[&id]])
+            .args(self.tls_flags(&Role::Ledger(id)))
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(&self.extra_args)
@@ -130,6 +179,7 @@ impl Cluster {
             .args(["--server", server])
             .arg("--token-file")
             .arg(self.token_file())
+            .args(self.tls_flags(&Role::Admin("ops".into())))
             .args(args)
             .output()
             .unwrap()
@@ -231,6 +281,7 @@ pub fn converged(s: &Value, n: usize) -> bool {
 pub fn node_status(c: &Cluster, id: u64) -> tollgate_proto::v1::NodeStatusResponse {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        tollgate_client::AdminClient::node_status_at(&c.addrs[&id], Duration::from_secs(2)).await.unwrap()
+        let tls = c.tls(&Role::Admin("ops".into()));
+        tollgate_client::AdminClient::node_status_at(&c.addrs[&id], Duration::from_secs(2), tls).await.unwrap()
     })
 }

@@ -1,0 +1,130 @@
+//! Who may call which service of a ledger node, decided once per request
+//! from the caller's certificate (see `tollgate_tls::role`):
+//!
+//! | service          | callers                                                |
+//! |------------------|--------------------------------------------------------|
+//! | `RaftService`    | a ledger whose id is a member (or, before this node    |
+//! |                  | knows any membership, one listed in its `--peers`)     |
+//! | `LedgerService`  | edges and ledgers                                      |
+//! | `AdminService`   | admins and ledgers (which forward reads), plus the     |
+//! |                  | admin token on every call but `NodeStatus`             |
+//! | reflection, `NodeStatus` | any certificate of the cluster CA              |
+//!
+//! A refusal is `PERMISSION_DENIED` before the handler runs, so it changes
+//! nothing. Without TLS (`tollgate up` on loopback, `--insecure-plaintext`)
+//! there are no certificates and every caller is let through: that mode
+//! trusts the network.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tollgate_tls::{PeerInfo, Role, RoleKind};
+use tonic::{Request, Status};
+
+use crate::raft_types::{NodeId, Raft};
+
+/// Which callers a service admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Member ledgers only.
+    Members,
+    /// Edges and ledgers.
+    Edges,
+    /// Admins and ledgers.
+    Admins,
+    /// Any certificate of the cluster CA that names a role.
+    Anyone,
+}
+
+impl Audience {
+    fn admits(self, kind: RoleKind) -> bool {
+        match self {
+            Audience::Members => kind == RoleKind::Ledger,
+            Audience::Edges => matches!(kind, RoleKind::Edge | RoleKind::Ledger),
+            Audience::Admins => matches!(kind, RoleKind::Admin | RoleKind::Ledger),
+            Audience::Anyone => true,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Audience::Members => "a ledger node that is a member of this cluster",
+            Audience::Edges => "an edge or ledger certificate",
+            Audience::Admins => "an admin certificate",
+            Audience::Anyone => "a certificate of the cluster CA",
+        }
+    }
+}
+
+/// The authorization check every service of a node goes through.
+#[derive(Clone)]
+pub struct Gate {
+    /// Whether the node serves mutual TLS; without it, every caller passes.
+    tls: bool,
+    raft: Raft,
+    /// `--peers`: trusted as members until this node learns the membership.
+    peers: Arc<BTreeSet<NodeId>>,
+}
+
+impl Gate {
+    pub fn new(tls: bool, raft: Raft, peers: BTreeSet<NodeId>) -> Gate {
+        Gate { tls, raft, peers: Arc::new(peers) }
+    }
+
+    /// The caller's role, if `audience` admits it; `Ok(None)` without TLS.
+    pub fn check<T>(&self, req: &Request<T>, audience: Audience) -> Result<Option<Role>, Status> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let info: &PeerInfo = tollgate_tls::peer(req)
+            .ok_or_else(|| Status::permission_denied("the caller's certificate is unknown to this server"))?;
+        let role = match &info.role {
+            Ok(r) => r,
+            Err(e) => return Err(Status::permission_denied(format!("the client certificate is refused: {e}"))),
+        };
+        if !audience.admits(role.kind()) {
+            return Err(Status::permission_denied(format!(
+                "{role} may not call this service: it needs {}",
+                audience.describe()
+            )));
+        }
+        if let (Audience::Members, Role::Ledger(id)) = (audience, role) {
+            if !self.is_member(*id) {
+                return Err(Status::permission_denied(format!("{role} is not a member of this cluster")));
+            }
+        }
+        Ok(Some(role.clone()))
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        if membership.nodes().next().is_none() {
+            return self.peers.contains(&id);
+        }
+        membership.get_node(&id).is_some()
+    }
+
+    /// A tonic interceptor admitting `audience`.
+    pub fn interceptor(
+        &self,
+        audience: Audience,
+    ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone + Send + Sync + 'static {
+        let gate = self.clone();
+        move |req| gate.check(&req, audience).map(|_| req)
+    }
+
+    /// For Raft messages that name their sender (a vote's node id): over
+    /// TLS the certificate must be that node's, so one member cannot speak
+    /// for another.
+    pub fn check_sender<T>(&self, req: &Request<T>, claimed: Option<NodeId>) -> Result<(), Status> {
+        match self.check(req, Audience::Members)? {
+            Some(Role::Ledger(id)) if claimed.is_some_and(|c| c != id) => Err(Status::permission_denied(format!(
+                "ledger:{id} sent a message on behalf of node {}",
+                claimed.unwrap_or_default()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
