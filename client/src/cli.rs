@@ -58,6 +58,11 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Bounds on what one request may do.
+    Limits {
+        #[command(subcommand)]
+        cmd: LimitsCmd,
+    },
     /// The most recent config changes with who made them and when.
     Audit {
         #[arg(long)]
@@ -133,6 +138,21 @@ pub enum BudgetCmd {
     },
     /// Lists every budget.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCmd {
+    /// Sets the largest amount one request may reserve, settle or charge.
+    Set {
+        /// Dollars, e.g. 1100.
+        #[arg(long, allow_hyphen_values = true)]
+        max_request_usd: String,
+    },
+    /// Shows the limits in force.
+    Show {
         #[arg(long)]
         json: bool,
     },
@@ -269,6 +289,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let msg = pb::SetPolicyRequest { scope: scope.clone(), allowed_models: allow_models };
             let r = client.call(msg, |mut c, r| async move { c.set_policy(r).await }).await.map_err(fail)?;
             println!("policy for {scope} set (index {})", r.index);
+            Ok(())
+        }
+        AdminCmd::Limits { cmd: LimitsCmd::Set { max_request_usd } } => {
+            let msg = pb::SetLimitsRequest { max_request_usd };
+            let r = client.call(msg, |mut c, r| async move { c.set_limits(r).await }).await.map_err(fail)?;
+            println!("per-request maximum: {} (index {})", usd(r.max_request_nano_usd), r.index);
+            Ok(())
+        }
+        AdminCmd::Limits { cmd: LimitsCmd::Show { json } } => {
+            let r = client
+                .call(pb::GetConfigRequest {}, |mut c, r| async move { c.get_config(r).await })
+                .await
+                .map_err(fail)?;
+            if json {
+                println!("{}", json!({"index": r.index, "max_request_nano_usd": r.max_request_nano_usd}));
+            } else {
+                println!("per-request maximum: {}", usd(r.max_request_nano_usd));
+            }
             Ok(())
         }
         AdminCmd::Audit { json } => {

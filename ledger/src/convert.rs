@@ -117,6 +117,7 @@ pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
             .collect(),
         heartbeat: false,
         in_touch: false,
+        max_request_nano_usd: s.limits.max_request.0,
     }
 }
 

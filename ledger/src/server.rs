@@ -246,11 +246,16 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
     }
 
     async fn release(&self, req: Request<pb::ReleaseBatch>) -> Result<Response<pb::ReleaseResults>, Status> {
+        // Tombstones are bounded per caller: name it by its certificate.
+        let caller = match tollgate_tls::peer(&req).map(|p| &p.role) {
+            Some(Ok(role)) => role.to_string(),
+            _ => String::new(),
+        };
         let batch = req.into_inner();
         let results = propose_items(
             &self.proposer,
             &batch.hold_ids,
-            |h| Ok(Command::Release { hold: hold_id(Some(h))? }),
+            |h| Ok(Command::ReleaseBy { hold: hold_id(Some(h))?, caller: caller.clone() }),
             |o| match o {
                 Outcome::Released => None,
                 Outcome::Rejected(r) => Some(item_error(r)),
@@ -618,6 +623,15 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let by = req.get_ref().by.clone();
         let (rows, index) = self.sm.read(|a| usage_rows(&a.state, &by).map(|r| (r, a.applied_index())))?;
         Ok(Response::new(pb::UsageResponse { rows, index }))
+    }
+
+    async fn set_limits(&self, req: Request<pb::SetLimitsRequest>) -> Result<Response<pb::SetLimitsResponse>, Status> {
+        let auth = self.authorize(&req)?;
+        let r = req.into_inner();
+        let max_request = NanoUsd::from_str(&r.max_request_usd)
+            .map_err(|e| Status::invalid_argument(format!("max_request_usd: {e}")))?;
+        let index = self.admin(&auth, AdminOp::SetLimits { max_request }).await?;
+        Ok(Response::new(pb::SetLimitsResponse { index, max_request_nano_usd: max_request.0 }))
     }
 
     async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {

@@ -408,3 +408,99 @@ fn a_fail_open_charge_long_after_its_reserve_expired_replaces_the_unsettled_char
     assert_eq!(team_budget(&s).settled, NanoUsd(350));
     assert!(s.check_invariants().is_ok());
 }
+
+/// The review's findings, each a command a rogue or buggy caller could send:
+/// the state machine bounds what one command may do, whoever sent it.
+mod bounds {
+    use super::*;
+
+    fn soft_team(s: &mut LedgerState, i: &mut u64) {
+        let op = AdminOp::SetBudget {
+            scope: Scope::Team("eng".into()),
+            model: None,
+            limit: NanoUsd(1_000),
+            period: Period::Monthly,
+            mode: Mode::Soft,
+        };
+        assert_eq!(one(s, i, T0, admin(op)), Outcome::Done);
+    }
+
+    #[test]
+    fn a_settle_or_charge_above_the_per_request_maximum_is_refused_and_changes_nothing() {
+        let (mut s, mut i) = org(u64::MAX, Period::Monthly);
+        assert!(matches!(one(&mut s, &mut i, T0, reserve(1, 600, 60_000)), Outcome::Granted { .. }));
+        let before = s.digest();
+        let huge = |hold: u128| Command::Charge {
+            hold: HoldId(hold),
+            key: "k1".into(),
+            model: "m".into(),
+            cost: NanoUsd(u64::MAX),
+            usage: Usage::default(),
+            estimated: false,
+            session: None,
+            ttl_ms: 60_000,
+        };
+        // A settle of a live hold, a fail-open charge of it, and one of an unknown hold.
+        for cmd in [settle(1, u64::MAX), huge(1), huge(9)] {
+            let Outcome::Rejected(r) = one(&mut s, &mut i, T0, cmd) else { panic!("accepted") };
+            assert_eq!(r.code, ErrorCode::InvalidArgument);
+            assert!(r.message.contains("per-request maximum $1100.00"), "{}", r.message);
+        }
+        // Only the index moved.
+        s.check_invariants().unwrap();
+        assert_eq!(team_budget(&s).spent(), NanoUsd::ZERO);
+        assert_eq!(team_budget(&s).held, NanoUsd(600));
+        assert_ne!(before, s.digest()); // last_index differs
+                                        // Reserves are bounded the same way; an operator can raise the bound.
+        let big = DEFAULT_MAX_REQUEST.0 + 1;
+        assert!(matches!(one(&mut s, &mut i, T0, reserve(2, big, 60_000)), Outcome::Rejected(_)));
+        let op = AdminOp::SetLimits { max_request: NanoUsd(big) };
+        assert_eq!(one(&mut s, &mut i, T0, admin(op)), Outcome::Done);
+        assert!(matches!(one(&mut s, &mut i, T0, reserve(2, big, 60_000)), Outcome::Granted { .. }));
+        assert_eq!(s.audit.last().unwrap().what, "set limits max request $1100.000000001");
+        let op = AdminOp::SetLimits { max_request: NanoUsd::ZERO };
+        assert!(matches!(one(&mut s, &mut i, T0, admin(op)), Outcome::Rejected(_)));
+    }
+
+    #[test]
+    fn a_soft_budget_refuses_a_hold_that_would_overflow_instead_of_saturating() {
+        let (mut s, mut i) = org(1_000, Period::Monthly);
+        soft_team(&mut s, &mut i);
+        let op = AdminOp::SetLimits { max_request: NanoUsd(u64::MAX) };
+        assert_eq!(one(&mut s, &mut i, T0, admin(op)), Outcome::Done);
+        assert!(matches!(one(&mut s, &mut i, T0, reserve(1, 500, 60_000)), Outcome::Granted { .. }));
+        // Today's finding: a u64::MAX hold saturated `held`, and releasing it
+        // wiped the other hold of the team.
+        let Outcome::Rejected(r) = one(&mut s, &mut i, T0, reserve(2, u64::MAX, 60_000)) else { panic!("held") };
+        assert!(r.message.contains("overflow"), "{}", r.message);
+        assert_eq!(one(&mut s, &mut i, T0, Command::Release { hold: HoldId(2) }), Outcome::Released);
+        assert_eq!(team_budget(&s).held, NanoUsd(500));
+        s.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn release_tombstones_are_bounded_per_caller_and_expire() {
+        let (mut s, mut i) = org(1_000, Period::Monthly);
+        let max = s.limits.max_tombstones_per_caller;
+        let release = |hold: u128, caller: &str| Command::ReleaseBy { hold: HoldId(hold), caller: caller.into() };
+        // One call's worth at a time, as a flood of unknown-id releases would come.
+        let mut id = 1_000u128;
+        while (id - 1_000) < u128::from(max) + 5_000 {
+            i += 1;
+            let cmds = (0..4096).map(|k| release(id + k, "edge:mallory")).collect();
+            s.apply(i, &Batch { time_ms: T0, cmds });
+            id += 4096;
+        }
+        assert_eq!(s.tombstones["edge:mallory"].len() as u64, max);
+        // Another caller keeps its own: its tombstones still refuse a late reserve.
+        assert_eq!(one(&mut s, &mut i, T0, release(7, "edge:honest")), Outcome::Released);
+        let Outcome::Rejected(r) = one(&mut s, &mut i, T0, reserve(7, 10, 60_000)) else { panic!("resurrected") };
+        assert_eq!(r.code, ErrorCode::FailedPrecondition);
+        assert_eq!(s.holds.len() as u64, max + 1);
+        s.check_invariants().unwrap();
+        // After the longest ttl they are all forgotten.
+        one(&mut s, &mut i, T0 + MAX_TTL_MS + 1, Command::Tick);
+        assert!(s.tombstones.is_empty() && s.holds.is_empty());
+        s.check_invariants().unwrap();
+    }
+}

@@ -200,6 +200,8 @@ pub struct PriceEntry {
     pub cache_write_1h: Option<u64>,
     pub cache_read: Option<u64>,
     pub web_search: Option<u64>,
+    /// The most output tokens one request may ask for.
+    pub max_output_tokens: Option<u64>,
 }
 
 impl PriceEntry {
@@ -214,6 +216,7 @@ impl PriceEntry {
             },
             long_context: None,
             web_search: self.web_search.unwrap_or(WEB_SEARCH_NANO),
+            max_output_tokens: self.max_output_tokens,
         }
     }
 }
@@ -564,11 +567,14 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_and_bad_values_are_named() {
-        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"a:1\"]\n").unwrap();
-        let flags =
-            Overrides { ledger: Some(vec!["b:2".into()]), estimate: Some(EstimateMode::Strict), ..Default::default() };
+        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"localhost:1\"]\n").unwrap();
+        let flags = Overrides {
+            ledger: Some(vec!["127.0.0.2:2".into()]),
+            estimate: Some(EstimateMode::Strict),
+            ..Default::default()
+        };
         let s = EdgeSettings::resolve(&f, &flags, None).unwrap();
-        assert_eq!(s.ledger, vec!["b:2"]);
+        assert_eq!(s.ledger, vec!["127.0.0.2:2"]);
         assert_eq!(s.estimate, EstimateMode::Strict);
         let flags = Overrides { upstream_openai: Some("ftp://x".into()), ..Default::default() };
         let err = EdgeSettings::resolve(&f, &flags, None).unwrap_err();
@@ -577,20 +583,43 @@ mod tests {
         assert!(err.contains("sideways") || err.contains("fail_mode"), "{err}");
         // fail_mode open with its allowance in exact dollars; the default is $10.
         let f = FileConfig::parse(
-            "version = 1\n[edge]\nledger = [\"a:1\"]\nfail_mode = \"open\"\nfail_open_allowance_usd = \"2.5\"\n",
+            "version = 1\n[edge]\nledger = [\"localhost:1\"]\nfail_mode = \"open\"\nfail_open_allowance_usd = \"2.5\"\n",
         )
         .unwrap();
         let s = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap();
         assert_eq!((s.fail_mode, s.fail_open_allowance), (FailMode::Open, NanoUsd(2_500_000_000)));
-        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"a:1\"]\n").unwrap();
+        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"localhost:1\"]\n").unwrap();
         let s = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap();
         assert_eq!((s.fail_mode, s.fail_open_allowance), (FailMode::Closed, NanoUsd(10_000_000_000)));
         let f =
-            FileConfig::parse("version = 1\n[edge]\nledger = [\"a:1\"]\nfail_open_allowance_usd = \"-1\"\n").unwrap();
+            FileConfig::parse("version = 1\n[edge]\nledger = [\"localhost:1\"]\nfail_open_allowance_usd = \"-1\"\n")
+                .unwrap();
         let err = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap_err();
         assert!(err.contains("fail_open_allowance_usd"), "{err}");
         let empty = FileConfig { version: 1, ..Default::default() };
         let err = EdgeSettings::resolve(&empty, &Overrides::default(), None).unwrap_err();
         assert!(err.contains("ledger"), "{err}");
+    }
+
+    #[test]
+    fn a_ledger_off_this_machine_needs_tls_or_an_explicit_insecure_flag() {
+        let f = FileConfig::parse("version = 1\n[edge]\nledger = [\"10.0.0.1:7070\", \"127.0.0.1:7070\"]\n").unwrap();
+        let err = EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap_err();
+        assert!(err.contains("10.0.0.1:7070 is not loopback") && err.contains("--tls-ca"), "{err}");
+        let insecure = Overrides { insecure_plaintext: true, ..Default::default() };
+        assert!(EdgeSettings::resolve(&f, &insecure, None).unwrap().cluster_tls.is_none());
+        let files = TlsFiles { ca: "ca.pem".into(), cert: "e.pem".into(), key: "e.key".into() };
+        let tls = Overrides { cluster_tls: Some(files.clone()), ..Default::default() };
+        assert_eq!(EdgeSettings::resolve(&f, &tls, None).unwrap().cluster_tls, Some(files));
+        // The file's [cluster_tls] needs all three; [tls] both.
+        let f = FileConfig::parse(
+            "version = 1\n[edge]\nledger = [\"10.0.0.1:7070\"]\n[cluster_tls]\nca = \"a\"\ncert = \"b\"\n",
+        )
+        .unwrap();
+        assert!(EdgeSettings::resolve(&f, &Overrides::default(), None).unwrap_err().contains("all three"));
+        for (addr, local) in [("127.0.0.1:1", true), ("localhost:1", true), ("[::1]:1", true), ("10.1.2.3:1", false)] {
+            assert_eq!(is_loopback(addr), local, "{addr}");
+        }
+        assert!(!is_loopback("ledger-1.internal:7070"));
     }
 }

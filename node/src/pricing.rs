@@ -44,47 +44,66 @@ pub struct Price {
     pub long_context: Option<(u64, Rates)>,
     /// Nano-USD per server-side web search.
     pub web_search: u64,
+    /// The most output tokens one request may ask for (`max_tokens`), as
+    /// the provider documents it; `None` when not known (no check).
+    pub max_output_tokens: Option<u64>,
+}
+
+impl Price {
+    const fn max_output(self, tokens: u64) -> Price {
+        Price { max_output_tokens: Some(tokens), ..self }
+    }
 }
 
 /// $10 per 1,000 searches.
 pub const WEB_SEARCH_NANO: u64 = 10_000_000;
 
 const fn anthropic(input: u64, output: u64) -> Price {
-    Price { rates: Rates::anthropic(input, output), long_context: None, web_search: WEB_SEARCH_NANO }
+    Price {
+        rates: Rates::anthropic(input, output),
+        long_context: None,
+        web_search: WEB_SEARCH_NANO,
+        max_output_tokens: None,
+    }
 }
 
 const fn openai(input: u64, cached: u64, output: u64) -> Price {
-    Price { rates: Rates::openai(input, cached, output), long_context: None, web_search: 0 }
+    Price { rates: Rates::openai(input, cached, output), long_context: None, web_search: 0, max_output_tokens: None }
 }
 
 /// The table shipped with the binary: (model id prefix, price).
 pub fn builtin() -> Vec<(String, Price)> {
     let sonnet_long = Some((200_000, Rates::anthropic(6_000, 22_500)));
+    // Max output tokens as each provider documents them (platform.claude.com
+    // model pages; OpenAI's model pages, or gateways citing them): a
+    // request asking for more is refused at the edge with the maximum named.
+    // Sonnet 3.7 takes 128k with its `output-128k-2025-02-19` beta header.
+    // o3-mini's is not published where we could check: unchecked.
     let mut t: Vec<(&str, Price)> = vec![
-        ("claude-opus-4-6", anthropic(5_000, 25_000)),
-        ("claude-opus-4-5", anthropic(5_000, 25_000)),
-        ("claude-opus-4-1", anthropic(15_000, 75_000)),
-        ("claude-opus-4", anthropic(15_000, 75_000)),
-        ("claude-sonnet-4-6", anthropic(3_000, 15_000)),
-        ("claude-sonnet-4-5", Price { long_context: sonnet_long, ..anthropic(3_000, 15_000) }),
-        ("claude-sonnet-4", Price { long_context: sonnet_long, ..anthropic(3_000, 15_000) }),
-        ("claude-3-7-sonnet", anthropic(3_000, 15_000)),
-        ("claude-haiku-4-5", anthropic(1_000, 5_000)),
-        ("claude-3-5-haiku", anthropic(800, 4_000)),
-        ("claude-3-haiku", anthropic(250, 1_250)),
-        ("gpt-5-nano", openai(50, 5, 400)),
-        ("gpt-5-mini", openai(250, 25, 2_000)),
-        ("gpt-5.2", openai(1_750, 175, 14_000)),
-        ("gpt-5.1", openai(1_250, 125, 10_000)),
-        ("gpt-5", openai(1_250, 125, 10_000)),
-        ("gpt-4.1-nano", openai(100, 25, 400)),
-        ("gpt-4.1-mini", openai(400, 100, 1_600)),
-        ("gpt-4.1", openai(2_000, 500, 8_000)),
-        ("gpt-4o-mini", openai(150, 75, 600)),
-        ("gpt-4o", openai(2_500, 1_250, 10_000)),
-        ("o4-mini", openai(1_100, 275, 4_400)),
+        ("claude-opus-4-6", anthropic(5_000, 25_000).max_output(128_000)),
+        ("claude-opus-4-5", anthropic(5_000, 25_000).max_output(64_000)),
+        ("claude-opus-4-1", anthropic(15_000, 75_000).max_output(32_000)),
+        ("claude-opus-4", anthropic(15_000, 75_000).max_output(32_000)),
+        ("claude-sonnet-4-6", anthropic(3_000, 15_000).max_output(128_000)),
+        ("claude-sonnet-4-5", Price { long_context: sonnet_long, ..anthropic(3_000, 15_000) }.max_output(64_000)),
+        ("claude-sonnet-4", Price { long_context: sonnet_long, ..anthropic(3_000, 15_000) }.max_output(64_000)),
+        ("claude-3-7-sonnet", anthropic(3_000, 15_000).max_output(128_000)),
+        ("claude-haiku-4-5", anthropic(1_000, 5_000).max_output(64_000)),
+        ("claude-3-5-haiku", anthropic(800, 4_000).max_output(8_192)),
+        ("claude-3-haiku", anthropic(250, 1_250).max_output(4_096)),
+        ("gpt-5-nano", openai(50, 5, 400).max_output(128_000)),
+        ("gpt-5-mini", openai(250, 25, 2_000).max_output(128_000)),
+        ("gpt-5.2", openai(1_750, 175, 14_000).max_output(128_000)),
+        ("gpt-5.1", openai(1_250, 125, 10_000).max_output(128_000)),
+        ("gpt-5", openai(1_250, 125, 10_000).max_output(128_000)),
+        ("gpt-4.1-nano", openai(100, 25, 400).max_output(32_768)),
+        ("gpt-4.1-mini", openai(400, 100, 1_600).max_output(32_768)),
+        ("gpt-4.1", openai(2_000, 500, 8_000).max_output(32_768)),
+        ("gpt-4o-mini", openai(150, 75, 600).max_output(16_384)),
+        ("gpt-4o", openai(2_500, 1_250, 10_000).max_output(16_384)),
+        ("o4-mini", openai(1_100, 275, 4_400).max_output(100_000)),
         ("o3-mini", openai(1_100, 550, 4_400)),
-        ("o3", openai(2_000, 500, 8_000)),
+        ("o3", openai(2_000, 500, 8_000).max_output(100_000)),
     ];
     // Longest prefix first, so `gpt-5-mini` wins over `gpt-5`.
     t.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
@@ -147,14 +166,30 @@ impl PriceTable {
 
     /// The price of `model`, and whether it came from the fallback.
     pub fn price(&self, model: &str) -> (&Price, bool) {
-        // A prefix matches at a `-` boundary only, so `gpt-5-mini-2025-08-07`
-        // finds `gpt-5-mini`, but a newer `gpt-5.5` does not silently take
-        // `gpt-5`'s (lower) price: it gets the fallback until it is listed.
-        let matches = |p: &str| model.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
-        match self.entries.iter().find(|(p, _)| matches(p)) {
+        match self.entry(model) {
             Some((_, price)) => (price, false),
             None => (&self.fallback, true),
         }
+    }
+
+    /// The listed entry for `model`. A prefix matches at a `-` boundary only,
+    /// so `gpt-5-mini-2025-08-07` finds `gpt-5-mini`, but a newer `gpt-5.5`
+    /// does not silently take `gpt-5`'s (lower) price: it gets the fallback
+    /// until it is listed.
+    fn entry(&self, model: &str) -> Option<&(String, Price)> {
+        let matches = |p: &str| model.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
+        self.entries.iter().find(|(p, _)| matches(p))
+    }
+
+    /// The label `model` gets on metrics: the listed family it belongs to,
+    /// else `other`, so clients cannot mint label values.
+    pub fn label(&self, model: &str) -> &str {
+        self.entry(model).map_or("other", |(p, _)| p.as_str())
+    }
+
+    /// The most output tokens `model` accepts per request, if known.
+    pub fn max_output_tokens(&self, model: &str) -> Option<u64> {
+        self.entry(model).and_then(|(_, p)| p.max_output_tokens)
     }
 
     /// The exact cost of `usage` on `model`. `input_tokens` are uncached

@@ -175,6 +175,11 @@ pub struct LedgerState {
     /// Usage by `team:…`, `user:…`, `key:…`, `model:…`.
     pub usage: BTreeMap<String, Counters>,
     pub audit: Vec<AuditRec>,
+    /// Bounds on single commands (see [`Limits`]).
+    pub limits: Limits,
+    /// Release tombstones by the caller that left them, by when each is
+    /// forgotten: bounded per caller.
+    pub tombstones: BTreeMap<String, OrdSet<(u64, HoldId)>>,
     /// Derived: live holds by expiry.
     #[serde(skip)]
     expiries: OrdSet<(u64, HoldId)>,
@@ -292,7 +297,25 @@ impl LedgerState {
                 break;
             }
             self.forgets.remove(&(at, id));
-            self.holds.remove(&id);
+            if self.holds.remove(&id).is_some_and(|h| h.info.is_none()) {
+                self.untrack_tombstone(at, id);
+            }
+        }
+    }
+
+    /// Drops a forgotten tombstone from its caller's set.
+    fn untrack_tombstone(&mut self, at: u64, id: HoldId) {
+        let mut emptied = None;
+        for (caller, set) in self.tombstones.iter_mut() {
+            if set.remove(&(at, id)).is_some() {
+                if set.is_empty() {
+                    emptied = Some(caller.clone());
+                }
+                break;
+            }
+        }
+        if let Some(caller) = emptied {
+            self.tombstones.remove(&caller);
         }
     }
 
@@ -302,7 +325,8 @@ impl LedgerState {
             Command::Settle { hold, cost, usage, estimated, session: _ } => {
                 self.settle(*hold, *cost, usage, *estimated)
             }
-            Command::Release { hold } => self.release(*hold),
+            Command::Release { hold } => self.release(*hold, ""),
+            Command::ReleaseBy { hold, caller } => self.release(*hold, caller),
             Command::Charge { hold, key, model, cost, usage, estimated, session: _, ttl_ms } => {
                 self.charge_direct(*hold, key, model, *cost, usage, *estimated, *ttl_ms)
             }
@@ -321,6 +345,21 @@ impl LedgerState {
                 out
             }
         }
+    }
+
+    /// Refuses an amount above the per-request maximum.
+    fn check_amount(&self, what: &str, amount: NanoUsd) -> Result<(), Outcome> {
+        if amount > self.limits.max_request {
+            return Err(Outcome::reject(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "{what} {amount} is above the per-request maximum {} (an operator can raise it: `tollgate admin \
+                     limits set --max-request-usd`)",
+                    self.limits.max_request
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The user and team `key` belongs to, and whether it is revoked.
@@ -363,6 +402,9 @@ impl LedgerState {
         if amount == NanoUsd::ZERO {
             return Outcome::reject(InvalidArgument, "reserve amount must be greater than zero");
         }
+        if let Err(r) = self.check_amount("reserve amount", amount) {
+            return r;
+        }
         if let Err(r) = check_ttl_model(ttl_ms, model) {
             return r;
         }
@@ -393,6 +435,12 @@ impl LedgerState {
         for id in &ids {
             let b = self.budgets.get_mut(id).expect("chain budget exists");
             b.roll(now);
+            // Soft budgets too: a hold that would overflow a sum is refused,
+            // never saturated (a saturated `held` loses other holds on release).
+            let fits = b.held.checked_add(amount).and_then(|h| h.checked_add(b.spent())).is_some();
+            if !fits {
+                return Outcome::reject(InvalidArgument, format!("reserving {amount} would overflow {}", b.scope));
+            }
             if b.mode == Mode::Hard {
                 let used = b.spent().saturating_add(b.held);
                 if used.checked_add(amount).is_none_or(|total| total > b.limit) {
@@ -492,6 +540,9 @@ impl LedgerState {
 
     fn settle(&mut self, hold: HoldId, cost: NanoUsd, usage: &Usage, estimated: bool) -> Outcome {
         use ErrorCode::*;
+        if let Err(r) = self.check_amount("settle cost", cost) {
+            return r;
+        }
         let Some(h) = self.holds.get(&hold) else {
             return Outcome::reject(NotFound, format!("unknown hold {hold}"));
         };
@@ -532,6 +583,9 @@ impl LedgerState {
         if self.holds.contains_key(&hold) {
             return self.settle(hold, cost, usage, estimated);
         }
+        if let Err(r) = self.check_amount("charge", cost) {
+            return r;
+        }
         if let Err(r) = check_ttl_model(ttl_ms, model) {
             return r;
         }
@@ -568,12 +622,25 @@ impl LedgerState {
         Outcome::Settled { charged: cost, duplicate: false }
     }
 
-    fn release(&mut self, hold: HoldId) -> Outcome {
+    fn release(&mut self, hold: HoldId, caller: &str) -> Outcome {
         let Some(h) = self.holds.get(&hold) else {
             // Released before its reserve committed (or instead of it):
-            // remember the id so the reserve can never resurrect it.
+            // remember the id so the reserve can never resurrect it. Each
+            // caller keeps a bounded number: past it, its oldest goes first
+            // (at worst a very late reserve of that id then holds, and
+            // expires charged: over-counted, never under-counted).
+            let max = self.limits.max_tombstones_per_caller.max(1);
+            while self.tombstones.get(caller).is_some_and(|t| t.len() as u64 >= max) {
+                let oldest = self.tombstones.get(caller).and_then(|t| t.get_min().copied());
+                let Some((at, id)) = oldest else { break };
+                self.forgets.remove(&(at, id));
+                self.holds.remove(&id);
+                self.untrack_tombstone(at, id);
+            }
             self.holds.insert(hold, HoldRec { info: None, state: HoldState::Released, forget_at_ms: 0 });
             self.finish(hold, HoldState::Released, MAX_TTL_MS);
+            let at = self.clock_ms.saturating_add(MAX_TTL_MS);
+            self.tombstones.entry(caller.to_string()).or_default().insert((at, hold));
             return Outcome::Released;
         };
         match (&h.state, h.info.clone()) {
@@ -802,6 +869,12 @@ impl LedgerState {
                     self.policies.insert(scope.to_string(), allowed_models.clone());
                 }
             }
+            AdminOp::SetLimits { max_request } => {
+                if *max_request == NanoUsd::ZERO {
+                    return Outcome::reject(InvalidArgument, "the per-request maximum must be greater than zero");
+                }
+                self.limits.max_request = *max_request;
+            }
         }
         Outcome::Done
     }
@@ -838,6 +911,22 @@ impl LedgerState {
         }
         if self.expiries.len() != self.holds.values().filter(|h| matches!(h.state, HoldState::Active { .. })).count() {
             return Err("expiry index and live holds disagree".to_string());
+        }
+        let mut tracked = 0usize;
+        for (caller, set) in &self.tombstones {
+            if set.is_empty() || set.len() as u64 > self.limits.max_tombstones_per_caller.max(1) {
+                return Err(format!("caller {caller:?} has {} tombstones", set.len()));
+            }
+            for (at, id) in set {
+                let ok = self.holds.get(id).is_some_and(|h| h.info.is_none() && h.forget_at_ms == *at);
+                if !ok {
+                    return Err(format!("tombstone {id} of {caller:?} is not a released hold forgotten at {at}"));
+                }
+            }
+            tracked += set.len();
+        }
+        if tracked != self.holds.values().filter(|h| h.info.is_none()).count() {
+            return Err("tombstone index and released holds disagree".to_string());
         }
         for (id, b) in &self.budgets {
             let want = held.get(id).copied().unwrap_or_default();

@@ -13,6 +13,33 @@ use crate::money::NanoUsd;
 /// for many minutes; an edge still streaming extends its hold.
 pub const MAX_TTL_MS: u64 = 2 * 60 * 60 * 1000;
 
+/// The per-request maximum unless an operator sets another
+/// (`tollgate admin limits set`): $1,100, above the largest reservation an
+/// edge with its default settings can make (a 32 MiB body in strict mode,
+/// every byte priced as a 1-hour cache write of the dearest listed model:
+/// about $1,007, plus that model's largest output).
+pub const DEFAULT_MAX_REQUEST: NanoUsd = NanoUsd(1_100_000_000_000);
+
+/// Release tombstones (ids released before, or instead of, their reserve)
+/// kept per caller; past this the caller's oldest is forgotten early.
+pub const DEFAULT_MAX_TOMBSTONES_PER_CALLER: u64 = 65_536;
+
+/// Bounds on what a single command may do, whoever sent it. Replicated, so
+/// every node applies the same bounds at the same index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The largest amount one Reserve may hold and one Settle or Charge may charge.
+    pub max_request: NanoUsd,
+    /// Release tombstones kept per caller (an edge's certificate name).
+    pub max_tombstones_per_caller: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_request: DEFAULT_MAX_REQUEST, max_tombstones_per_caller: DEFAULT_MAX_TOMBSTONES_PER_CALLER }
+    }
+}
+
 /// A hold id minted by the edge, unique per request, so a retry is recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -137,6 +164,10 @@ pub enum Command {
         /// How long the finished hold is remembered (duplicates answered).
         ttl_ms: u64,
     },
+    /// Release, naming the caller that sent it (`edge:NAME` from its
+    /// certificate; empty without TLS), so the tombstones one caller can
+    /// leave are bounded. Appended last: older logs still decode.
+    ReleaseBy { hold: HoldId, caller: String },
 }
 
 /// Config changes. Validated again by the state machine, so a bad one changes nothing.
@@ -173,6 +204,10 @@ pub enum AdminOp {
         scope: Scope,
         allowed_models: Vec<String>,
     },
+    /// Replaces the per-request maximum. Appended last: older logs decode.
+    SetLimits {
+        max_request: NanoUsd,
+    },
 }
 
 impl AdminOp {
@@ -194,6 +229,7 @@ impl AdminOp {
             AdminOp::SetPolicy { scope, allowed_models } => {
                 format!("set policy {scope} allow [{}]", allowed_models.join(","))
             }
+            AdminOp::SetLimits { max_request } => format!("set limits max request {max_request}"),
         }
     }
 }

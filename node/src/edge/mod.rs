@@ -8,6 +8,7 @@ pub mod fail_open;
 pub mod metrics;
 pub mod outbox;
 mod proxy;
+mod request;
 pub mod watch;
 
 use std::convert::Infallible;
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     /// The ledger running in the same process (`tollgate up`), whose
     /// metrics `/metrics` includes.
     pub(crate) embedded: Option<LedgerProbe>,
+    /// Requests in flight per virtual key.
+    pub(crate) per_key: Arc<Limiter<String>>,
 }
 
 /// A running edge.
@@ -160,6 +163,7 @@ impl Edge {
             None => None,
         };
         let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let settings_max_per_key = settings.max_concurrent_per_key;
         let shared = Arc::new(Shared {
             http: upstream_client()?,
             settings,
@@ -171,6 +175,7 @@ impl Edge {
             pending: Arc::new(Pending::default()),
             fail_open,
             embedded,
+            per_key: Limiter::new(settings_max_per_key),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(l) = ops_listener {
@@ -220,32 +225,37 @@ impl Edge {
     }
 }
 
-/// Client connections open per IP address; an address at its limit gets
-/// its new connections closed at once (so one client cannot take every slot).
-pub(crate) struct PerIp {
+/// At most `max` at once per key: client connections per IP address (an
+/// address at its limit gets new connections closed at once, so one client
+/// cannot take every slot), requests in flight per virtual key. The map
+/// holds only keys with something open, so it is bounded by what is open.
+pub(crate) struct Limiter<K: std::hash::Hash + Eq + Clone> {
     max: usize,
-    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    counts: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
-pub(crate) struct IpSlot(Arc<PerIp>, IpAddr);
+/// One place in a [`Limiter`], given back on drop.
+pub(crate) struct Slot<K: std::hash::Hash + Eq + Clone>(Arc<Limiter<K>>, K);
 
-impl PerIp {
-    fn new(max: usize) -> Arc<PerIp> {
-        Arc::new(PerIp { max, counts: Default::default() })
+pub(crate) type KeySlot = Slot<String>;
+
+impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
+    pub(crate) fn new(max: usize) -> Arc<Limiter<K>> {
+        Arc::new(Limiter { max, counts: Default::default() })
     }
 
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+    pub(crate) fn enter(self: &Arc<Self>, key: &K) -> Option<Slot<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(ip).or_insert(0);
+        let n = counts.entry(key.clone()).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
-        Some(IpSlot(self.clone(), ip))
+        Some(Slot(self.clone(), key.clone()))
     }
 }
 
-impl Drop for IpSlot {
+impl<K: std::hash::Hash + Eq + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut counts = self.0.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&self.1) {
@@ -280,7 +290,7 @@ async fn serve(
         Listener::Ops => (64, 16),
     };
     let slots = Arc::new(Semaphore::new(max));
-    let per_ip = PerIp::new(per_ip);
+    let per_ip = Limiter::<IpAddr>::new(per_ip);
     let first_byte = shared.settings.first_byte_timeout;
     loop {
         let permit = tokio::select! {
@@ -299,7 +309,7 @@ async fn serve(
                 continue;
             }
         };
-        let Some(ip_slot) = per_ip.enter(remote.ip()) else {
+        let Some(ip_slot) = per_ip.enter(&remote.ip()) else {
             shared.metrics.connection_refused("per_ip_limit");
             drop(stream);
             continue;

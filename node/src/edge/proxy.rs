@@ -19,8 +19,9 @@ use tollgate_ledger::state::{Denial, Period, Scope, Usage};
 use tollgate_proto::v1 as pb;
 
 use super::outbox::Record;
+use super::request::{valid_model_id, BodyError, Head};
 use super::watch::Principal;
-use super::Shared;
+use super::{KeySlot, Shared};
 use crate::config::{EstimateMode, FailMode};
 use crate::errors::{self, Api, ErrorResponse};
 use crate::meter::{read_anthropic_usage, read_openai_usage, SseParser, StreamMeter};
@@ -82,7 +83,9 @@ impl Route {
     }
 }
 
-/// Hop-by-hop headers and those the edge sets itself.
+/// Hop-by-hop headers, those the edge sets itself, the client's cookies and
+/// the client's forwarding headers (its addresses are not the provider's
+/// business).
 fn skip_request_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -99,14 +102,43 @@ fn skip_request_header(name: &HeaderName) -> bool {
             | "x-api-key"
             | "authorization"
             | "accept-encoding"
-    )
+            | "cookie"
+            | "forwarded"
+            | "via"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+    ) || name.as_str().starts_with("x-forwarded-")
 }
 
+/// Hop-by-hop headers, cookies the provider sets, and the provider's
+/// account identifiers (the company's organisation is not the client's).
 fn skip_response_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "set-cookie"
+            | "anthropic-organization-id"
+            | "openai-organization"
+            | "openai-project"
     )
+}
+
+/// Header names listed in `Connection` (hop-by-hop by declaration).
+fn connection_named(h: &HeaderMap) -> Vec<String> {
+    h.get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// The virtual key: `x-api-key`, else `Authorization: Bearer`.
@@ -181,6 +213,15 @@ pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
     })
 }
 
+/// The 400 for an implausible model id (its echo is bounded and escaped).
+fn invalid_model_message(model: &str) -> String {
+    let shown: String = model.chars().take(40).collect();
+    format!(
+        "model: {shown:?}{} is not a valid model id (1-128 characters, no spaces or control characters)",
+        if shown.len() < model.len() { "…" } else { "" }
+    )
+}
+
 /// Entry point for every request.
 pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let t0 = Instant::now();
@@ -195,7 +236,8 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             return respond_error(&e);
         }
     };
-    let mut ctx = Ctx { s: s.clone(), route, api: route.api(), t0, model: String::new(), overhead: Duration::ZERO };
+    let mut ctx =
+        Ctx { s: s.clone(), route, api: route.api(), t0, model: String::new(), overhead: Duration::ZERO, slot: None };
     let resp = match ctx.run(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -203,7 +245,8 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             respond_error(&e)
         }
     };
-    s.metrics.request(route.label(), &ctx.model, resp.status().as_u16());
+    let model = s.settings.prices.label(&ctx.model);
+    s.metrics.request(route.label(), model, resp.status().as_u16());
     if !ctx.overhead.is_zero() {
         s.metrics.overhead(ctx.overhead);
     }
@@ -218,6 +261,9 @@ struct Ctx {
     model: String,
     /// Time spent in the edge, upstream excluded (set once known).
     overhead: Duration,
+    /// This request's place in its key's concurrency limit; a metered
+    /// request hands it to its settler, which keeps it until the end.
+    slot: Option<KeySlot>,
 }
 
 /// What admission decided.
@@ -268,6 +314,16 @@ impl Ctx {
         let Some(principal) = view.authenticate(secret).cloned() else {
             return Err(self.err(401, "Tollgate: invalid or revoked API key"));
         };
+        let max = self.s.settings.max_concurrent_per_key;
+        self.slot = Some(self.s.per_key.enter(&principal.key_id).ok_or_else(|| {
+            self.err(
+                429,
+                format!(
+                    "Tollgate: this API key already has {max} requests in flight, the most the gateway allows per key; \
+                     retry when one finishes"
+                ),
+            )
+        })?);
         let limit = self.s.settings.max_body_bytes;
         let declared = parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
@@ -296,9 +352,11 @@ impl Ctx {
         match self.route {
             Route::Messages | Route::ChatCompletions => self.metered(parts, body, principal).await,
             Route::CountTokens | Route::Models(_) => {
-                if let Some(model) =
-                    serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["model"].as_str().map(String::from))
-                {
+                let model = Head::parse(&body).ok().and_then(|h| h.model.map(|m| m.into_owned()));
+                if let Some(model) = model {
+                    if !valid_model_id(&model) {
+                        return Err(self.err(400, invalid_model_message(&model)));
+                    }
                     if let Err(scope) = view.check_policy(&principal, &model) {
                         return Err(
                             self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}"))
@@ -328,8 +386,12 @@ impl Ctx {
     fn client_response(&self, head: hyper::http::response::Parts, body: Body, keep_length: bool) -> Response<Body> {
         let mut r = Response::new(body);
         *r.status_mut() = head.status;
+        let named = connection_named(&head.headers);
         for (name, value) in head.headers.iter() {
-            if skip_response_header(name) || (!keep_length && name == "content-length") {
+            if skip_response_header(name)
+                || (!keep_length && name == "content-length")
+                || named.iter().any(|n| n == name.as_str())
+            {
                 continue;
             }
             r.headers_mut().append(name.clone(), value.clone());
@@ -350,11 +412,15 @@ impl Ctx {
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri = format!("{}{pq}", upstream.url);
         let mut b = Request::builder().method(parts.method.clone()).uri(&uri);
+        let named = connection_named(&parts.headers);
         for (name, value) in parts.headers.iter() {
-            if !skip_request_header(name) {
+            if !skip_request_header(name) && !named.iter().any(|n| n == name.as_str()) {
                 b = b.header(name, value);
             }
         }
+        // A GET carries no body upstream, whatever the client sent: a body on
+        // a pooled connection would desynchronise it.
+        let body = if parts.method == Method::GET || parts.method == Method::HEAD { Bytes::new() } else { body };
         let key = upstream.api_key.as_deref().unwrap_or_default();
         b = match self.api {
             Api::Anthropic => b.header("x-api-key", key),
@@ -370,48 +436,73 @@ impl Ctx {
         self.s.metrics.upstream(sent.elapsed());
         match result {
             Err(_) => Err(self.err(504, "Tollgate: the upstream did not answer in time")),
-            Ok(Err(e)) => Err(self.err(502, format!("Tollgate: could not reach the upstream ({}): {e}", upstream.url))),
+            Ok(Err(e)) => {
+                // The details name internal addresses: for the log, not the client.
+                tracing::warn!(upstream = %upstream.url, error = %e, "could not reach the upstream");
+                Err(self.err(502, "Tollgate: could not reach the model provider; try again shortly"))
+            }
+            Ok(Ok(r)) if matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                // The client's key was fine (it got this far): the provider
+                // refused the gateway's own credential. Its body describes
+                // the company's account, so it stays in the log.
+                tracing::error!(
+                    upstream = %upstream.url, status = %r.status(),
+                    "the provider refused the gateway's credential; check ANTHROPIC_API_KEY / OPENAI_API_KEY"
+                );
+                Err(self.err(
+                    502,
+                    format!(
+                        "Tollgate: the model provider refused this gateway's own credential (HTTP {}); the gateway \
+                         is misconfigured: tell its operator",
+                        r.status().as_u16()
+                    ),
+                ))
+            }
             Ok(Ok(r)) => Ok(r),
         }
     }
 
     /// Admission: parse, policy, estimate, reserve.
-    async fn admit(
+    async fn admit<'b>(
         &mut self,
         parts: &hyper::http::request::Parts,
-        body: &Bytes,
+        body: &'b Bytes,
         principal: Principal,
-    ) -> Result<(Admitted, Value), ErrorResponse> {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| self.err(400, format!("Tollgate: the request body is not valid JSON: {e}")))?;
-        if !v.is_object() {
-            return Err(self.err(400, "Tollgate: the request body must be a JSON object"));
-        }
-        let Some(model) = v.get("model").and_then(Value::as_str).map(str::to_string) else {
+    ) -> Result<(Admitted, Head<'b>), ErrorResponse> {
+        let head = Head::parse(body).map_err(|e| match e {
+            BodyError::Json(_) | BodyError::NotObject => self.err(400, format!("Tollgate: {e}")),
+            BodyError::Field { .. } => self.err(400, e.to_string()),
+        })?;
+        let Some(model) = head.model.as_deref().map(str::to_string) else {
             return Err(self.err(400, "model: Field required (a string)"));
         };
+        if !valid_model_id(&model) {
+            return Err(self.err(400, invalid_model_message(&model)));
+        }
         self.model = model.clone();
         let strict = self.s.settings.estimate == EstimateMode::Strict;
-        let max_out = match self.api {
-            Api::Anthropic => match v.get("max_tokens") {
-                Some(n) => n.as_u64().ok_or_else(|| self.err(400, "max_tokens: must be a positive integer"))?,
-                None => return Err(self.err(400, "max_tokens: Field required")),
+        let limit = self.s.settings.prices.max_output_tokens(&model);
+        let per_choice = match self.api {
+            Api::Anthropic => head.max_tokens.ok_or_else(|| self.err(400, "max_tokens: Field required"))?,
+            Api::OpenAi => match head.max_completion_tokens.or(head.max_tokens) {
+                Some(n) => n,
+                None if strict => {
+                    return Err(self.err(400, "Tollgate (strict admission): set max_completion_tokens or max_tokens so the request's cost is bounded"))
+                }
+                None => limit.map_or(self.s.settings.openai_default_max_tokens, |l| l.min(self.s.settings.openai_default_max_tokens)),
             },
-            Api::OpenAi => {
-                let given = v
-                    .get("max_completion_tokens")
-                    .filter(|n| !n.is_null())
-                    .or_else(|| v.get("max_tokens").filter(|n| !n.is_null()));
-                let per_choice = match given {
-                    Some(n) => n.as_u64().ok_or_else(|| self.err(400, "max_completion_tokens: must be a positive integer"))?,
-                    None if strict => {
-                        return Err(self.err(400, "Tollgate (strict admission): set max_completion_tokens or max_tokens so the request's cost is bounded"))
-                    }
-                    None => self.s.settings.openai_default_max_tokens,
-                };
-                per_choice.saturating_mul(v.get("n").and_then(Value::as_u64).unwrap_or(1).max(1))
-            }
         };
+        if let Some(max) = limit.filter(|max| per_choice > *max) {
+            let field = if self.api == Api::Anthropic || head.max_completion_tokens.is_none() {
+                "max_tokens"
+            } else {
+                "max_completion_tokens"
+            };
+            return Err(
+                self.err(400, format!("{field}: {per_choice} is above the maximum of {max} output tokens for {model}"))
+            );
+        }
+        let max_out = per_choice.saturating_mul(head.n);
         let view = self.s.config.current();
         if let Err(scope) = view.check_policy(&principal, &model) {
             return Err(self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}")));
@@ -426,6 +517,16 @@ impl Ctx {
             (chars * 2).div_ceil(7)
         };
         let amount = self.s.settings.prices.reserve_amount(&model, input_estimate, max_out, strict);
+        let ledger_max = NanoUsd(view.max_request_nano_usd);
+        if ledger_max != NanoUsd::ZERO && amount > ledger_max {
+            return Err(self.err(
+                400,
+                format!(
+                    "Tollgate: this request could cost up to {amount}, above the per-request maximum of {ledger_max}; \
+                     lower max_tokens or send less input"
+                ),
+            ));
+        }
         let hold = hold_id();
         let ttl = self.s.settings.hold_ttl;
         let req = pb::ReserveRequest {
@@ -520,7 +621,7 @@ impl Ctx {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(MAX_SESSION_ID).collect())
             .unwrap_or_default();
-        Ok((Admitted { hold, principal, model, input_estimate, session, fail_open }, v))
+        Ok((Admitted { hold, principal, model, input_estimate, session, fail_open }, head))
     }
 
     async fn metered(
@@ -529,31 +630,16 @@ impl Ctx {
         body: Bytes,
         principal: Principal,
     ) -> Result<Response<Body>, ErrorResponse> {
-        let (adm, v) = self.admit(&parts, &body, principal).await?;
-        let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let (adm, head) = self.admit(&parts, &body, principal).await?;
         // OpenAI streams report usage only when asked: ask, and hide the
         // extra chunk from a client that did not.
-        let mut strip_usage = false;
-        let body = if self.api == Api::OpenAi
-            && stream
-            && v.pointer("/stream_options/include_usage") != Some(&Value::Bool(true))
-        {
-            let mut v = v;
-            let opts = v
-                .as_object_mut()
-                .map(|o| o.entry("stream_options").or_insert_with(|| Value::Object(Default::default())));
-            match opts {
-                Some(Value::Object(o)) => {
-                    o.insert("include_usage".into(), Value::Bool(true));
-                    strip_usage = true;
-                    Bytes::from(serde_json::to_vec(&v).unwrap_or_else(|_| body.to_vec()))
-                }
-                _ => body,
-            }
-        } else {
-            body
-        };
-        let settler = Settler { s: self.s.clone(), adm, api: self.api, done: false };
+        let rewritten = (self.api == Api::OpenAi && head.stream && !head.includes_usage())
+            .then(|| head.with_include_usage())
+            .flatten();
+        drop(head);
+        let strip_usage = rewritten.is_some();
+        let body = rewritten.unwrap_or(body);
+        let settler = Settler { s: self.s.clone(), adm, api: self.api, done: false, _slot: self.slot.take() };
         let up = match self.forward(&parts, body).await {
             Ok(r) => r,
             Err(e) => {
@@ -617,6 +703,8 @@ struct Settler {
     /// up while the edge waited for the upstream, or shutdown's grace ran
     /// out) is handled in `Drop`.
     done: bool,
+    /// The request's place in its key's concurrency limit, held to the end.
+    _slot: Option<KeySlot>,
 }
 
 impl Drop for Settler {
@@ -670,7 +758,7 @@ impl Settler {
         if let Some(amount) = self.adm.fail_open {
             s.fail_open.settled(amount, cost);
         }
-        let m = &self.adm.model;
+        let m = s.settings.prices.label(&self.adm.model);
         s.metrics.spend(&self.adm.principal.team, m, cost.0);
         s.metrics.tokens(m, "input", usage.input_tokens);
         s.metrics.tokens(m, "output", usage.output_tokens);
@@ -698,7 +786,7 @@ impl Settler {
         let outbox = s.outbox.clone();
         let guard = s.pending.enter();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::error!("no runtime to write a settle record on; {cost} for {m} is not recorded");
+            tracing::error!("no runtime to write a settle record on; {cost} for {} is not recorded", self.adm.model);
             return;
         };
         rt.spawn(async move {
@@ -721,8 +809,13 @@ impl Settler {
     }
 
     fn settle_json(self, body: &[u8]) {
-        let v: Option<Value> = serde_json::from_slice(body).ok();
-        let usage = v.as_ref().and_then(|v| v.get("usage")).filter(|u| u.is_object());
+        /// Only `usage` is kept; the rest of the response is skipped.
+        #[derive(serde::Deserialize)]
+        struct WithUsage {
+            usage: Option<Value>,
+        }
+        let v: Option<WithUsage> = serde_json::from_slice(body).ok();
+        let usage = v.as_ref().and_then(|v| v.usage.as_ref()).filter(|u| u.is_object());
         match (usage, self.api) {
             (Some(u), Api::Anthropic) => {
                 let mut usage = Usage::default();

@@ -28,6 +28,8 @@ pub struct ConfigView {
     keys: HashMap<String, Principal>,
     /// Allowed models by scope (`org`, `team:NAME`, `user:EMAIL`, `key:ID`).
     policies: HashMap<String, Vec<String>>,
+    /// The ledger's per-request maximum (0 from a ledger that predates it).
+    pub max_request_nano_usd: u64,
 }
 
 /// Hex SHA-256 of a key secret, as the ledger stores it.
@@ -63,7 +65,7 @@ impl ConfigView {
             })
             .collect();
         let policies = s.policies.iter().map(|p| (p.scope.clone(), p.allowed_models.clone())).collect();
-        ConfigView { index: s.index, keys, policies }
+        ConfigView { index: s.index, keys, policies, max_request_nano_usd: s.max_request_nano_usd }
     }
 
     /// The principal of a presented secret, if the key exists and is not revoked.
@@ -258,6 +260,7 @@ mod tests {
             ],
             heartbeat: false,
             in_touch: true,
+            max_request_nano_usd: 1_100_000_000_000,
         }
     }
 

@@ -64,6 +64,21 @@ impl Cluster {
         Self::start_with(n, extra_args, false)
     }
 
+    /// Like [`Cluster::start_plaintext`], but starts no node: the caller
+    /// spawns them when it wants.
+    pub fn prepare_plaintext(n: u64, extra_args: &[&str]) -> Cluster {
+        let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        let http = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            addrs,
+            http,
+            children: BTreeMap::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            pki: None,
+        }
+    }
+
     fn start_with(n: u64, extra_args: &[&str], tls: bool) -> Cluster {
         let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
         let http = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();

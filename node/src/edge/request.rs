@@ -1,0 +1,205 @@
+//! What admission needs from a request body (model, output limits, stream
+//! flags), read without building a tree of the whole body: the fields are
+//! borrowed as raw JSON slices and everything else is skipped, so a 32 MiB
+//! prompt costs its own bytes, not a `serde_json::Value` many times larger.
+//! A duplicated field is an error (the provider might read the other copy).
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// The longest model id accepted.
+pub const MAX_MODEL_BYTES: usize = 128;
+
+/// A plausible model id: 1-128 bytes, no whitespace or control characters.
+pub fn valid_model_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_MODEL_BYTES && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Keeps `null` visible (`Some("null")`); only an absent field is `None`.
+fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(default, borrow, deserialize_with = "raw")]
+    model: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    n: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    stream: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    stream_options: Option<&'a RawValue>,
+}
+
+/// Why a body cannot be admitted; each names the field, as the providers do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is not valid JSON: {0}")]
+    Json(String),
+    #[error("the request body must be a JSON object")]
+    NotObject,
+    #[error("{field}: {want}")]
+    Field { field: &'static str, want: &'static str },
+}
+
+/// The fields of a request body that admission reads.
+#[derive(Debug)]
+pub struct Head<'a> {
+    text: &'a str,
+    /// `None` when absent.
+    pub model: Option<Cow<'a, str>>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    /// OpenAI's number of choices (1 when absent).
+    pub n: u64,
+    pub stream: bool,
+    stream_options: Option<&'a RawValue>,
+}
+
+fn field<'a, T: Deserialize<'a>>(
+    raw: Option<&'a RawValue>,
+    name: &'static str,
+    want: &'static str,
+) -> Result<Option<T>, BodyError> {
+    match raw {
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) => serde_json::from_str(r.get()).map(Some).map_err(|_| BodyError::Field { field: name, want }),
+    }
+}
+
+impl<'a> Head<'a> {
+    /// Reads the head of a JSON object body.
+    pub fn parse(body: &'a [u8]) -> Result<Head<'a>, BodyError> {
+        let text = std::str::from_utf8(body).map_err(|e| BodyError::Json(e.to_string()))?;
+        if !text.trim_start().starts_with('{') {
+            // Also keeps serde from reading a struct out of a JSON array.
+            return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => Err(BodyError::NotObject),
+                Err(e) => Err(BodyError::Json(e.to_string())),
+            };
+        }
+        let f: Fields<'a> = serde_json::from_str(text).map_err(|e| BodyError::Json(e.to_string()))?;
+        let positive = "must be a positive integer";
+        Ok(Head {
+            text,
+            model: field(f.model, "model", "must be a string")?,
+            max_tokens: field(f.max_tokens, "max_tokens", positive)?,
+            max_completion_tokens: field(f.max_completion_tokens, "max_completion_tokens", positive)?,
+            n: field(f.n, "n", positive)?.unwrap_or(1u64).max(1),
+            stream: field(f.stream, "stream", "must be a boolean")?.unwrap_or(false),
+            stream_options: f.stream_options,
+        })
+    }
+
+    /// Whether `stream_options.include_usage` is `true`.
+    pub fn includes_usage(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Opts {
+            include_usage: Option<bool>,
+        }
+        self.stream_options
+            .and_then(|r| serde_json::from_str::<Opts>(r.get()).ok())
+            .is_some_and(|o| o.include_usage == Some(true))
+    }
+
+    /// The body with `stream_options.include_usage` set to true (OpenAI
+    /// reports a stream's usage only when asked), every other byte as the
+    /// client sent it; `None` if `stream_options` is there but not an object.
+    pub fn with_include_usage(&self) -> Option<Bytes> {
+        let text = self.text;
+        let Some(opts) = self.stream_options else {
+            // Absent: add it as the object's first member.
+            let open = text.len() - text.trim_start().len();
+            let (head, rest) = text.split_at(open + 1);
+            let sep = if rest.trim_start().starts_with('}') { "" } else { "," };
+            return Some(Bytes::from(format!("{head}\"stream_options\":{{\"include_usage\":true}}{sep}{rest}")));
+        };
+        let mut map: serde_json::Map<String, serde_json::Value> = match opts.get() {
+            "null" => serde_json::Map::new(),
+            other => serde_json::from_str(other).ok()?,
+        };
+        map.insert("include_usage".into(), serde_json::Value::Bool(true));
+        // Replace the member's value where the borrowed slice sits in the body.
+        let start = (opts.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        let end = start + opts.get().len();
+        let replaced = serde_json::to_string(&map).ok()?;
+        Some(Bytes::from(format!("{}{replaced}{}", text.get(..start)?, text.get(end..)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_only_the_fields_admission_needs() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \u00e9"}],"model":"claude-x","max_tokens":100,"stream":true,"extra":{"deep":[1,2,3]}}"#;
+        let h = Head::parse(body).unwrap();
+        assert_eq!(h.model.as_deref(), Some("claude-x"));
+        assert_eq!((h.max_tokens, h.max_completion_tokens, h.n, h.stream), (Some(100), None, 1, true));
+        // Escapes in the model are decoded.
+        let h = Head::parse(br#"{"model":"gpt\u002d4o","n":null,"max_tokens":null}"#).unwrap();
+        assert_eq!((h.model.as_deref(), h.max_tokens, h.n), (Some("gpt-4o"), None, 1));
+    }
+
+    #[test]
+    fn bad_bodies_name_what_is_wrong() {
+        let err = |b: &[u8]| Head::parse(b).unwrap_err();
+        assert_eq!(err(b"[1,2]"), BodyError::NotObject);
+        assert!(matches!(err(b"{\"model\":"), BodyError::Json(_)));
+        assert!(matches!(err(b"\xff\xfe"), BodyError::Json(_)));
+        assert_eq!(err(br#"{"model":5}"#), BodyError::Field { field: "model", want: "must be a string" });
+        assert_eq!(
+            err(br#"{"model":"m","max_tokens":-1}"#),
+            BodyError::Field { field: "max_tokens", want: "must be a positive integer" }
+        );
+        assert_eq!(
+            err(br#"{"model":"m","max_tokens":1.5}"#),
+            BodyError::Field { field: "max_tokens", want: "must be a positive integer" }
+        );
+        // A second `model` could be the one the provider reads: refused.
+        assert!(matches!(err(br#"{"model":"cheap","model":"dear"}"#), BodyError::Json(m) if m.contains("duplicate")));
+    }
+
+    #[test]
+    fn include_usage_is_set_and_nothing_else_changes() {
+        let check = |body: &str, want: &str| {
+            let h = Head::parse(body.as_bytes()).unwrap();
+            let out = h.with_include_usage().unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+            assert!(Head::parse(&out).unwrap().includes_usage());
+        };
+        check(
+            r#"{"model":"m","stream":true}"#,
+            r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#,
+        );
+        check(
+            r#"  { "model":"m","stream_options":{"include_usage":false,"x":1}, "z" : 2 }"#,
+            r#"  { "model":"m","stream_options":{"include_usage":true,"x":1}, "z" : 2 }"#,
+        );
+        check(
+            r#"{"model":"m","stream_options":null,"stream":true}"#,
+            r#"{"model":"m","stream_options":{"include_usage":true},"stream":true}"#,
+        );
+        let h = Head::parse(br#"{"model":"m","stream_options":"x"}"#).unwrap();
+        assert!(h.with_include_usage().is_none());
+    }
+
+    #[test]
+    fn model_ids_must_be_plausible() {
+        assert!(valid_model_id("claude-sonnet-4-5@20250929"));
+        assert!(valid_model_id("anthropic.claude-opus-4-6-v1:0"));
+        for bad in ["", "a b", "m\u{1b}[31m", "m\n", &"m".repeat(129)] {
+            assert!(!valid_model_id(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The cluster attacked as a security review did, from this test process
+//! (not a member) with real certificates against real `tollgate ledger`
+//! processes: every refusal is a clear status, and the state digest is the
+//! same afterwards. Also: the bootstrap registration of the admin token
+//! cannot be raced, a node whose token is not the cluster's exits, and the
+//! one-command bounds of the state machine hold through the gRPC API.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+use tollgate_chaos::pki::Pki;
+use tollgate_ledger::raft_types::{Entry, TypeConfig};
+use tollgate_ledger::state::{AdminOp, Batch, Command};
+use tollgate_proto::v1 as pb;
+use tollgate_proto::v1::admin_service_client::AdminServiceClient;
+use tollgate_proto::v1::ledger_service_client::LedgerServiceClient;
+use tollgate_proto::v1::raft_service_client::RaftServiceClient;
+use tollgate_tls::{ClusterTls, Role};
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn channel(addr: &str, tls: Option<std::sync::Arc<ClusterTls>>) -> Channel {
+    tollgate_tls::channel(addr, tls, |e| e.timeout(Duration::from_secs(5))).unwrap()
+}
+
+/// A forged AppendEntries claiming to come from `leader` in a later term,
+/// carrying an admin `CreateKey` and committing it.
+fn forged_append(term: u64, leader: u64, index: u64) -> pb::RaftPayload {
+    let batch = Batch {
+        time_ms: 1_800_000_000_000,
+        cmds: vec![Command::Admin {
+            actor: "mallory".into(),
+            op: AdminOp::CreateKey {
+                id: "key_forged".into(),
+                user: "ana@corp.io".into(),
+                name: "forged".into(),
+                secret_sha256: "f".repeat(64),
+            },
+        }],
+    };
+    let entry: Entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, leader), index + 1),
+        payload: EntryPayload::Normal(batch),
+    };
+    let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: Vote::new_committed(term, leader),
+        prev_log_id: None,
+        entries: vec![entry],
+        leader_commit: Some(LogId::new(CommittedLeaderId::new(term, leader), index + 1)),
+    };
+    pb::RaftPayload { data: tollgate_ledger::codec::encode(&req).unwrap() }
+}
+
+fn forged_vote(term: u64, candidate: u64) -> pb::RaftPayload {
+    let req = openraft::raft::VoteRequest::<u64> { vote: Vote::new(term, candidate), last_log_id: None };
+    pb::RaftPayload { data: tollgate_ledger::codec::encode(&req).unwrap() }
+}
+
+fn reserve_batch(key: &str) -> pb::ReserveBatch {
+    pb::ReserveBatch {
+        requests: vec![pb::ReserveRequest {
+            hold_id: Some(pb::HoldId { id: 77u128.to_be_bytes().to_vec() }),
+            key_id: key.into(),
+            model: "claude-sonnet-4-5".into(),
+            amount_nano_usd: 1_000,
+            ttl_ms: 60_000,
+        }],
+    }
+}
+
+/// The calls an outsider tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// A forged AppendEntries (later term, a CreateKey entry, committed).
+    Append,
+    /// A forged Vote in a later term.
+    Vote,
+    /// A forwarded config change, with the admin token.
+    Propose,
+    Reserve,
+    Watch,
+    /// A fail-open charge of u64::MAX.
+    Settle,
+    /// CreateTeam through the AdminService with `token`.
+    AdminWrite,
+}
+
+const RAFT: [Call; 3] = [Call::Append, Call::Vote, Call::Propose];
+const LEDGER: [Call; 3] = [Call::Reserve, Call::Watch, Call::Settle];
+
+/// Makes each call as the holder of `tls`; returns the gRPC code of each.
+async fn attack(
+    c: &Cluster,
+    addr: &str,
+    tls: Option<std::sync::Arc<ClusterTls>>,
+    (key, token): (&str, &str),
+    calls: &[Call],
+) -> Vec<(Call, Code)> {
+    let ch = channel(addr, tls);
+    let mut raft = RaftServiceClient::new(ch.clone());
+    let mut ledger = LedgerServiceClient::new(ch.clone());
+    let mut admin = AdminServiceClient::new(ch);
+    let admin_tls = c.tls(&Role::Admin("ops".into()));
+    let status =
+        tollgate_client::AdminClient::node_status_at(&c.addrs[&1], Duration::from_secs(5), admin_tls).await.unwrap();
+    let (term, index) = (status.term, status.last_log_index);
+    let mut out = Vec::new();
+    for call in calls {
+        let r = match call {
+            Call::Append => raft.append_entries(forged_append(term + 1, 2, index)).await.map(|_| ()),
+            Call::Vote => raft.vote(forged_vote(term + 1, 2)).await.map(|_| ()),
+            Call::Propose => {
+                let fwd = tollgate_ledger::proposer::ForwardRequest {
+                    cmds: vec![Command::Admin { actor: "x".into(), op: AdminOp::CreateTeam { name: "evil".into() } }],
+                    admin_token: Some(token.into()),
+                };
+                let data = tollgate_ledger::codec::encode(&fwd).unwrap();
+                raft.propose(pb::RaftPayload { data }).await.map(|_| ())
+            }
+            Call::Reserve => ledger.reserve(reserve_batch(key)).await.map(|_| ()),
+            Call::Watch => ledger.watch_config(pb::WatchConfigRequest::default()).await.map(|_| ()),
+            Call::Settle => {
+                let settle = pb::SettleBatch {
+                    requests: vec![pb::SettleRequest {
+                        hold_id: Some(pb::HoldId { id: 78u128.to_be_bytes().to_vec() }),
+                        cost_nano_usd: u64::MAX,
+                        fail_open_key_id: key.into(),
+                        model: "claude-sonnet-4-5".into(),
+                        ttl_ms: 60_000,
+                        ..Default::default()
+                    }],
+                };
+                ledger.settle(settle).await.map(|_| ())
+            }
+            Call::AdminWrite => {
+                let mut create = tonic::Request::new(pb::CreateTeamRequest { name: "evil".into() });
+                create.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+                admin.create_team(create).await.map(|_| ())
+            }
+        };
+        out.push((*call, r.map_or_else(|s| s.code(), |_| Code::Ok)));
+    }
+    out
+}
+
+fn all(calls: &[Call], code: Code) -> Vec<(Call, Code)> {
+    calls.iter().map(|c| (*c, code)).collect()
+}
+
+/// (applied index, digest, term) as node `id` reports it.
+fn fingerprint(c: &Cluster, id: u64) -> (u64, String, u64) {
+    let s = node_status(c, id);
+    (s.applied_index, s.state_digest, s.term)
+}
+
+#[test]
+fn outsiders_are_refused_and_change_nothing() {
+    let c = Cluster::start(3, &[]);
+    let leader = c.wait_ready();
+    let key = c.principal("eng", "ana@corp.io");
+    c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "100", "--period", "monthly"]);
+    c.wait_status(&[1], "converged", Duration::from_secs(10), |s| converged(s, 3));
+    let token = std::fs::read_to_string(c.token_file()).unwrap().trim().to_string();
+    let before: Vec<_> = (1..=3).map(|id| fingerprint(&c, id)).collect();
+    let pki = c.pki.clone().unwrap();
+    // Another CA's certificate, a ledger certificate of a node that is no
+    // member (id 9, from the cluster's own CA), and the roles that may not
+    // call what they try.
+    let stranger_dir = c.dir.path().join("stranger");
+    let stranger = Pki::create(&stranger_dir).unwrap();
+    let stranger_edge = stranger.client(&Role::Edge("e1".into())).unwrap();
+    pki.issue(&Role::Ledger(9), &["127.0.0.1".into()]).unwrap();
+    let non_member = pki.client(&Role::Ledger(9)).unwrap();
+    let edge = c.tls(&Role::Edge("e1".into())).unwrap();
+    let admin = c.tls(&Role::Admin("ops".into())).unwrap();
+    let addr = c.addrs[&leader].clone();
+    rt().block_on(async {
+        use Code::*;
+        let every: Vec<Call> = RAFT.iter().chain(LEDGER.iter()).copied().chain([Call::AdminWrite]).collect();
+        let creds = (key.as_str(), token.as_str());
+        // Plaintext and another CA's certificate never get past the
+        // handshake: no call is served (the transport error varies).
+        for (who, tls) in [("plaintext", None), ("another CA", Some(stranger_edge))] {
+            let seen = attack(&c, &addr, tls, creds, &every).await;
+            assert!(seen.iter().all(|(_, code)| !matches!(code, Ok | PermissionDenied)), "{who}: {seen:?}");
+        }
+        // An edge may not speak Raft, nor change config even with the token.
+        let calls: Vec<Call> = RAFT.iter().copied().chain([Call::AdminWrite]).collect();
+        let seen = attack(&c, &addr, Some(edge), creds, &calls).await;
+        assert_eq!(seen, all(&calls, PermissionDenied), "edge certificate");
+        // A ledger certificate of a node that is no member: no Raft, nor anything else.
+        let seen = attack(&c, &addr, Some(non_member), creds, &RAFT).await;
+        assert_eq!(seen, all(&RAFT, PermissionDenied), "non-member ledger certificate");
+        // An admin may neither speak Raft nor admit requests; a wrong token is refused.
+        let calls: Vec<Call> = RAFT.iter().chain(LEDGER.iter()).copied().collect();
+        let seen = attack(&c, &addr, Some(admin.clone()), creds, &calls).await;
+        assert_eq!(seen, all(&calls, PermissionDenied), "admin certificate");
+        let seen = attack(&c, &addr, Some(admin), (key.as_str(), "tga_wrong"), &[Call::AdminWrite]).await;
+        assert_eq!(seen, vec![(Call::AdminWrite, Unauthenticated)]);
+        // A member may not speak for another member.
+        let member = c.tls(&Role::Ledger(2)).unwrap();
+        let follower = (1..=3).find(|i| *i != 2).unwrap();
+        let mut raft = RaftServiceClient::new(channel(&c.addrs[&follower], Some(member)));
+        let admin_tls = c.tls(&Role::Admin("ops".into()));
+        let s = tollgate_client::AdminClient::node_status_at(&c.addrs[&1], Duration::from_secs(5), admin_tls)
+            .await
+            .unwrap();
+        let e = raft.vote(forged_vote(s.term + 1, 3)).await.unwrap_err();
+        assert_eq!(e.code(), PermissionDenied, "{e}");
+    });
+    // Nothing changed anywhere: same index, digest and term on every node.
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<_> = (1..=3).map(|id| fingerprint(&c, id)).collect();
+    assert_eq!(before, after);
+    let config = c.admin_json(1, &["usage", "--json"]);
+    assert_eq!(config["rows"][0]["spent_nano_usd"], 0, "{config}");
+    let audit = c.admin_json(1, &["audit", "--json"]);
+    assert!(!audit.to_string().contains("forged") && !audit.to_string().contains("evil"), "{audit}");
+}
+
+/// The refused u64::MAX charge of the review, through the API an edge uses:
+/// an item error, and team:eng still admits.
+#[test]
+fn a_charge_above_the_per_request_maximum_is_refused_through_the_api() {
+    let c = Cluster::start(3, &[]);
+    c.wait_ready();
+    let key = c.principal("eng", "ana@corp.io");
+    c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "100", "--period", "monthly"]);
+    rt().block_on(async {
+        let ledger = c.ledger_client(&c.addrs.values().cloned().collect::<Vec<_>>());
+        let settle = pb::SettleBatch {
+            requests: vec![pb::SettleRequest {
+                hold_id: Some(pb::HoldId { id: 78u128.to_be_bytes().to_vec() }),
+                cost_nano_usd: u64::MAX,
+                fail_open_key_id: key.clone(),
+                model: "claude-sonnet-4-5".into(),
+                ttl_ms: 60_000,
+                ..Default::default()
+            }],
+        };
+        let r = ledger.at(0).settle(settle).await.unwrap().into_inner();
+        let Some(pb::settle_result::Outcome::Error(e)) = &r.results[0].outcome else { panic!("{r:?}") };
+        assert_eq!(e.code, "invalid_argument");
+        assert!(e.message.contains("per-request maximum"), "{}", e.message);
+        let r = ledger.at(1).reserve(reserve_batch(&key)).await.unwrap().into_inner();
+        assert!(matches!(r.results[0].outcome, Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_))), "{r:?}");
+    });
+    let limits = c.admin_json(1, &["limits", "show", "--json"]);
+    assert_eq!(limits["max_request_nano_usd"], 1_100_000_000_000u64);
+    c.admin_ok(2, &["limits", "set", "--max-request-usd", "2000"]);
+    let limits = c.admin_json(3, &["limits", "show", "--json"]);
+    assert_eq!(limits["max_request_nano_usd"], 2_000_000_000_000u64);
+}
+
+/// Before the bootstrap node registers its token, a racer floods every node
+/// with its own registration (plaintext, the weakest setting): every try is
+/// refused, and the bootstrap node's token is the cluster's.
+#[test]
+fn the_admin_token_registration_cannot_be_raced() {
+    // Nodes 2 and 3 first; the bootstrap node comes a second into the race.
+    let mut c = Cluster::prepare_plaintext(3, &[]);
+    c.spawn(2);
+    c.spawn(3);
+    let racer_token = "tga_racer";
+    let mut refused = 0;
+    let rt = rt();
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut restarted = false;
+    while Instant::now() < deadline {
+        if !restarted && deadline - Instant::now() < Duration::from_secs(3) {
+            c.spawn(1);
+            restarted = true;
+        }
+        for addr in c.addrs.values() {
+            let fwd = tollgate_ledger::proposer::ForwardRequest {
+                cmds: vec![Command::Admin {
+                    actor: "bootstrap".into(),
+                    op: AdminOp::SetAdminToken { sha256: tollgate_ledger::server::sha256_hex(racer_token) },
+                }],
+                admin_token: Some(racer_token.into()),
+            };
+            let data = tollgate_ledger::codec::encode(&fwd).unwrap();
+            let r = rt.block_on(async {
+                RaftServiceClient::new(channel(addr, None)).propose(pb::RaftPayload { data }).await
+            });
+            match r {
+                Err(s) if s.code() == Code::PermissionDenied => refused += 1,
+                Err(_) => {} // not up yet
+                Ok(r) => panic!("a forwarded token registration was accepted: {:?}", r.into_inner()),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refused > 10, "the race never reached a node ({refused} refusals)");
+    c.wait_ready();
+    let audit = c.admin_json(2, &["audit", "--json"]);
+    let regs: Vec<_> = audit["entries"].as_array().unwrap().iter().filter(|e| e["what"] == "set admin token").collect();
+    assert_eq!(regs.len(), 1, "{audit}");
+    assert_eq!(regs[0]["actor"], "bootstrap");
+    // The racer's token is not the cluster's.
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--server", &c.addrs[&2], "team", "create", "x"])
+        .env("TOLLGATE_ADMIN_TOKEN", racer_token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid admin token"));
+}
+
+/// A node restarted with a token file that is not the cluster's exits with
+/// an error naming the file, instead of running with a useless token.
+#[test]
+fn a_node_whose_token_is_not_the_clusters_exits_with_a_clear_error() {
+    let mut c = Cluster::start(3, &[]);
+    c.wait_ready();
+    c.kill9(1);
+    std::fs::write(c.token_file(), "tga_not_the_clusters\n").unwrap();
+    c.spawn(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = c.children.get_mut(&1).unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "node 1 kept running with a foreign token\n{}", c.log_tails());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = c.log(1);
+    assert!(log.contains("the cluster's admin token is not the one in"), "{log}");
+}
