@@ -186,6 +186,8 @@ pub struct EdgeProc {
     pub log: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    /// Environment set on top of the defaults (see [`EdgeProc::start_with_env`]).
+    env: Vec<(String, String)>,
     bin: PathBuf,
 }
 
@@ -200,6 +202,21 @@ impl EdgeProc {
         ledger: &[String],
         upstream: &str,
         extra: &[&str],
+    ) -> anyhow::Result<EdgeProc> {
+        Self::start_with_env(bin, dir, name, ledger, upstream, extra, &[])
+    }
+
+    /// As [`EdgeProc::start`], with environment variables that override the
+    /// defaults (`ANTHROPIC_API_KEY` and `OPENAI_API_KEY` are
+    /// `sk-upstream-test` unless set here), e.g. a wrong upstream key.
+    pub fn start_with_env(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        ledger: &[String],
+        upstream: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<EdgeProc> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let data_dir = dir.join(name);
@@ -217,8 +234,9 @@ impl EdgeProc {
             upstream.into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut e =
-            EdgeProc { addr, log: dir.join(format!("{name}.log")), data_dir, child: None, args, bin: bin.into() };
+            EdgeProc { addr, log: dir.join(format!("{name}.log")), data_dir, child: None, args, env, bin: bin.into() };
         e.spawn()?;
         Ok(e)
     }
@@ -230,6 +248,7 @@ impl EdgeProc {
             .args(&self.args)
             .env("ANTHROPIC_API_KEY", "sk-upstream-test")
             .env("OPENAI_API_KEY", "sk-upstream-test")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

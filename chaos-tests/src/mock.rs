@@ -14,7 +14,16 @@
 //!   (streams) an `error` event after HTTP 200 and half the deltas;
 //! - `x-mock-latency-ms: N`: delay before the response starts;
 //! - `x-mock-tag: T`: copied into the response's ground-truth record, so a
-//!   load generator can attribute each response (e.g. to a key).
+//!   load generator can attribute each response (e.g. to a key);
+//! - `x-mock-provider-headers: 1`: the response also carries headers a real
+//!   provider sends that a gateway must not pass on to its clients:
+//!   `set-cookie: a=b`, `anthropic-organization-id: org_123` and
+//!   `openai-organization: org-456`.
+//!
+//! So that tests can see what a gateway forwarded, every response carries
+//! `x-mock-saw-headers` (the lowercase names of the request's headers, each
+//! once, comma separated) and, once the request body was read,
+//! `x-mock-body-bytes` (its length in bytes).
 //!
 //! Input tokens are derived from the request (`ceil(body bytes / 4)`), so a
 //! test can predict them; the log records what was actually sent.
@@ -223,7 +232,32 @@ async fn send_paced(tx: &mpsc::Sender<Bytes>, frames: impl IntoIterator<Item = B
     true
 }
 
+/// Answers `req`, then adds the headers that show what the mock received
+/// (and the provider-only headers, when asked for).
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let saw = req.headers().keys().map(|n| n.as_str()).collect::<Vec<_>>().join(",");
+    let provider_headers = req.headers().get("x-mock-provider-headers").is_some_and(|v| v == "1");
+    let mut body_bytes = None;
+    let mut r = respond(state, req, &mut body_bytes).await;
+    let h = r.headers_mut();
+    if let Ok(v) = saw.parse() {
+        h.insert("x-mock-saw-headers", v);
+    }
+    if let Some(n) = body_bytes {
+        h.insert("x-mock-body-bytes", n.into());
+    }
+    if provider_headers {
+        for (name, value) in
+            [("set-cookie", "a=b"), ("anthropic-organization-id", "org_123"), ("openai-organization", "org-456")]
+        {
+            h.insert(name, hyper::header::HeaderValue::from_static(value));
+        }
+    }
+    r
+}
+
+/// The response to `req`; sets `body_bytes` once the body is read.
+async fn respond(state: Arc<State>, req: Request<Incoming>, body_bytes: &mut Option<usize>) -> Response<Body> {
     let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -243,6 +277,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b.to_bytes(),
         Err(_) => return too_large(),
     };
+    *body_bytes = Some(bytes.len());
     let cred = credential(&parts.headers);
     if let Some(want) = &state.cfg.expect_key {
         if &cred != want {

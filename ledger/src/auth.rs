@@ -78,19 +78,22 @@ impl Gate {
         }
         let info: &PeerInfo = tollgate_tls::peer(req)
             .ok_or_else(|| Status::permission_denied("the caller's certificate is unknown to this server"))?;
+        let refuse = |message: String| {
+            // Only holders of a certificate of the cluster's CA get this far,
+            // so strangers cannot flood the log with it.
+            tracing::warn!(remote = ?info.remote, "refused: {message}");
+            Err(Status::permission_denied(message))
+        };
         let role = match &info.role {
             Ok(r) => r,
-            Err(e) => return Err(Status::permission_denied(format!("the client certificate is refused: {e}"))),
+            Err(e) => return refuse(format!("the client certificate is refused: {e}")),
         };
         if !audience.admits(role.kind()) {
-            return Err(Status::permission_denied(format!(
-                "{role} may not call this service: it needs {}",
-                audience.describe()
-            )));
+            return refuse(format!("{role} may not call this service: it needs {}", audience.describe()));
         }
         if let (Audience::Members, Role::Ledger(id)) = (audience, role) {
             if !self.is_member(*id) {
-                return Err(Status::permission_denied(format!("{role} is not a member of this cluster")));
+                return refuse(format!("{role} is not a member of this cluster"));
             }
         }
         Ok(Some(role.clone()))

@@ -335,3 +335,229 @@ fn a_node_whose_token_is_not_the_clusters_exits_with_a_clear_error() {
     let log = c.log(1);
     assert!(log.contains("the cluster's admin token is not the one in"), "{log}");
 }
+
+/// What the rotation test's load saw.
+#[derive(Debug, Default)]
+struct Load {
+    /// Reserves granted (each then settled at 700 nano-USD, retried until acknowledged).
+    granted: u64,
+    /// Calls that failed and were retried or released (a node restarting).
+    errors: u64,
+}
+
+/// Reserve+settle pairs through every node in turn until `stop`, as an edge
+/// would: a reserve with no answer is released, a settle is retried until
+/// acknowledged (it is idempotent), so every grant is charged exactly once.
+async fn load(
+    servers: Vec<String>,
+    tls: std::sync::Arc<std::sync::Mutex<std::sync::Arc<ClusterTls>>>,
+    key: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Load {
+    use std::sync::atomic::Ordering;
+    let mut seen = Load::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n: u128 = 1;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        n += 1;
+        let hold = pb::HoldId { id: (n << 64 | 0xab).to_be_bytes().to_vec() };
+        // A fresh client each round: it dials with whatever certificate is current.
+        let identity = tls.lock().unwrap().clone();
+        let client = tollgate_client::LedgerClient::new(&servers, Duration::from_secs(5), Some(identity)).unwrap();
+        let mut batch = reserve_batch(&key);
+        batch.requests[0].hold_id = Some(hold.clone());
+        match client.at(n as usize).reserve(batch).await {
+            Ok(r)
+                if matches!(
+                    r.get_ref().results[0].outcome,
+                    Some(pb::reserve_result::Outcome::GrantedExpiresAtMs(_))
+                ) =>
+            {
+                seen.granted += 1;
+                let settle = pb::SettleBatch {
+                    requests: vec![pb::SettleRequest { hold_id: Some(hold), cost_nano_usd: 700, ..Default::default() }],
+                };
+                for attempt in 0.. {
+                    assert!(attempt < 200, "a settle was never acknowledged");
+                    match client.at(n as usize + attempt).settle(settle.clone()).await {
+                        Ok(r)
+                            if matches!(
+                                r.get_ref().results[0].outcome,
+                                Some(pb::settle_result::Outcome::Settled(_))
+                            ) =>
+                        {
+                            break
+                        }
+                        Ok(r) => panic!("settle refused: {r:?}"),
+                        Err(_) => {
+                            seen.errors += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            Ok(r) => panic!("reserve refused: {r:?}"),
+            Err(_) => {
+                seen.errors += 1;
+                for attempt in 0.. {
+                    assert!(attempt < 200, "a release was never acknowledged");
+                    let release =
+                        pb::ReleaseBatch { hold_ids: vec![pb::HoldId { id: (n << 64 | 0xab).to_be_bytes().to_vec() }] };
+                    if client.at(n as usize + attempt).release(release).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// A rolling move to a new CA with no downtime: the nodes trust both CAs
+/// after SIGHUP, restart one at a time onto certificates of the new CA while
+/// an edge-like client keeps reserving and settling, the client moves to a
+/// new-CA certificate, and the old CA is dropped with another SIGHUP. Every
+/// granted reserve is charged exactly once (nothing lost), and afterwards a
+/// certificate of the old CA no longer gets in.
+#[test]
+fn a_rolling_restart_onto_a_new_ca_loses_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut c = Cluster::start(3, &[]);
+    c.wait_ready();
+    let key = c.principal("eng", "ana@corp.io");
+    c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "1000", "--period", "monthly"]);
+    let pki = c.pki.clone().unwrap();
+    let (ca_file, old_ca) = (pki.dir.join("ca.pem"), std::fs::read_to_string(pki.dir.join("ca.pem")).unwrap());
+    let new_pki = Pki::create(&c.dir.path().join("pki2")).unwrap();
+    let new_ca = std::fs::read_to_string(new_pki.dir.join("ca.pem")).unwrap();
+    let old_edge = c.tls(&Role::Edge("rot".into())).unwrap();
+    let identity = Arc::new(Mutex::new(old_edge.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers: Vec<String> = c.addrs.values().cloned().collect();
+    let worker = {
+        let (identity, stop, key, servers) = (identity.clone(), stop.clone(), key.clone(), servers.clone());
+        std::thread::spawn(move || rt().block_on(load(servers, identity, key, stop)))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // 1. Trust both CAs everywhere: the file is replaced, then re-read.
+    std::fs::write(&ca_file, format!("{old_ca}{new_ca}")).unwrap();
+    for id in 1..=3 {
+        c.signal(id, "-HUP");
+    }
+    old_edge.reload().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // 2. One node at a time onto a certificate of the new CA.
+    for id in 1..=3u64 {
+        c.stop(id);
+        let files = new_pki.issue(&Role::Ledger(id), &["127.0.0.1".into()]).unwrap();
+        let files = tollgate_tls::TlsFiles { ca: ca_file.clone(), ..files };
+        c.tls_override.insert(id, Pki::flags(&files));
+        c.spawn(id);
+        c.wait_status(&[id], "the restarted node rejoined", Duration::from_secs(30), |s| {
+            s["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == id && m["reachable"] == true && m["leader_id"].is_u64()))
+        });
+    }
+    // 3. The client moves to the new CA too, then the old CA is dropped.
+    let files = new_pki.issue(&Role::Edge("rot".into()), &[]).unwrap();
+    let new_edge = ClusterTls::load(tollgate_tls::TlsFiles { ca: ca_file.clone(), ..files }).unwrap();
+    *identity.lock().unwrap() = new_edge;
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&ca_file, &new_ca).unwrap();
+    for id in 1..=3 {
+        c.signal(id, "-HUP");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let seen = worker.join().unwrap();
+    eprintln!("rotation: {} pairs settled, {} calls retried", seen.granted, seen.errors);
+    assert!(seen.granted > 20, "too little load ran: {seen:?}");
+    // Nothing lost, nothing doubled: every grant charged exactly 700 nano-USD.
+    // The operator needs a certificate of the new CA now too.
+    let files = new_pki.issue(&Role::Admin("ops2".into()), &[]).unwrap();
+    let admin_flags = Pki::flags(&tollgate_tls::TlsFiles { ca: ca_file.clone(), ..files });
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--server", &c.addrs[&1], "--token-file"])
+        .arg(c.token_file())
+        .args(&admin_flags)
+        .args(["usage", "--by", "key", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = usage["rows"].as_array().unwrap().iter().find(|r| r["scope"] == format!("key:{key}")).unwrap().clone();
+    assert_eq!(row["spent_nano_usd"], 700 * seen.granted, "{row}");
+    assert_eq!(row["held_nano_usd"], 0, "{row}");
+    // A certificate of the old CA no longer gets in; the new one does.
+    rt().block_on(async {
+        let old = tollgate_client::LedgerClient::new(&servers[..1], Duration::from_secs(5), Some(old_edge)).unwrap();
+        assert!(old.at(0).watch_config(pb::WatchConfigRequest::default()).await.is_err());
+        let new = tollgate_client::LedgerClient::new(
+            &servers[..1],
+            Duration::from_secs(5),
+            Some(identity.lock().unwrap().clone()),
+        )
+        .unwrap();
+        assert!(new.at(0).watch_config(pb::WatchConfigRequest::default()).await.is_ok());
+    });
+}
+
+/// A ledger or edge that would talk gRPC off this machine without TLS
+/// refuses to start and names the flags; `--insecure-plaintext` starts it,
+/// with a warning in its log.
+#[test]
+fn plaintext_off_loopback_is_refused_unless_insisted_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let peers = format!("1=0.0.0.0:{port}");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["ledger", "--id", "1", "--grpc", &format!("0.0.0.0:{port}"), "--peers", &peers])
+            .arg("--data-dir")
+            .arg(dir.path().join("n1"))
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = run(&[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-ca") && err.contains("--insecure-plaintext"), "{err}");
+    let out = std::process::Command::new(BIN)
+        .args(["edge", "--ledger", "10.0.0.1:7070", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path().join("e"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("10.0.0.1:7070 is not loopback") && err.contains("--tls-cert"), "{err}");
+    // Insisted on: it runs, and says so loudly.
+    let mut child = run(&["--insecure-plaintext"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the insecure node did not keep running");
+    let _ = child.kill();
+    let _ = child.wait();
+    log.push_str(&reader.join().unwrap());
+    assert!(log.contains("INSECURE"), "{log}");
+}

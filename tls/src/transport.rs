@@ -187,8 +187,31 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Refused handshakes, logged at most once per [`REFUSAL_LOG_EVERY`] with
+/// how many there were, so a flood of strangers cannot flood the log.
+struct Refusals {
+    count: std::sync::atomic::AtomicU64,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn note(&self, remote: SocketAddr, why: &str) {
+        use std::sync::atomic::Ordering;
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+            *last = Some(std::time::Instant::now());
+            self.count.store(0, Ordering::Relaxed);
+            tracing::warn!(%remote, refused = n, "grpc: refused a connection that is not a cluster member's TLS ({why})");
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, tls: Option<Arc<ClusterTls>>, tx: mpsc::Sender<io::Result<ServerIo>>) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let refusals = Arc::new(Refusals { count: Default::default(), last: Default::default() });
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -216,12 +239,13 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ClusterTls>>, tx: mp
             _ = tx.closed() => return,
         };
         let (acceptor, tx) = (tokio_rustls::TlsAcceptor::from(tls.server_config()), tx.clone());
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::info!(%remote, error = %e, "grpc: tls handshake refused"),
-                Err(_) => return tracing::info!(%remote, "grpc: tls handshake timed out"),
+                Ok(Err(e)) => return refusals.note(remote, &e.to_string()),
+                Err(_) => return refusals.note(remote, "no handshake within 10 s"),
             };
             let role = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 Some(cert) => Role::from_certificate(cert),

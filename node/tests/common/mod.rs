@@ -51,6 +51,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// The cluster's CA when it runs over mutual TLS (the default).
     pub pki: Option<Pki>,
+    /// TLS flags that replace a node's own (a certificate from another CA).
+    pub tls_override: BTreeMap<u64, Vec<String>>,
 }
 
 impl Cluster {
@@ -76,6 +78,7 @@ impl Cluster {
             children: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             pki: None,
+            tls_override: BTreeMap::new(),
         }
     }
 
@@ -91,6 +94,7 @@ impl Cluster {
             children: BTreeMap::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             pki,
+            tls_override: BTreeMap::new(),
         };
         for id in 1..=n {
             c.spawn(id);
@@ -151,7 +155,7 @@ impl Cluster {
         cmd.arg("ledger")
             .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
             .args(["--http", &self.http[&id]])
-            .args(self.tls_flags(&Role::Ledger(id)))
+            .args(self.tls_override.get(&id).cloned().unwrap_or_else(|| self.tls_flags(&Role::Ledger(id))))
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(&self.extra_args)
@@ -162,6 +166,27 @@ impl Cluster {
             cmd.arg("--bootstrap");
         }
         self.children.insert(id, cmd.spawn().unwrap());
+    }
+
+    /// Sends `signal` (e.g. `-HUP`) to node `id`.
+    pub fn signal(&self, id: u64, signal: &str) {
+        let pid = self.children[&id].id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        let Some(mut c) = self.children.remove(&id) else { return };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
