@@ -179,6 +179,51 @@ impl Drop for LedgerCluster {
     }
 }
 
+/// A `mock-upstream` process (the stand-in provider) on a free loopback
+/// port, accepting only the upstream credential `key`, appending every
+/// response to its own ground-truth log.
+pub struct MockProc {
+    pub addr: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl MockProc {
+    /// Starts `bin` (the `mock-upstream` binary) with `extra` flags.
+    pub fn start(bin: &Path, dir: &Path, key: &str, extra: &[&str]) -> anyhow::Result<MockProc> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let log = dir.join(format!("truth-{}.jsonl", addr.replace([':', '.'], "_")));
+        let child = Command::new(bin)
+            .args(["--listen", &addr, "--expect-key", key, "--log"])
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(MockProc { addr, log, child })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every response logged so far (none before the first).
+    pub fn truth(&self) -> Vec<crate::mock::TruthRecord> {
+        if !self.log.exists() {
+            return vec![];
+        }
+        crate::mock::read_log(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MockProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An edge process (`tollgate edge`) started from the built binary.
 pub struct EdgeProc {
     pub addr: String,

@@ -6,12 +6,12 @@
 //! independently of the edge's own table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster};
-use tollgate_chaos::mock::{read_log, TruthRecord};
+use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster, MockProc};
+use tollgate_chaos::mock::TruthRecord;
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
@@ -62,44 +62,9 @@ fn truth_cost(r: &TruthRecord) -> u64 {
     tollgate_chaos::checker::truth_cost(r)
 }
 
-struct Mock {
-    addr: String,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Mock {
-    fn start(dir: &Path, extra: &[&str]) -> Mock {
-        let addr = format!("127.0.0.1:{}", free_port().unwrap());
-        let log = dir.join(format!("truth-{}.jsonl", addr.replace([':', '.'], "_")));
-        let child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
-            .args(["--listen", &addr, "--expect-key", UPSTREAM_KEY, "--log"])
-            .arg(&log)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mock-upstream");
-        Mock { addr, log, child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn truth(&self) -> Vec<TruthRecord> {
-        if !self.log.exists() {
-            return vec![];
-        }
-        read_log(&self.log).unwrap()
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
+fn mock(dir: &Path, extra: &[&str]) -> MockProc {
+    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, UPSTREAM_KEY, extra).unwrap()
 }
 
 struct Setup {
@@ -107,7 +72,7 @@ struct Setup {
     dir: PathBuf,
     cluster: LedgerCluster,
     admin: AdminClient,
-    mock: Mock,
+    mock: MockProc,
 }
 
 async fn setup(mock_flags: &[&str]) -> Setup {
@@ -116,7 +81,7 @@ async fn setup(mock_flags: &[&str]) -> Setup {
     let bin = sibling_binary().unwrap();
     let cluster = LedgerCluster::start(&bin, &path, 3).unwrap();
     let admin = cluster.admin(Duration::from_secs(30)).await.unwrap();
-    let mock = Mock::start(&path, mock_flags);
+    let mock = mock(&path, mock_flags);
     Setup { _dir: dir, dir: path, cluster, admin, mock }
 }
 
@@ -684,7 +649,7 @@ async fn a_client_that_hangs_up_mid_stream_is_charged_what_is_known_and_a_hung_u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tollgate_up_runs_a_ledger_and_an_edge_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    let mock = Mock::start(dir.path(), &[]);
+    let mock = mock(dir.path(), &[]);
     let (http, grpc) = (format!("127.0.0.1:{}", free_port().unwrap()), format!("127.0.0.1:{}", free_port().unwrap()));
     let out = dir.path().join("up.out");
     let start = || {

@@ -6,7 +6,7 @@
 //! here, so each test controls exactly what goes over the wire.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster};
-use tollgate_chaos::mock::read_log;
+use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster, MockProc};
 use tollgate_chaos::pki::Pki;
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
@@ -32,46 +31,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------- harness
 
 /// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
-struct Mock {
-    addr: String,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Mock {
-    fn start(dir: &Path, extra: &[&str]) -> Mock {
-        let addr = loopback();
-        let log = dir.join("truth.jsonl");
-        let child = Command::new(env!("CARGO_BIN_EXE_mock-upstream"))
-            .args(["--listen", &addr, "--expect-key", UPSTREAM_KEY, "--log"])
-            .arg(&log)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting mock-upstream");
-        Mock { addr, log, child }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// How many responses the mock has logged (successes and asked-for errors).
-    fn responses(&self) -> usize {
-        if self.log.exists() {
-            read_log(&self.log).unwrap().len()
-        } else {
-            0
-        }
-    }
-}
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn mock(dir: &Path, extra: &[&str]) -> MockProc {
+    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, UPSTREAM_KEY, extra).unwrap()
 }
 
 struct Setup {
@@ -79,7 +40,7 @@ struct Setup {
     dir: PathBuf,
     cluster: LedgerCluster,
     admin: AdminClient,
-    mock: Mock,
+    mock: MockProc,
 }
 
 /// A one-node ledger over mutual TLS (its own quorum) and a mock provider
@@ -89,7 +50,7 @@ async fn setup(mock_flags: &[&str]) -> Setup {
     let path = dir.path().to_path_buf();
     let cluster = LedgerCluster::start(&sibling_binary().unwrap(), &path, 1).unwrap();
     let admin = cluster.admin(Duration::from_secs(30)).await.unwrap();
-    let mock = Mock::start(&path, mock_flags);
+    let mock = mock(&path, mock_flags);
     Setup { _dir: dir, dir: path, cluster, admin, mock }
 }
 
@@ -464,11 +425,11 @@ async fn requests_in_flight_are_bounded_per_key() {
     assert_eq!(again.status, 200, "{}", again.body);
     // The mock answered the two streams, the other key's request and the last one: not the refused one.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while s.mock.responses() < 4 {
-        assert!(Instant::now() < deadline, "the mock logged {} responses", s.mock.responses());
+    while s.mock.truth().len() < 4 {
+        assert!(Instant::now() < deadline, "the mock logged {} responses", s.mock.truth().len());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(s.mock.responses(), 4);
+    assert_eq!(s.mock.truth().len(), 4);
 }
 
 /// Finding 5: implausible model ids (a space, an ESC control character, 200
@@ -509,7 +470,7 @@ async fn implausible_models_and_limits_are_clear_400s() {
             "max_tokens: 64001 is above the maximum of 64000 output tokens for claude-sonnet-4-5".into()
         )
     );
-    assert_eq!(s.mock.responses(), 0, "a refused request reached the provider");
+    assert_eq!(s.mock.truth().len(), 0, "a refused request reached the provider");
     let at_max = post(&edge.addr, "/v1/messages", &h, message("claude-sonnet-4-5", 64_000)).await;
     assert_eq!(at_max.status, 200, "{}", at_max.body);
 }

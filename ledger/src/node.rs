@@ -293,6 +293,18 @@ impl LedgerNode {
         }
     }
 
+    /// Waits (bounded) until the cluster has an admin token registered.
+    pub async fn wait_admin_token(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.sm.read(|a| a.state.admin_token_sha256.is_none()) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// A cheap handle for health checks and metrics (for an HTTP endpoint).
     pub fn probe(&self) -> LedgerProbe {
         self.probe.clone()
@@ -412,7 +424,10 @@ impl TokenRegistrar {
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => return,
             }
-            pause = (pause * 2).min(Duration::from_secs(2));
+            // While no leader is known yet (an election under way) keep
+            // looking often: registering is what makes the admin API usable.
+            let leaderless = self.raft.metrics().borrow().current_leader.is_none();
+            pause = if leaderless { Duration::from_millis(100) } else { (pause * 2).min(Duration::from_secs(2)) };
         }
     }
 

@@ -426,7 +426,10 @@ impl AdminApi {
             .ok_or_else(|| Status::unauthenticated("missing admin token: send `authorization: Bearer <token>`"))?;
         let want = self.sm.read(|a| a.state.admin_token_sha256.clone());
         let Some(want) = want else {
-            return Err(Status::unavailable("the cluster has no admin token yet: the bootstrap node has not set it"));
+            // Nothing was done: safe to ask again once the bootstrap node has registered it.
+            let mut s = Status::unavailable("the cluster has no admin token yet: the bootstrap node has not set it");
+            s.metadata_mut().insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+            return Err(s);
         };
         if !token_matches(token, &want) {
             return Err(Status::unauthenticated("invalid admin token"));

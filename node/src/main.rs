@@ -304,6 +304,10 @@ async fn run_up(a: UpArgs) -> ExitCode {
     if !edge.wait_ready(Duration::from_secs(30)).await {
         tracing::warn!("the edge has not yet received its config from the embedded ledger");
     }
+    // The onboarding below tells the operator to run admin commands now.
+    if !node.wait_admin_token(Duration::from_secs(30)).await {
+        tracing::warn!("the admin token is not registered yet; admin commands will wait for it");
+    }
     print_onboarding(&settings, grpc, &data_dir, first_start, edge.local_addr);
     let reload = spawn_reloader(tls, edge.http_tls());
     tokio::select! {

@@ -132,6 +132,20 @@ async fn main() -> anyhow::Result<()> {
         };
         admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
     }
+    // Load starts once every node follows the leader: a node that started
+    // after the first election learns of it only from the next append, and
+    // until then answers "no leader" (which would count as errors here).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in cluster.addrs.values() {
+        loop {
+            let s = tollgate_client::AdminClient::node_status_at(addr, Duration::from_secs(2), admin_tls.clone()).await;
+            if s.is_ok_and(|s| s.has_leader) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "node {addr} knows no leader after 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let status =
         tollgate_client::AdminClient::node_status_at(&cluster.addrs[&1], Duration::from_secs(2), admin_tls.clone())
             .await?;
