@@ -246,6 +246,9 @@ async fn propose_group(ctx: &Ctx, mut group: Vec<Pending>) {
         return distribute(group, result);
     }
     let (fwd, local): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| p.forwarded);
+    if !fwd.is_empty() {
+        tracing::debug!(leader = leader_id, n = fwd.len(), "forwarded proposals reached a node that does not lead");
+    }
     distribute(fwd, Err(ProposeError::NoLeader));
     // Admin submissions travel alone, each with its own token.
     let (admin, mut plain): (Vec<_>, Vec<_>) = local.into_iter().partition(|p| p.admin_token.is_some());
@@ -296,12 +299,18 @@ async fn forward_while_leading(
     }
 }
 
-/// Who leads, as this node sees it, waiting a bounded time for an election.
+/// Who leads and at which address, as this node sees it, waiting a bounded
+/// time for an election. A node that has just joined can learn the
+/// leader's vote before the log entry that names the members' addresses:
+/// it waits for that too, rather than refusing requests in between.
 async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
+    let reachable = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+        m.current_leader.is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
+    };
     let found = ctx
         .raft
         .wait(Some(ctx.cfg.leader_wait))
-        .metrics(|m| m.current_leader.is_some() || m.state == ServerState::Shutdown, "a leader is known")
+        .metrics(|m| reachable(m) || m.state == ServerState::Shutdown, "a leader and its address are known")
         .await;
     let m = match found {
         Ok(m) => m,
@@ -310,6 +319,7 @@ async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
             if m.membership_config.membership().voter_ids().next().is_none() {
                 return Err(ProposeError::NotMember(ctx.id));
             }
+            tracing::debug!(state = ?m.state, "no leader known within {:?}", ctx.cfg.leader_wait);
             return Err(ProposeError::NoLeader);
         }
     };
@@ -339,7 +349,10 @@ async fn propose_local(ctx: &Ctx, cmds: Vec<Command>) -> Proposed {
     let result = match res {
         Ok(resp) => Ok((resp.log_id.index, resp.data.0)),
         // Lost leadership before proposing: nothing was applied.
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NoLeader),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            tracing::debug!(leader = ?f.leader_id, "lost leadership before proposing");
+            Err(ProposeError::NoLeader)
+        }
         Err(RaftError::APIError(e)) => Err(ProposeError::Unknown(e.to_string())),
         // Raft stopped with the entry possibly appended: it may still commit.
         Err(RaftError::Fatal(e)) => Err(ProposeError::Unknown(format!("raft stopped: {e}"))),

@@ -185,7 +185,11 @@ async fn main() -> anyhow::Result<()> {
         let leader = (leader_addr.as_str(), admin_tls.clone());
         throughput(&args, &clients, coalescer.clone(), &keys, leader, status.applied_index).await?;
     }
-    latency(&args, &clients, coalescer, &keys).await
+    let result = latency(&args, &clients, coalescer, &keys).await;
+    for line in error_summary() {
+        println!("{line}");
+    }
+    result
 }
 
 /// One reserve then its settle through the coalescer; true if both succeeded.
@@ -205,12 +209,28 @@ async fn coalesced_pair(co: &Coalescer, h: pb::HoldId, key: &str) -> bool {
     true
 }
 
-/// Prints the first few failures, so a run with errors says what they were.
+/// Failures by kind (call, gRPC code, message start), so a run with errors
+/// says what they were.
+static ERRORS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Prints the first few failures and counts every one by kind.
 fn report_error<T: std::fmt::Debug>(what: &str, r: &T) {
     static SHOWN: AtomicU64 = AtomicU64::new(0);
+    let text = format!("{r:?}");
     if SHOWN.fetch_add(1, Ordering::Relaxed) < 3 {
-        eprintln!("  {what} failed: {r:?}");
+        eprintln!("  {what} failed: {text}");
     }
+    let kind: String = text.split(", metadata").next().unwrap_or(&text).chars().take(160).collect();
+    *ERRORS.lock().unwrap_or_else(|p| p.into_inner()).entry(format!("{what}: {kind}")).or_default() += 1;
+}
+
+/// The failures counted so far, most frequent first.
+fn error_summary() -> Vec<String> {
+    let errors = ERRORS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rows: Vec<(&String, &u64)> = errors.iter().collect();
+    rows.sort_by(|a, b| b.1.cmp(a.1));
+    rows.iter().take(5).map(|(k, n)| format!("  {n} × {k}")).collect()
 }
 
 async fn throughput(
