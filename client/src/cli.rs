@@ -191,7 +191,15 @@ fn usd(n: u64) -> String {
 }
 
 fn fail(s: Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+    // A status with a source came from this side's transport (no server
+    // answered it): most often a TLS mismatch with the cluster.
+    let hint = if std::error::Error::source(&s).is_some() {
+        "; the connection failed: if the cluster runs mutual TLS, give --tls-ca, --tls-cert and --tls-key (an \
+         admin certificate of its CA)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("{} ({:?}){hint}", s.message(), s.code())
 }
 
 /// Runs one admin command.

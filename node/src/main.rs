@@ -329,14 +329,20 @@ async fn run_up(a: UpArgs) -> ExitCode {
 
 fn print_onboarding(s: &EdgeSettings, grpc: SocketAddr, data_dir: &std::path::Path, first: bool, http: SocketAddr) {
     let token = data_dir.join("admin.token");
-    let admin =
+    let mut admin =
         if grpc == SocketAddr::from(([127, 0, 0, 1], 7070)) && data_dir == std::path::Path::new("./tollgate-data") {
             "tollgate admin".to_string()
         } else {
             format!("tollgate admin --server {grpc} --token-file {}", token.display())
         };
+    if let Some(tls) = &s.cluster_tls {
+        // The admin API then takes an admin certificate of the same CA.
+        admin.push_str(&format!(" --tls-ca {} --tls-cert ADMIN.pem --tls-key ADMIN.key", tls.ca.display()));
+    }
+    let scheme = if s.http_tls.is_some() { "https" } else { "http" };
+    let grpc_kind = if s.cluster_tls.is_some() { "gRPC, mutual TLS" } else { "gRPC" };
     let mut out = String::new();
-    out.push_str(&format!("\nTollgate is up.\n  gateway (HTTP):  http://{http}\n  admin (gRPC):    {grpc}\n"));
+    out.push_str(&format!("\nTollgate is up.\n  gateway:         {scheme}://{http}\n  admin ({grpc_kind}): {grpc}\n"));
     out.push_str(&format!("  data:            {}\n  estimate mode:   {:?}\n", data_dir.display(), s.estimate));
     if first {
         out.push_str(&format!("  admin token:     written to {} (mode 0600)\n", token.display()));
@@ -353,7 +359,7 @@ fn print_onboarding(s: &EdgeSettings, grpc: SocketAddr, data_dir: &std::path::Pa
          \x20 {admin} key create --user ann@example.com --name laptop     # prints the key once\n\
          \x20 {admin} budget set team:eng --limit-usd 100 --period monthly\n\
          \nPoint Claude Code at it (the key from `key create`):\n\
-         \x20 ANTHROPIC_BASE_URL=http://{http} ANTHROPIC_AUTH_TOKEN=<key> claude\n\
+         \x20 ANTHROPIC_BASE_URL={scheme}://{http} ANTHROPIC_AUTH_TOKEN=<key> claude\n\
          \nSee spend:\n\
          \x20 {admin} usage --by user\n"
     ));
