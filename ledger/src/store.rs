@@ -342,9 +342,37 @@ fn load_snapshot(tree: &sled::Tree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, S
 
 fn decode_applied(data: &[u8], meta: &SnapshotMeta) -> Result<Applied, StorageError> {
     let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-    let mut applied: Applied = crate::codec::decode_snapshot(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+    let mut applied = decode_applied_bytes(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
     applied.state.rebuild_indexes();
     Ok(applied)
+}
+
+/// Decodes a snapshot. One written before `LedgerState` gained its last
+/// fields (`limits`, `tombstones`: the encoding ends where they would
+/// start) is read as if they had their defaults: the encoding of the
+/// defaults is appended and the whole decoded again, and accepted only if
+/// it encodes back to exactly those bytes (a snapshot cut short elsewhere
+/// stays an error). Decided on the decoder's end-of-input error, never on
+/// message text.
+pub fn decode_applied_bytes(data: &[u8]) -> Result<Applied, bincode::Error> {
+    match crate::codec::decode_snapshot::<Applied>(data) {
+        Err(e) if matches!(&*e, bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof) => {
+            let defaults = LedgerState::default();
+            let mut padded = data.to_vec();
+            padded.extend(crate::codec::encode(&(&defaults.limits, &defaults.tombstones))?);
+            let mut applied: Applied = crate::codec::decode_snapshot(&padded).map_err(|_| e)?;
+            if crate::codec::encode(&applied)? != padded {
+                return Err(Box::new(bincode::ErrorKind::Custom(
+                    "snapshot is truncated (it is not an older format either)".into(),
+                )));
+            }
+            // Its release tombstones were left by callers it did not name:
+            // they go where a replay of its log puts them (caller "").
+            applied.state.adopt_unnamed_tombstones();
+            Ok(applied)
+        }
+        other => other,
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {

@@ -241,6 +241,22 @@ impl LedgerState {
         }
     }
 
+    /// Files release tombstones that no caller's set holds under the
+    /// unnamed caller "" (what a state from before callers were tracked
+    /// has; a replay of its `Release` commands files them the same way).
+    pub fn adopt_unnamed_tombstones(&mut self) {
+        let tracked: usize = self.tombstones.values().map(|t| t.len()).sum();
+        let released: Vec<(u64, HoldId)> =
+            self.holds.iter().filter(|(_, h)| h.info.is_none()).map(|(id, h)| (h.forget_at_ms, *id)).collect();
+        if tracked == released.len() {
+            return;
+        }
+        let unnamed = self.tombstones.entry(String::new()).or_default();
+        for t in released {
+            unnamed.insert(t);
+        }
+    }
+
     /// Hex SHA-256 of the canonical encoding of the state.
     pub fn digest(&self) -> String {
         struct HashWriter(Sha256);
