@@ -16,11 +16,43 @@ pub enum Api {
     OpenAi,
 }
 
-/// An error response: HTTP status and JSON body.
+/// An error response: HTTP status and JSON body, and what it tells the
+/// client about retrying (Claude Code reads `x-should-retry` and
+/// `retry-after` as it does on the provider's own errors, and shows an
+/// error it should not retry at once instead of retrying for a minute).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorResponse {
     pub status: u16,
     pub body: String,
+    /// `x-should-retry`: whether asking again can succeed.
+    pub should_retry: bool,
+    /// `retry-after`, in whole seconds.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ErrorResponse {
+    /// Says that retrying cannot fix this one (or can), whatever the status.
+    pub fn retryable(mut self, yes: bool) -> Self {
+        self.should_retry = yes;
+        if !yes {
+            self.retry_after_secs = None;
+        }
+        self
+    }
+}
+
+/// Whether a gateway error of `status` is worth retrying, and after how
+/// long: busy or starting (429, 503) after a short pause, timeouts and an
+/// unreachable provider (408, 502, 504) at once; a request the gateway
+/// refuses for what it is (4xx: key, policy, budget, input) or cannot
+/// serve as configured (500) is never retried.
+fn retry_policy(status: u16) -> (bool, Option<u64>) {
+    match status {
+        429 => (true, Some(1)),
+        503 => (true, Some(2)),
+        408 | 502 | 504 => (true, None),
+        _ => (false, None),
+    }
 }
 
 /// The error `type` each provider uses for a status.
@@ -53,7 +85,8 @@ pub fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorR
             json!({"error": {"message": message, "type": kind(api, status), "param": null, "code": code}})
         }
     };
-    ErrorResponse { status, body: body.to_string() }
+    let (should_retry, retry_after_secs) = retry_policy(status);
+    ErrorResponse { status, body: body.to_string(), should_retry, retry_after_secs }
 }
 
 /// The 402 for a budget denial, naming the scope, spent, limit and reset.
@@ -121,6 +154,22 @@ mod tests {
         assert_eq!(v["error"]["param"], Value::Null);
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains("for model gpt-5") && msg.contains("does not reset"), "{msg}");
+    }
+
+    #[test]
+    fn gateway_errors_say_whether_a_retry_can_help() {
+        let r = |status| {
+            let e = error(Api::Anthropic, status, "m", None);
+            (e.should_retry, e.retry_after_secs)
+        };
+        assert_eq!(r(429), (true, Some(1)));
+        assert_eq!(r(503), (true, Some(2)));
+        assert_eq!(r(504), (true, None));
+        for status in [400, 401, 402, 403, 404, 413, 500] {
+            assert_eq!(r(status), (false, None), "{status}");
+        }
+        assert!(!budget_denied(Api::OpenAi, &denial()).should_retry);
+        assert_eq!(error(Api::Anthropic, 503, "m", None).retryable(false).retry_after_secs, None);
     }
 
     #[test]

@@ -139,6 +139,13 @@ impl Edge {
             }
             None => None,
         };
+        for (name, upstream, var) in
+            [("Anthropic", &settings.anthropic, "ANTHROPIC_API_KEY"), ("OpenAI", &settings.openai, "OPENAI_API_KEY")]
+        {
+            if upstream.api_key.is_none() {
+                tracing::warn!("no {name} credential: its requests get a 500 saying so until {var} is set");
+            }
+        }
         let metrics = Arc::new(Metrics::default());
         let ledger = LedgerClient::new(&settings.ledger, Duration::from_secs(10), tls)
             .map_err(|s| anyhow::anyhow!("ledger addresses: {}", s.message()))?;

@@ -42,7 +42,12 @@ fn full(b: impl Into<Bytes>) -> Body {
 fn respond_error(e: &ErrorResponse) -> Response<Body> {
     let mut r = Response::new(full(e.body.clone()));
     *r.status_mut() = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("x-should-retry", HeaderValue::from_static(if e.should_retry { "true" } else { "false" }));
+    if let Some(secs) = e.retry_after_secs {
+        h.insert("retry-after", HeaderValue::from(secs));
+    }
     r
 }
 
@@ -229,6 +234,10 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
     if let Some(r) = ops(&s, &req) {
         return r;
     }
+    // Claude Code's connectivity check: answered here, without a key.
+    if path == "/api/hello" && matches!(*req.method(), Method::HEAD | Method::GET) {
+        return plain(StatusCode::OK, "text/plain", "ok\n".into());
+    }
     let route = match route(req.method(), &path, req.headers()) {
         Ok(r) => r,
         Err(e) => {
@@ -343,10 +352,14 @@ impl Ctx {
             Api::OpenAi => &self.s.settings.openai,
         };
         if upstream.api_key.is_none() {
+            // A configuration problem no retry fixes: say so at once.
             let var = if self.api == Api::Anthropic { "ANTHROPIC_API_KEY" } else { "OPENAI_API_KEY" };
             return Err(self.err(
-                503,
-                format!("Tollgate has no upstream credential: set {var} in the gateway's environment or config"),
+                500,
+                format!(
+                    "Tollgate has no credential for this provider: the gateway's operator must set {var} in its \
+                     environment or config"
+                ),
             ));
         }
         match self.route {
@@ -449,14 +462,16 @@ impl Ctx {
                     upstream = %upstream.url, status = %r.status(),
                     "the provider refused the gateway's credential; check ANTHROPIC_API_KEY / OPENAI_API_KEY"
                 );
-                Err(self.err(
-                    502,
-                    format!(
-                        "Tollgate: the model provider refused this gateway's own credential (HTTP {}); the gateway \
-                         is misconfigured: tell its operator",
-                        r.status().as_u16()
-                    ),
-                ))
+                Err(self
+                    .err(
+                        502,
+                        format!(
+                            "Tollgate: the model provider refused this gateway's own credential (HTTP {}); the \
+                             gateway is misconfigured: tell its operator",
+                            r.status().as_u16()
+                        ),
+                    )
+                    .retryable(false))
             }
             Ok(Ok(r)) => Ok(r),
         }
