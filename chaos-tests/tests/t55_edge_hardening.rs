@@ -617,14 +617,26 @@ async fn metrics_label_models_only_by_listed_family() {
     let edge = s.edge("edge1", "", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
-    for model in ["claude-sonnet-4-5-20250929", "mystery-model-1"] {
-        let r = post(&edge.addr, "/v1/messages", &anthropic(&secret), message(model, 10)).await;
-        assert_eq!(r.status, 200, "{model}: {}", r.body);
-    }
+    // A dated alias is its model; a model the price book does not list is
+    // refused by default (unknown_model = "deny"), naming it.
+    let r = post(&edge.addr, "/v1/messages", &anthropic(&secret), message("claude-sonnet-4-5-20250929", 10)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(&edge.addr, "/v1/messages", &anthropic(&secret), message("mystery-model-1", 10)).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("model mystery-model-1 has no price"), "{}", r.body);
     let page = get(&edge.addr, "/metrics").await.body;
-    for label in ["claude-sonnet-4-5", "other"] {
-        let series = format!(r#"tollgate_requests_total{{route="/v1/messages",model="{label}",status="200"}}"#);
+    for (label, status) in [("claude-sonnet-4-5", 200), ("other", 400)] {
+        let series = format!(r#"tollgate_requests_total{{route="/v1/messages",model="{label}",status="{status}"}}"#);
         assert_eq!(metric(&page, &series), Some(1), "{series}: {page}");
     }
     assert!(!page.contains("20250929") && !page.contains("mystery"), "a raw model id is a label: {page}");
+
+    // unknown_model = "dearest" admits it, still labelled `other`.
+    let dear = s.edge("edge2", "[pricing]\nunknown_model = \"dearest\"", &[]);
+    dear.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let r = post(&dear.addr, "/v1/messages", &anthropic(&secret), message("mystery-model-1", 10)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let page = get(&dear.addr, "/metrics").await.body;
+    let series = r#"tollgate_requests_total{route="/v1/messages",model="other",status="200"}"#;
+    assert_eq!(metric(&page, series), Some(1), "{page}");
 }

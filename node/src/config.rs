@@ -28,11 +28,10 @@
 //! url = "https://api.anthropic.com"
 //! # api_key = "…"                # or ANTHROPIC_API_KEY in the environment
 //!
-//! [pricing.fallback]             # nano-USD per token (3000 = $3 / MTok)
-//! input = 15000
-//! output = 75000
+//! [pricing]
+//! unknown_model = "deny"         # or "dearest"
 //!
-//! [pricing.models."my-fine-tune"]
+//! [pricing.models."my-fine-tune"] # exact id; nano-USD per token (3000 = $3 / MTok)
 //! input = 1000
 //! output = 4000
 //! ```
@@ -46,7 +45,7 @@ use serde::Deserialize;
 use tollgate_ledger::money::NanoUsd;
 use tollgate_tls::TlsFiles;
 
-use crate::pricing::{Price, PriceTable, Rates, WEB_SEARCH_NANO};
+use crate::pricing::{Price, PriceTable, Rate, Rates, UnknownModel};
 
 /// `fail_open_allowance_usd` unless set: $10 per edge per outage.
 pub const DEFAULT_FAIL_OPEN_ALLOWANCE_NANO: u64 = 10_000_000_000;
@@ -184,12 +183,17 @@ pub struct UpstreamEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PricingSection {
+    /// What to do with a model the price book does not list: `deny` (the
+    /// default) or `dearest`.
+    pub unknown_model: Option<String>,
+    /// Price unknown models at these rates instead.
     pub fallback: Option<PriceEntry>,
+    /// Models added to (or replacing in) the shipped book, by exact id.
     #[serde(default)]
     pub models: std::collections::BTreeMap<String, PriceEntry>,
 }
 
-/// A price in nano-USD per token (per request for `web_search`). Cache
+/// A price in nano-USD per token (per search for `web_search`). Cache
 /// rates default to Anthropic's multiples of `input` (1.25×, 2×, 0.1×).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,19 +208,31 @@ pub struct PriceEntry {
     pub max_output_tokens: Option<u64>,
 }
 
+/// $10 per 1,000 web searches, in nano-USD per search.
+const WEB_SEARCH_NANO: u64 = 10_000_000;
+
 impl PriceEntry {
-    fn price(&self) -> Price {
-        let base = Rates::anthropic(self.input, self.output);
+    fn price(&self, id: &str) -> Price {
+        let nano = Rate::from_nano_per_token;
         Price {
+            id: id.to_string(),
+            provider: None,
+            display_name: id.to_string(),
+            aliases: vec![],
             rates: Rates {
-                cache_write_5m: self.cache_write_5m.unwrap_or(base.cache_write_5m),
-                cache_write_1h: self.cache_write_1h.unwrap_or(base.cache_write_1h),
-                cache_read: self.cache_read.unwrap_or(base.cache_read),
-                ..base
+                input: nano(self.input),
+                output: nano(self.output),
+                cache_write_5m: nano(self.cache_write_5m.unwrap_or(self.input * 5 / 4)),
+                cache_write_1h: nano(self.cache_write_1h.unwrap_or(self.input * 2)),
+                cache_read: nano(self.cache_read.unwrap_or(self.input / 10)),
             },
+            fast: None,
+            flex: None,
             long_context: None,
-            web_search: self.web_search.unwrap_or(WEB_SEARCH_NANO),
+            geo_us_percent: None,
+            web_search: self.web_search.unwrap_or(WEB_SEARCH_NANO).saturating_mul(1_000),
             max_output_tokens: self.max_output_tokens,
+            source: "the edge's config file".to_string(),
         }
     }
 }
@@ -430,15 +446,21 @@ impl EdgeSettings {
             }
             Ok(v)
         };
-        let mut prices = PriceTable::default();
-        if let Some(f) = &file.pricing.fallback {
-            prices.set_fallback(f.price());
-        }
-        for (prefix, entry) in &file.pricing.models {
-            if prefix.is_empty() {
-                return Err("pricing.models: an empty model prefix would match every model".into());
+        let mut prices = PriceTable::builtin();
+        let unknown = env("TOLLGATE_UNKNOWN_MODEL").or(file.pricing.unknown_model.clone());
+        prices.set_unknown(match (unknown.as_deref().map(str::trim), &file.pricing.fallback) {
+            (Some("deny"), _) | (None, None) => UnknownModel::Deny,
+            (Some("dearest"), _) => UnknownModel::Dearest,
+            (None, Some(f)) => UnknownModel::Fallback(Box::new(f.price("fallback"))),
+            (Some(other), _) => {
+                return Err(format!("pricing.unknown_model must be deny or dearest, not {other:?}"));
             }
-            prices.set(prefix, entry.price());
+        });
+        for (id, entry) in &file.pricing.models {
+            if !crate::edge::valid_model_id(id) {
+                return Err(format!("pricing.models: {id:?} is not a valid model id"));
+            }
+            prices.set(entry.price(id));
         }
         let cluster_tls = match flags.cluster_tls.clone() {
             Some(f) => Some(f),
@@ -552,10 +574,17 @@ mod tests {
         assert_eq!(s.max_body_bytes, 1000);
         assert_eq!(s.anthropic.url, "http://127.0.0.1:5000");
         assert_eq!(s.openai.url, "https://api.openai.com");
-        let (p, fallback) = s.prices.price("my-model-v2");
-        assert!(!fallback);
-        assert_eq!((p.rates.input, p.rates.output, p.rates.cache_read, p.rates.cache_write_5m), (10, 20, 3, 12));
-        assert_eq!(s.prices.price("nobody-knows").0.rates.output, 2);
+        // Exact ids only: `my-model-v2` is not `my-model`.
+        assert!(s.prices.lookup("my-model-v2").is_none());
+        let p = s.prices.lookup("my-model").unwrap();
+        let nano = Rate::from_nano_per_token;
+        assert_eq!(
+            (p.rates.input, p.rates.output, p.rates.cache_read, p.rates.cache_write_5m),
+            (nano(10), nano(20), nano(3), nano(12))
+        );
+        // A [pricing.fallback] prices unknown models.
+        let unknown = s.prices.resolve("nobody-knows", crate::pricing::Provider::Anthropic).unwrap();
+        assert_eq!(unknown.rates.output, nano(2));
 
         let err = FileConfig::parse("version = 1\n[edge]\nlisten_addr = \"x\"\n").unwrap_err();
         assert!(err.contains("listen_addr"), "{err}");
@@ -599,6 +628,21 @@ mod tests {
         let empty = FileConfig { version: 1, ..Default::default() };
         let err = EdgeSettings::resolve(&empty, &Overrides::default(), None).unwrap_err();
         assert!(err.contains("ledger"), "{err}");
+    }
+
+    #[test]
+    fn unknown_models_are_denied_by_default_or_priced_at_the_dearest_or_the_fallback() {
+        use crate::pricing::{Provider, UnknownModel};
+        let resolve =
+            |text: &str| EdgeSettings::resolve(&FileConfig::parse(text).unwrap(), &Overrides::default(), None);
+        let base = "version = 1\n[edge]\nledger = [\"localhost:1\"]\n";
+        assert_eq!(resolve(base).unwrap().prices.unknown(), &UnknownModel::Deny);
+        let s = resolve(&format!("{base}[pricing]\nunknown_model = \"dearest\"\n")).unwrap();
+        assert!(s.prices.resolve("new-model", Provider::OpenAi).is_ok());
+        let err = resolve(&format!("{base}[pricing]\nunknown_model = \"cheapest\"\n")).unwrap_err();
+        assert!(err.contains("deny or dearest"), "{err}");
+        let err = resolve(&format!("{base}[pricing.models.\"a b\"]\ninput = 1\noutput = 2\n")).unwrap_err();
+        assert!(err.contains("not a valid model id"), "{err}");
     }
 
     #[test]

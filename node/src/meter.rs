@@ -14,6 +14,47 @@
 use serde_json::Value;
 use tollgate_ledger::state::Usage;
 
+use crate::pricing::Modifiers;
+
+/// Price modifiers a response reports; `None` where it says nothing.
+/// Anthropic: `usage.speed` (`fast` / `standard`) and `usage.inference_geo`;
+/// OpenAI: the top-level `service_tier` that actually served the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub fast: Option<bool>,
+    pub flex: Option<bool>,
+    pub geo_us: Option<bool>,
+}
+
+impl Reported {
+    /// The response's word where it gives one, else what the request asked.
+    pub fn over(self, asked: Modifiers) -> Modifiers {
+        Modifiers {
+            fast: self.fast.unwrap_or(asked.fast),
+            flex: self.flex.unwrap_or(asked.flex),
+            geo_us: self.geo_us.unwrap_or(asked.geo_us),
+        }
+    }
+
+    /// From an Anthropic `usage` object.
+    pub fn read_anthropic(&mut self, usage: &Value) {
+        if let Some(speed) = usage.get("speed").and_then(Value::as_str) {
+            self.fast = Some(speed == "fast");
+        }
+        if let Some(geo) = usage.get("inference_geo").and_then(Value::as_str) {
+            self.geo_us = Some(geo == "us");
+        }
+    }
+
+    /// From an OpenAI response or chunk (its top level).
+    pub fn read_openai(&mut self, response: &Value) {
+        if let Some(tier) = response.get("service_tier").and_then(Value::as_str) {
+            self.fast = Some(tier == "fast" || tier == "priority");
+            self.flex = Some(tier == "flex");
+        }
+    }
+}
+
 /// The most one SSE event may buffer before it is dropped as malformed.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -108,13 +149,16 @@ pub fn read_anthropic_usage(usage: &Value, into: &mut Usage) {
     }
 }
 
-/// Reads an OpenAI `usage` object (`prompt_tokens` includes cached tokens).
+/// Reads an OpenAI `usage` object. `prompt_tokens` includes the cached
+/// tokens and those written to the cache, which have their own rates.
 pub fn read_openai_usage(usage: &Value) -> Usage {
     let prompt = u(usage, "/prompt_tokens").unwrap_or(0);
     let cached = u(usage, "/prompt_tokens_details/cached_tokens").unwrap_or(0).min(prompt);
+    let written = u(usage, "/prompt_tokens_details/cache_write_tokens").unwrap_or(0).min(prompt - cached);
     Usage {
-        input_tokens: prompt - cached,
+        input_tokens: prompt - cached - written,
         cache_read_tokens: cached,
+        cache_write_5m_tokens: written,
         output_tokens: u(usage, "/completion_tokens").unwrap_or(0),
         ..Default::default()
     }
@@ -132,6 +176,8 @@ pub struct StreamMeter {
     pub errored: bool,
     /// Bytes of generated text seen, to estimate output if the stream is cut.
     pub text_bytes: u64,
+    /// Price modifiers the stream reported.
+    pub reported: Reported,
 }
 
 impl StreamMeter {
@@ -142,12 +188,14 @@ impl StreamMeter {
             "message_start" => {
                 if let Some(usage) = v.pointer("/message/usage") {
                     read_anthropic_usage(usage, &mut self.usage);
+                    self.reported.read_anthropic(usage);
                     self.saw_usage = true;
                 }
             }
             "message_delta" => {
                 if let Some(usage) = v.get("usage") {
                     read_anthropic_usage(usage, &mut self.usage);
+                    self.reported.read_anthropic(usage);
                 }
             }
             "content_block_delta" => {
@@ -171,6 +219,7 @@ impl StreamMeter {
             return;
         }
         let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+        self.reported.read_openai(&v);
         if let Some(usage) = v.get("usage").filter(|u| !u.is_null()) {
             self.usage = read_openai_usage(usage);
             self.saw_usage = true;
@@ -194,6 +243,44 @@ impl StreamMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn price_modifiers_come_from_the_response_else_the_request() {
+        let asked = Modifiers { fast: true, flex: false, geo_us: true };
+        // Nothing reported: the request's word stands.
+        assert_eq!(Reported::default().over(asked), asked);
+        let mut r = Reported::default();
+        r.read_anthropic(&serde_json::json!({"input_tokens": 1, "speed": "standard", "inference_geo": "global"}));
+        assert_eq!(r.over(asked), Modifiers::default());
+        r.read_anthropic(&serde_json::json!({"speed": "fast", "inference_geo": "us"}));
+        assert_eq!(r.over(Modifiers::default()), Modifiers { fast: true, flex: false, geo_us: true });
+        let mut r = Reported::default();
+        r.read_openai(&serde_json::json!({"service_tier": "priority"}));
+        assert!(r.over(Modifiers::default()).fast);
+        r.read_openai(&serde_json::json!({"service_tier": "flex"}));
+        assert_eq!(r.over(asked), Modifiers { fast: false, flex: true, geo_us: true });
+        // A stream's chunks report it too.
+        let mut m = StreamMeter::default();
+        m.openai_event(r#"{"id":"c","service_tier":"default","choices":[]}"#);
+        assert_eq!(m.reported.fast, Some(false));
+    }
+
+    #[test]
+    fn openai_cached_and_written_tokens_come_out_of_the_prompt_once() {
+        let u = read_openai_usage(&serde_json::json!({
+            "prompt_tokens": 1000, "completion_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300}
+        }));
+        assert_eq!(
+            (u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens, u.output_tokens),
+            (100, 600, 300, 20)
+        );
+        // Inconsistent counts never underflow.
+        let u = read_openai_usage(&serde_json::json!({
+            "prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 5}
+        }));
+        assert_eq!((u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens), (0, 8, 2));
+    }
 
     const ANTHROPIC_STREAM: &str = concat!(
         "event: message_start\n",

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod outbox;
 mod proxy;
 mod request;
+pub use request::valid_model_id;
 pub mod watch;
 
 use std::convert::Infallible;

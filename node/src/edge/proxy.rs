@@ -24,7 +24,8 @@ use super::watch::Principal;
 use super::{KeySlot, Shared};
 use crate::config::{EstimateMode, FailMode};
 use crate::errors::{self, Api, ErrorResponse};
-use crate::meter::{read_anthropic_usage, read_openai_usage, SseParser, StreamMeter};
+use crate::meter::{read_anthropic_usage, read_openai_usage, Reported, SseParser, StreamMeter};
+use crate::pricing::{Modifiers, Price, Provider};
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -280,6 +281,10 @@ struct Admitted {
     hold: pb::HoldId,
     principal: Principal,
     model: String,
+    /// The prices the request is charged at, resolved once at admission.
+    price: Arc<Price>,
+    /// What the request asked for that changes its price.
+    asked: Modifiers,
     input_estimate: u64,
     session: String,
     /// Admitted without the ledger (`fail_mode = open`): the reservation
@@ -370,7 +375,8 @@ impl Ctx {
                     if !valid_model_id(&model) {
                         return Err(self.err(400, invalid_model_message(&model)));
                     }
-                    if let Err(scope) = view.check_policy(&principal, &model) {
+                    let listed = self.s.settings.prices.lookup(&model).map(|p| p.id.clone());
+                    if let Err(scope) = view.check_policy(&principal, &model, listed.as_deref()) {
                         return Err(
                             self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}"))
                         );
@@ -495,8 +501,19 @@ impl Ctx {
             return Err(self.err(400, invalid_model_message(&model)));
         }
         self.model = model.clone();
+        let provider = if self.api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
+        let price = self.s.settings.prices.resolve(&model, provider).map_err(|_| {
+            self.err(
+                400,
+                format!(
+                    "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
+                     operator can add one under [pricing.models] in the edge's config (or set unknown_model = \
+                     \"dearest\")"
+                ),
+            )
+        })?;
         let strict = self.s.settings.estimate == EstimateMode::Strict;
-        let limit = self.s.settings.prices.max_output_tokens(&model);
+        let limit = price.max_output_tokens;
         let per_choice = match self.api {
             Api::Anthropic => head.max_tokens.ok_or_else(|| self.err(400, "max_tokens: Field required"))?,
             Api::OpenAi => match head.max_completion_tokens.or(head.max_tokens) {
@@ -519,7 +536,8 @@ impl Ctx {
         }
         let max_out = per_choice.saturating_mul(head.n);
         let view = self.s.config.current();
-        if let Err(scope) = view.check_policy(&principal, &model) {
+        let listed = self.s.settings.prices.lookup(&model).map(|p| p.id.as_str());
+        if let Err(scope) = view.check_policy(&principal, &model, listed) {
             return Err(self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}")));
         }
         if self.s.outbox.depth() >= self.s.settings.max_outbox {
@@ -531,7 +549,8 @@ impl Ctx {
             let chars = std::str::from_utf8(body).map(|t| t.chars().count()).unwrap_or(body.len()) as u64;
             (chars * 2).div_ceil(7)
         };
-        let amount = self.s.settings.prices.reserve_amount(&model, input_estimate, max_out, strict);
+        let asked = head.modifiers;
+        let amount = price.reserve(input_estimate, max_out, strict, asked);
         let ledger_max = NanoUsd(view.max_request_nano_usd);
         if ledger_max != NanoUsd::ZERO && amount > ledger_max {
             return Err(self.err(
@@ -636,7 +655,7 @@ impl Ctx {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(MAX_SESSION_ID).collect())
             .unwrap_or_default();
-        Ok((Admitted { hold, principal, model, input_estimate, session, fail_open }, head))
+        Ok((Admitted { hold, principal, model, price, asked, input_estimate, session, fail_open }, head))
     }
 
     async fn metered(
@@ -759,9 +778,10 @@ impl Settler {
         });
     }
 
-    /// Charges `usage` (computing its cost) through the outbox.
-    fn settle(mut self, usage: Usage, estimated: bool) {
-        let cost = self.s.settings.prices.cost(&self.adm.model, &usage);
+    /// Charges `usage` (computing its cost, with the modifiers the
+    /// response reported over those the request asked for) through the outbox.
+    fn settle(mut self, usage: Usage, reported: Reported, estimated: bool) {
+        let cost = self.adm.price.cost(&usage, reported.over(self.adm.asked));
         self.charge(usage, cost, estimated);
     }
 
@@ -820,26 +840,32 @@ impl Settler {
     /// prompt), marked estimated.
     fn settle_estimate(self) {
         let usage = Usage { input_tokens: self.adm.input_estimate, ..Default::default() };
-        self.settle(usage, true);
+        self.settle(usage, Reported::default(), true);
     }
 
     fn settle_json(self, body: &[u8]) {
-        /// Only `usage` is kept; the rest of the response is skipped.
+        /// Only `usage` and the tier are kept; the rest is skipped.
         #[derive(serde::Deserialize)]
         struct WithUsage {
             usage: Option<Value>,
+            service_tier: Option<Value>,
         }
         let v: Option<WithUsage> = serde_json::from_slice(body).ok();
         let usage = v.as_ref().and_then(|v| v.usage.as_ref()).filter(|u| u.is_object());
+        let mut reported = Reported::default();
         match (usage, self.api) {
             (Some(u), Api::Anthropic) => {
                 let mut usage = Usage::default();
                 read_anthropic_usage(u, &mut usage);
-                self.settle(usage, false);
+                reported.read_anthropic(u);
+                self.settle(usage, reported, false);
             }
             (Some(u), Api::OpenAi) => {
                 let usage = read_openai_usage(u);
-                self.settle(usage, false);
+                if let Some(tier) = v.as_ref().and_then(|v| v.service_tier.clone()) {
+                    reported.read_openai(&serde_json::json!({ "service_tier": tier }));
+                }
+                self.settle(usage, reported, false);
             }
             (None, _) => self.settle_estimate(),
         }
@@ -921,14 +947,14 @@ impl Settler {
         // client's body ends, so a shutdown cannot slip in between.
         if complete {
             let usage = meter.usage;
-            self.settle(usage, false);
+            self.settle(usage, meter.reported, false);
         } else {
             let mut usage = meter.usage;
             usage.output_tokens = meter.output_estimate();
             if !meter.saw_usage {
                 usage.input_tokens = self.adm.input_estimate;
             }
-            self.settle(usage, true);
+            self.settle(usage, meter.reported, true);
         }
         drop(tx);
     }

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::pricing::Modifiers;
+
 /// The longest model id accepted.
 pub const MAX_MODEL_BYTES: usize = 128;
 
@@ -37,6 +39,12 @@ struct Fields<'a> {
     stream: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "raw")]
     stream_options: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    speed: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    inference_geo: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    service_tier: Option<&'a RawValue>,
 }
 
 /// Why a body cannot be admitted; each names the field, as the providers do.
@@ -62,6 +70,9 @@ pub struct Head<'a> {
     pub n: u64,
     pub stream: bool,
     stream_options: Option<&'a RawValue>,
+    /// What the request asks for that changes its price: `speed: "fast"`,
+    /// `inference_geo: "us"`, OpenAI's `service_tier`.
+    pub modifiers: Modifiers,
 }
 
 fn field<'a, T: Deserialize<'a>>(
@@ -74,6 +85,10 @@ fn field<'a, T: Deserialize<'a>>(
         Some(r) if r.get() == "null" => Ok(None),
         Some(r) => serde_json::from_str(r.get()).map(Some).map_err(|_| BodyError::Field { field: name, want }),
     }
+}
+
+fn tier(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, BodyError> {
+    field(raw, "service_tier", "must be a string")
 }
 
 impl<'a> Head<'a> {
@@ -97,6 +112,13 @@ impl<'a> Head<'a> {
             n: field(f.n, "n", positive)?.unwrap_or(1u64).max(1),
             stream: field(f.stream, "stream", "must be a boolean")?.unwrap_or(false),
             stream_options: f.stream_options,
+            modifiers: Modifiers {
+                fast: field::<Cow<str>>(f.speed, "speed", "must be a string")?.is_some_and(|s| s == "fast")
+                    || tier(f.service_tier)?.is_some_and(|t| t == "fast" || t == "priority"),
+                flex: tier(f.service_tier)?.is_some_and(|t| t == "flex"),
+                geo_us: field::<Cow<str>>(f.inference_geo, "inference_geo", "must be a string")?
+                    .is_some_and(|g| g == "us"),
+            },
         })
     }
 
@@ -149,6 +171,20 @@ mod tests {
         // Escapes in the model are decoded.
         let h = Head::parse(br#"{"model":"gpt\u002d4o","n":null,"max_tokens":null}"#).unwrap();
         assert_eq!((h.model.as_deref(), h.max_tokens, h.n), (Some("gpt-4o"), None, 1));
+    }
+
+    #[test]
+    fn price_modifiers_are_read_from_the_request() {
+        let m = |b: &str| Head::parse(b.as_bytes()).unwrap().modifiers;
+        assert_eq!(m(r#"{"model":"m"}"#), Modifiers::default());
+        assert_eq!(
+            m(r#"{"model":"m","speed":"fast","inference_geo":"us"}"#),
+            Modifiers { fast: true, flex: false, geo_us: true }
+        );
+        assert_eq!(m(r#"{"model":"m","speed":"standard","inference_geo":"global"}"#), Modifiers::default());
+        assert!(m(r#"{"model":"m","service_tier":"priority"}"#).fast);
+        assert!(m(r#"{"model":"m","service_tier":"flex"}"#).flex);
+        assert!(Head::parse(br#"{"model":"m","speed":1}"#).is_err());
     }
 
     #[test]

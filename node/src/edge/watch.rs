@@ -42,14 +42,15 @@ pub fn secret_hash(secret: &str) -> String {
     s
 }
 
-/// Whether a policy entry allows `model`: the exact id, a family prefix
-/// followed by `-` (`claude-sonnet-4-5` allows `claude-sonnet-4-5-20250929`),
-/// or a prefix ending in `*`.
-fn allows(entry: &str, model: &str) -> bool {
+/// Whether a policy entry allows a request for `model`, whose listed id in
+/// the price book is `listed` (an alias such as a dated snapshot resolves to
+/// its model's id): the exact name, the listed id, or a prefix ending in `*`.
+/// Nothing else: `claude-opus-4-1` does not allow `claude-opus-4-1-evil`.
+fn allows(entry: &str, model: &str, listed: Option<&str>) -> bool {
     if let Some(prefix) = entry.strip_suffix('*') {
         return model.starts_with(prefix);
     }
-    model == entry || model.strip_prefix(entry).is_some_and(|rest| rest.starts_with('-'))
+    entry == model || listed == Some(entry)
 }
 
 impl ConfigView {
@@ -74,12 +75,12 @@ impl ConfigView {
     }
 
     /// `Err(scope)` naming the first policy on the chain that does not allow `model`.
-    pub fn check_policy(&self, p: &Principal, model: &str) -> Result<(), String> {
+    pub fn check_policy(&self, p: &Principal, model: &str, listed: Option<&str>) -> Result<(), String> {
         let chain =
             ["org".to_string(), format!("team:{}", p.team), format!("user:{}", p.user), format!("key:{}", p.key_id)];
         for scope in chain {
             if let Some(allowed) = self.policies.get(&scope) {
-                if !allowed.is_empty() && !allowed.iter().any(|e| allows(e, model)) {
+                if !allowed.is_empty() && !allowed.iter().any(|e| allows(e, model, listed)) {
                     return Err(scope);
                 }
             }
@@ -278,11 +279,14 @@ mod tests {
     fn policies_on_the_chain_restrict_models() {
         let v = ConfigView::from_snapshot(&snapshot());
         let p = v.authenticate("tg-live").unwrap().clone();
-        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5"), Ok(()));
-        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5-20250929"), Ok(()));
-        assert_eq!(v.check_policy(&p, "gpt-5-mini"), Ok(()));
-        assert_eq!(v.check_policy(&p, "claude-sonnet-4-50"), Err("team:eng".into()));
-        assert_eq!(v.check_policy(&p, "claude-opus-4-1"), Err("team:eng".into()));
+        let sonnet = Some("claude-sonnet-4-5");
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5", sonnet), Ok(()));
+        // An alias of an allowed model is allowed; a name that only starts like one is not.
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5-20250929", sonnet), Ok(()));
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-5-evil", None), Err("team:eng".into()));
+        assert_eq!(v.check_policy(&p, "gpt-5-mini", Some("gpt-5-mini")), Ok(()));
+        assert_eq!(v.check_policy(&p, "claude-sonnet-4-50", None), Err("team:eng".into()));
+        assert_eq!(v.check_policy(&p, "claude-opus-4-1", Some("claude-opus-4-1")), Err("team:eng".into()));
     }
 
     #[test]
