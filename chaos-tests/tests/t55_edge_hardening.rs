@@ -583,22 +583,35 @@ async fn an_unreachable_upstream_is_a_502_naming_no_internal_address() {
     assert!(!r.body.contains("127.0.0.1") && !r.body.contains(&port), "{}", r.body);
 }
 
-/// Finding 9: a `GET /v1/models` that carries a 100-byte body reaches the
-/// provider without it (`x-mock-body-bytes: 0`), and the same client
-/// connection then serves a `POST /v1/messages` whose whole body arrives.
+/// Finding 9: a `GET /v1/models` that carries a 100-byte body no longer
+/// desynchronises its connection: the gateway answers the model list
+/// itself (Claude Code's model discovery) from its price book, filtered by
+/// the caller's policy, and the same client connection then serves a
+/// `POST /v1/messages` whose whole body reaches the provider.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_get_with_a_body_is_forwarded_without_it() {
+async fn a_get_with_a_body_does_not_desynchronise_the_connection() {
     let s = setup(&[]).await;
     let secret = s.key("eng", "ann@corp.io").await;
+    let a = &s.admin;
+    let policy = pb::SetPolicyRequest {
+        scope: "team:eng".into(),
+        allowed_models: vec!["claude-sonnet-4-5".into(), "claude-opus-5-5".into()],
+    };
+    a.call(policy, |mut c, r| async move { c.set_policy(r).await }).await.unwrap();
     let edge = s.edge("edge1", "", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     let mut conn = Conn::open(&edge.addr).await;
     let h = anthropic(&secret);
-    let models = conn.call("GET", "/v1/models", &with(&h, &[("content-length", "100")]), "x".repeat(100)).await;
+    let models =
+        conn.call("GET", "/v1/models?limit=1000", &with(&h, &[("content-length", "100")]), "x".repeat(100)).await;
     assert_eq!(models.status, 200, "{}", models.body);
-    assert_eq!(models.header("x-mock-body-bytes"), Some("0"));
-    assert_eq!(models.json()["first_id"], "claude-opus-4-1");
+    assert_eq!(models.header("x-mock-body-bytes"), None, "the model list went upstream");
+    let list = models.json();
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["claude-opus-5-5", "claude-sonnet-4-5"]);
+    assert_eq!(list["data"][0]["display_name"], "Claude Opus 5.5");
+    assert_eq!((list["has_more"].as_bool(), list["first_id"].as_str()), (Some(false), Some("claude-opus-5-5")));
     let body = message("claude-sonnet-4-5", 10);
     let m = conn.call("POST", "/v1/messages", &h, body.clone()).await;
     assert_eq!(m.status, 200, "{}", m.body);

@@ -219,6 +219,42 @@ pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
     })
 }
 
+/// `GET /v1/models` in `api`'s shape: the listed models of that provider
+/// that every policy on the caller's chain allows.
+fn models_list(s: &Shared, api: Api, view: &super::watch::ConfigView, principal: &Principal) -> Response<Body> {
+    let provider = if api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
+    let allowed: Vec<&Price> = s
+        .settings
+        .prices
+        .models()
+        .filter(|m| m.provider.is_none_or(|p| p == provider))
+        .filter(|m| view.check_policy(principal, &m.id, Some(&m.id)).is_ok())
+        .map(|m| m.as_ref())
+        .collect();
+    let body = match api {
+        Api::Anthropic => {
+            let data: Vec<Value> = allowed
+                .iter()
+                .map(|m| serde_json::json!({"type": "model", "id": m.id, "display_name": m.display_name}))
+                .collect();
+            serde_json::json!({
+                "data": data,
+                "has_more": false,
+                "first_id": allowed.first().map(|m| m.id.as_str()),
+                "last_id": allowed.last().map(|m| m.id.as_str()),
+            })
+        }
+        Api::OpenAi => {
+            let data: Vec<Value> = allowed
+                .iter()
+                .map(|m| serde_json::json!({"object": "model", "id": m.id, "owned_by": "openai"}))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
+        }
+    };
+    plain(StatusCode::OK, "application/json", body.to_string())
+}
+
 /// The 400 for an implausible model id (its echo is bounded and escaped).
 fn invalid_model_message(model: &str) -> String {
     let shown: String = model.chars().take(40).collect();
@@ -352,6 +388,12 @@ impl Ctx {
                 Ok(Err(e)) => return Err(self.err(400, format!("Tollgate: could not read the request body: {e}"))),
                 Ok(Ok(b)) => b.to_bytes(),
             };
+        if let Route::Models(api) = self.route {
+            // Answered here, from the price book: each engineer sees the
+            // models the gateway prices and their policy allows (Claude
+            // Code's gateway model discovery waits 3 s and takes no redirect).
+            return Ok(models_list(&self.s, api, &view, &principal));
+        }
         let upstream = match self.api {
             Api::Anthropic => &self.s.settings.anthropic,
             Api::OpenAi => &self.s.settings.openai,
