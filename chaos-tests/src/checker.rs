@@ -25,6 +25,8 @@ use crate::mock::TruthRecord;
 pub fn rates(model: &str) -> Option<[u64; 5]> {
     Some(match model {
         "claude-sonnet-4-5" => [3_000, 15_000, 3_750, 6_000, 300],
+        // Claude Code's default model: $4 / $20, writes $5 / $8, reads $0.20 per MTok.
+        "claude-opus-5-5" => [4_000, 20_000, 5_000, 8_000, 200],
         "claude-haiku-4-5" => [1_000, 5_000, 1_250, 2_000, 100],
         "gpt-4o" => [2_500, 10_000, 2_500, 2_500, 1_250],
         _ => return None,

@@ -238,6 +238,40 @@ async fn sdk_calls_are_metered_to_the_nano_dollar() {
     assert!(metrics.contains("tollgate_outbox_depth 0"));
 }
 
+/// Claude Code's default model, `claude-opus-5-5`, through the official SDK
+/// (JSON and streamed, with cache reads and both cache writes): charged its
+/// list price to the nano-dollar ($4 / $20, writes $5 / $8, reads $0.20 per
+/// MTok, at the checker's independent rates), not a fallback's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_codes_default_model_is_metered_at_its_list_price() {
+    let s = setup(&[]).await;
+    let (key_id, secret) = s.principal("eng", "ann@corp.io").await;
+    s.budget("team:eng", "5").await;
+    let edge = s.edge("edge1", &[]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let cache = json!({"x-mock-cache-read": "40000", "x-mock-cache-write-5m": "1000", "x-mock-cache-write-1h": "2000"});
+    let steps = json!([
+        {"kind": "anthropic", "model": "claude-opus-5-5", "max_tokens": 64, "headers": cache, "content": "say hi"},
+        {"kind": "anthropic", "stream": true, "model": "claude-opus-5-5", "max_tokens": 64, "headers": cache},
+    ]);
+    let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    assert!(r.iter().all(|x| x["ok"] == true), "{r:?}");
+    let row = s.settled("key", &format!("key:{key_id}"), 2).await;
+    let truth = s.mock.truth();
+    assert_eq!(truth.len(), 2);
+    let want: u64 = truth.iter().map(truth_cost).sum();
+    assert_eq!(row.spent_nano_usd, want);
+    // The same by hand, for the first (JSON) response.
+    let u = &truth[0].usage;
+    let by_hand = u.input_tokens * 4_000
+        + u.output_tokens * 20_000
+        + u.cache_write_5m_tokens * 5_000
+        + u.cache_write_1h_tokens * 8_000
+        + u.cache_read_tokens * 200;
+    assert_eq!(truth_cost(&truth[0]), by_hand);
+    assert_eq!(u.cache_read_tokens, 40_000);
+}
+
 /// A raw HTTP/1.1 GET, for /metrics and /readyz.
 async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
