@@ -338,20 +338,25 @@ impl EdgeProc {
 
     /// SIGTERM and wait (bounded) for a graceful exit; returns its status code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        terminate(self.child.take()?, within)
+    }
+}
+
+/// SIGTERM, then wait up to `within` for a graceful exit (SIGKILL after);
+/// the exit code if it exited by itself.
+pub fn terminate(mut child: Child, within: Duration) -> Option<i32> {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.code();
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -238,17 +238,8 @@ impl Procs {
 
     /// SIGTERM and wait (bounded) for the exit.
     fn stop_node(&mut self, id: u64, within: Duration) {
-        if let Some(mut c) = self.nodes.remove(&id) {
-            kill(c.id(), "-TERM");
-            let deadline = Instant::now() + within;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.nodes.remove(&id) {
+            crate::cluster::terminate(c, within);
         }
     }
 }

@@ -49,9 +49,14 @@ impl Reported {
     /// From an OpenAI response or chunk (its top level).
     pub fn read_openai(&mut self, response: &Value) {
         if let Some(tier) = response.get("service_tier").and_then(Value::as_str) {
-            self.fast = Some(tier == "fast" || tier == "priority");
-            self.flex = Some(tier == "flex");
+            self.read_openai_tier(tier);
         }
+    }
+
+    /// From the `service_tier` that served an OpenAI request.
+    pub fn read_openai_tier(&mut self, tier: &str) {
+        self.fast = Some(tier == "fast" || tier == "priority");
+        self.flex = Some(tier == "flex");
     }
 }
 

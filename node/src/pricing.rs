@@ -241,6 +241,9 @@ pub struct PriceTable {
     /// Every id and alias.
     by_name: HashMap<String, Arc<Price>>,
     unknown: UnknownModel,
+    /// Each provider's dearest rates (for `unknown_model = "dearest"`),
+    /// derived whenever the models change, not per request.
+    dearest: HashMap<Provider, Price>,
 }
 
 /// A model the book does not list, under [`UnknownModel::Deny`].
@@ -384,7 +387,7 @@ impl PriceTable {
     }
 
     pub fn new(models: Vec<Price>, unknown: UnknownModel) -> PriceTable {
-        let mut t = PriceTable { models: Vec::new(), by_name: HashMap::new(), unknown };
+        let mut t = PriceTable { models: Vec::new(), by_name: HashMap::new(), unknown, dearest: HashMap::new() };
         for m in models {
             t.set(m);
         }
@@ -404,6 +407,10 @@ impl PriceTable {
             self.by_name.insert(name.clone(), price.clone());
         }
         self.models.push(price);
+        self.dearest = [Provider::Anthropic, Provider::OpenAi]
+            .into_iter()
+            .filter_map(|p| Some((p, self.dearest_of(p)?)))
+            .collect();
     }
 
     pub fn set_unknown(&mut self, unknown: UnknownModel) {
@@ -428,15 +435,16 @@ impl PriceTable {
         match &self.unknown {
             UnknownModel::Deny => Err(Unpriced(model.to_string())),
             UnknownModel::Fallback(p) => Ok(Arc::new(Price { id: model.to_string(), ..(**p).clone() })),
-            UnknownModel::Dearest => {
-                self.dearest(model, provider).map(Arc::new).ok_or_else(|| Unpriced(model.to_string()))
-            }
+            UnknownModel::Dearest => match self.dearest.get(&provider) {
+                Some(d) => Ok(Arc::new(Price { id: model.to_string(), display_name: model.to_string(), ..d.clone() })),
+                None => Err(Unpriced(model.to_string())),
+            },
         }
     }
 
     /// Each rate the highest any listed model of `provider` has (fast and
-    /// long-context rates included), under `model`'s name.
-    fn dearest(&self, model: &str, provider: Provider) -> Option<Price> {
+    /// long-context rates, and the US-only multiplier, included).
+    fn dearest_of(&self, provider: Provider) -> Option<Price> {
         let of = self.models.iter().filter(|m| m.provider.is_none_or(|p| p == provider));
         let mut rates: Option<Rates> = None;
         let mut web_search = 0;
@@ -456,9 +464,9 @@ impl PriceTable {
             web_search = web_search.max(m.web_search);
         }
         Some(Price {
-            id: model.to_string(),
+            id: String::new(),
             provider: Some(provider),
-            display_name: model.to_string(),
+            display_name: String::new(),
             aliases: vec![],
             rates: rates?,
             fast: None,

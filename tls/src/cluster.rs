@@ -163,10 +163,6 @@ impl ClusterTls {
         &self.role
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
-
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.loaded.read().unwrap_or_else(|p| p.into_inner()).server.clone()
     }

@@ -111,9 +111,6 @@ pub fn never_connected(status: &tonic::Status) -> bool {
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
-    /// Whether the connection is TLS (then the client's certificate was
-    /// verified against the cluster CAs).
-    pub tls: bool,
     /// The role the client's certificate names; `Err` when it names none.
     pub role: Result<Role, crate::RoleError>,
 }
@@ -228,7 +225,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ClusterTls>>, tx: mp
         };
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &tls else {
-            let info = PeerInfo { remote: Some(remote), tls: false, role: Err(crate::RoleError::Missing) };
+            let info = PeerInfo { remote: Some(remote), role: Err(crate::RoleError::Missing) };
             if tx.send(Ok(ServerIo { io: Box::new(tcp), info })).await.is_err() {
                 return;
             }
@@ -251,7 +248,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<Arc<ClusterTls>>, tx: mp
                 Some(cert) => Role::from_certificate(cert),
                 None => Err(crate::RoleError::Missing),
             };
-            let info = PeerInfo { remote: Some(remote), tls: true, role };
+            let info = PeerInfo { remote: Some(remote), role };
             let _ = tx.send(Ok(ServerIo { io: Box::new(stream), info })).await;
         });
     }

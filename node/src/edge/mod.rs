@@ -120,10 +120,6 @@ fn upstream_client() -> anyhow::Result<UpstreamClient> {
         .build(https))
 }
 
-fn shared_ops_addr(settings: &EdgeSettings) -> Option<SocketAddr> {
-    settings.ops_listen
-}
-
 impl Edge {
     /// Binds the listener, opens the outbox (replaying what an earlier run
     /// left), starts the config watch and serves.
@@ -164,7 +160,7 @@ impl Edge {
             .await
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        let ops_listener = match shared_ops_addr(&settings) {
+        let ops_listener = match settings.ops_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listening on --ops-listen {addr}: {e}"))?,
             ),

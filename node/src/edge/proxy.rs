@@ -578,8 +578,9 @@ impl Ctx {
         }
         let max_out = per_choice.saturating_mul(head.n);
         let view = self.s.config.current();
-        let listed = self.s.settings.prices.lookup(&model).map(|p| p.id.as_str());
-        if let Err(scope) = view.check_policy(&principal, &model, listed) {
+        // The resolved price names the listed model (an unlisted one priced
+        // by `unknown_model` carries the request's own name).
+        if let Err(scope) = view.check_policy(&principal, &model, Some(price.id.as_str())) {
             return Err(self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}")));
         }
         if self.s.outbox.depth() >= self.s.settings.max_outbox {
@@ -890,7 +891,7 @@ impl Settler {
         #[derive(serde::Deserialize)]
         struct WithUsage {
             usage: Option<Value>,
-            service_tier: Option<Value>,
+            service_tier: Option<String>,
         }
         let v: Option<WithUsage> = serde_json::from_slice(body).ok();
         let usage = v.as_ref().and_then(|v| v.usage.as_ref()).filter(|u| u.is_object());
@@ -904,8 +905,8 @@ impl Settler {
             }
             (Some(u), Api::OpenAi) => {
                 let usage = read_openai_usage(u);
-                if let Some(tier) = v.as_ref().and_then(|v| v.service_tier.clone()) {
-                    reported.read_openai(&serde_json::json!({ "service_tier": tier }));
+                if let Some(tier) = v.as_ref().and_then(|v| v.service_tier.as_deref()) {
+                    reported.read_openai_tier(tier);
                 }
                 self.settle(usage, reported, false);
             }

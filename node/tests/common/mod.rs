@@ -176,17 +176,9 @@ impl Cluster {
 
     /// SIGTERM, and wait (bounded) for a clean exit.
     pub fn stop(&mut self, id: u64) {
-        let Some(mut c) = self.children.remove(&id) else { return };
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(c) = self.children.remove(&id) {
+            tollgate_chaos::cluster::terminate(c, Duration::from_secs(10));
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
