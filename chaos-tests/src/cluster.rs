@@ -189,13 +189,27 @@ pub struct MockProc {
 }
 
 impl MockProc {
-    /// Starts `bin` (the `mock-upstream` binary) with `extra` flags.
-    pub fn start(bin: &Path, dir: &Path, key: &str, extra: &[&str]) -> anyhow::Result<MockProc> {
+    /// Starts `bin` (the `mock-upstream` binary) with `extra` flags,
+    /// accepting only the credential `key` if one is given, and keeping a
+    /// ground-truth log if `truth_log`.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        key: Option<&str>,
+        truth_log: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<MockProc> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let log = dir.join(format!("truth-{}.jsonl", addr.replace([':', '.'], "_")));
-        let child = Command::new(bin)
-            .args(["--listen", &addr, "--expect-key", key, "--log"])
-            .arg(&log)
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", &addr]);
+        if let Some(key) = key {
+            cmd.args(["--expect-key", key]);
+        }
+        if truth_log {
+            cmd.arg("--log").arg(&log);
+        }
+        let child = cmd
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -206,6 +220,18 @@ impl MockProc {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits (bounded) until the port accepts connections.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while tokio::net::TcpStream::connect(&self.addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("mock upstream {} not listening after {timeout:?}", self.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Every response logged so far (none before the first).

@@ -8,7 +8,9 @@
 
 pub mod checker;
 pub mod cluster;
+mod load;
 pub mod mock;
 pub mod netns;
 pub mod pki;
+mod procs;
 pub mod run;

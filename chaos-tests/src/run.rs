@@ -6,26 +6,22 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::Mutex;
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
 use tollgate_tls::{ClusterTls, Role};
 
 use crate::checker::{self, BudgetFigures, ClientRecord, Fault, History, MemberState, Verdict};
+use crate::load::{http_client, http_get, user_loop, Load, User};
 use crate::netns::Net;
 use crate::pki::{host_of, Pki};
+use crate::procs::{kill, KillOnDrop, Procs};
 
 pub const SCENARIOS: [&str; 7] = [
     "leader-kill",
@@ -37,10 +33,10 @@ pub const SCENARIOS: [&str; 7] = [
     "rolling-restart",
 ];
 
-const UPSTREAM_KEY: &str = "sk-chaos-upstream";
+pub(crate) const UPSTREAM_KEY: &str = "sk-chaos-upstream";
 const GRPC_PORT: u16 = 7070;
 const HTTP_PORT: u16 = 8080;
-const ELECTION_TIMEOUT_MS: u64 = 600;
+pub(crate) const ELECTION_TIMEOUT_MS: u64 = 600;
 const HOLD_TTL_SECS: u64 = 10;
 
 /// What to run.
@@ -163,244 +159,6 @@ impl Rng {
     }
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
-}
-
-/// The processes of one run.
-struct Procs {
-    bin: PathBuf,
-    dir: PathBuf,
-    net: Net,
-    ledger_peers: String,
-    ledger_addrs: BTreeMap<u64, String>,
-    /// Transport flags of each ledger node (its TLS files, or --insecure-plaintext).
-    node_flags: BTreeMap<u64, Vec<String>>,
-    nodes: BTreeMap<u64, Child>,
-    edges: BTreeMap<usize, Child>,
-    edge_args: BTreeMap<usize, Vec<String>>,
-}
-
-impl Procs {
-    fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
-        Ok(std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{name}.log")))?)
-    }
-
-    fn spawn_node(&mut self, id: u64) -> anyhow::Result<()> {
-        let mut cmd = self.net.command(&format!("n{id}"), &self.bin);
-        cmd.args(["ledger", "--id", &id.to_string(), "--grpc", &self.ledger_addrs[&id], "--peers", &self.ledger_peers])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("n{id}")))
-            .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
-            .args(&self.node_flags[&id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(self.log(&format!("n{id}"))?);
-        if id == 1 {
-            cmd.arg("--bootstrap");
-        }
-        self.nodes.insert(id, cmd.spawn().context("starting a ledger node")?);
-        Ok(())
-    }
-
-    fn spawn_edge(&mut self, k: usize) -> anyhow::Result<()> {
-        let mut cmd = self.net.command(&format!("e{k}"), &self.bin);
-        cmd.args(&self.edge_args[&k])
-            .env("ANTHROPIC_API_KEY", UPSTREAM_KEY)
-            .env("OPENAI_API_KEY", UPSTREAM_KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(self.log(&format!("e{k}"))?);
-        self.edges.insert(k, cmd.spawn().context("starting an edge")?);
-        Ok(())
-    }
-
-    fn node_pid(&self, id: u64) -> Option<u32> {
-        self.nodes.get(&id).map(|c| c.id())
-    }
-
-    fn kill_node(&mut self, id: u64) {
-        if let Some(mut c) = self.nodes.remove(&id) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn kill_edge(&mut self, k: usize) {
-        if let Some(mut c) = self.edges.remove(&k) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait (bounded) for the exit.
-    fn stop_node(&mut self, id: u64, within: Duration) {
-        if let Some(c) = self.nodes.remove(&id) {
-            crate::cluster::terminate(c, within);
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.edges)
-            .into_iter()
-            .chain(std::mem::take(&mut self.nodes).into_iter().map(|(i, c)| (i as usize, c)))
-        {
-            kill(c.id(), "-CONT");
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-type Http = Client<HttpConnector, Full<Bytes>>;
-
-fn http_client() -> Http {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(c)
-}
-
-async fn http_get(client: &Http, url: &str) -> Option<String> {
-    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(3), client.request(req)).await.ok()?.ok()?;
-    if resp.status() != 200 {
-        return None;
-    }
-    let body = tokio::time::timeout(Duration::from_secs(3), resp.into_body().collect()).await.ok()?.ok()?;
-    Some(String::from_utf8_lossy(&body.to_bytes()).into_owned())
-}
-
-/// A simulated user.
-#[derive(Debug, Clone)]
-struct User {
-    key_id: String,
-    secret: String,
-    team: String,
-}
-
-const MODELS: [(&str, bool); 3] = [("claude-sonnet-4-5", true), ("claude-haiku-4-5", true), ("gpt-4o", false)];
-
-/// One request from `user`, recorded as the client saw it.
-async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng, t0: Instant) -> ClientRecord {
-    let edge = rng.below(edges.len() as u64) as usize;
-    let (model, anthropic) = MODELS[rng.below(3) as usize];
-    let stream = rng.below(2) == 0;
-    let max_tokens = 50 + rng.below(150);
-    let content: String = "chaos load ".chars().cycle().take(50 + rng.below(300) as usize).collect();
-    let body = json!({"model": model, "max_tokens": max_tokens, "stream": stream,
-                      "messages": [{"role": "user", "content": content}]})
-    .to_string();
-    let path = if anthropic { "/v1/messages" } else { "/v1/chat/completions" };
-    let mut rec = ClientRecord {
-        key_id: user.key_id.clone(),
-        team: user.team.clone(),
-        edge,
-        model: model.into(),
-        stream,
-        body_bytes: body.len() as u64,
-        max_tokens,
-        start_ms: t0.elapsed().as_millis() as u64,
-        outcome: "failed".into(),
-        ..Default::default()
-    };
-    let mut b = hyper::Request::post(format!("http://{}{path}", edges[edge]))
-        .header("content-type", "application/json")
-        .header("x-mock-tag", &user.key_id);
-    b = if anthropic {
-        b.header("x-api-key", &user.secret).header("anthropic-version", "2023-06-01")
-    } else {
-        b.header("authorization", format!("Bearer {}", user.secret))
-    };
-    let Ok(req) = b.body(Full::new(Bytes::from(body))) else {
-        return rec;
-    };
-    let result = tokio::time::timeout(Duration::from_secs(30), async {
-        let resp = client.request(req).await.map_err(|_| 0u16)?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|_| status)?;
-        Ok::<_, u16>((status, body))
-    })
-    .await;
-    rec.end_ms = t0.elapsed().as_millis() as u64;
-    let (status, body) = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(status)) => {
-            rec.status = status;
-            return rec;
-        }
-        Err(_) => return rec,
-    };
-    rec.status = status;
-    let text = String::from_utf8_lossy(&body);
-    rec.response_id = response_id(&text, stream);
-    rec.outcome = match status {
-        200 if !stream => "ok",
-        200 => {
-            let complete = if anthropic {
-                text.contains("event: message_stop") && !text.contains("event: error")
-            } else {
-                text.contains("data: [DONE]") && !text.contains("data: {\"error\"")
-            };
-            if complete {
-                "ok"
-            } else {
-                "failed"
-            }
-        }
-        402 => "denied",
-        _ => "failed",
-    }
-    .into();
-    rec
-}
-
-/// The provider's response id in a JSON body or the first event of a stream.
-fn response_id(text: &str, stream: bool) -> String {
-    let first = if stream {
-        text.lines().find_map(|l| l.strip_prefix("data: ")).and_then(|d| serde_json::from_str::<Value>(d).ok())
-    } else {
-        serde_json::from_str::<Value>(text).ok()
-    };
-    let Some(v) = first else { return String::new() };
-    v.pointer("/message/id").or_else(|| v.get("id")).and_then(Value::as_str).unwrap_or_default().to_string()
-}
-
-/// What every simulated user's loop shares.
-#[derive(Clone)]
-struct Load {
-    client: Http,
-    edges: Arc<Vec<String>>,
-    rate: f64,
-    t0: Instant,
-    until: Instant,
-    out: Arc<Mutex<Vec<ClientRecord>>>,
-}
-
-async fn user_loop(load: Load, user: User, seed: u64) {
-    let mut rng = Rng::new(seed);
-    let mut sent = 0u64;
-    // Bounded by time, and by count as a backstop.
-    while Instant::now() < load.until && sent < 100_000 {
-        let rec = one_request(&load.client, &load.edges, &user, &mut rng, load.t0).await;
-        load.out.lock().await.push(rec);
-        sent += 1;
-        let pause = -(1.0 - rng.unit()).max(1e-9).ln() / load.rate.max(0.01);
-        tokio::time::sleep(Duration::from_secs_f64(pause.min(5.0))).await;
     }
 }
 

@@ -64,7 +64,7 @@ fn truth_cost(r: &TruthRecord) -> u64 {
 
 /// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
 fn mock(dir: &Path, extra: &[&str]) -> MockProc {
-    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, UPSTREAM_KEY, extra).unwrap()
+    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, Some(UPSTREAM_KEY), true, extra).unwrap()
 }
 
 struct Setup {

@@ -32,7 +32,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
 fn mock(dir: &Path, extra: &[&str]) -> MockProc {
-    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, UPSTREAM_KEY, extra).unwrap()
+    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, Some(UPSTREAM_KEY), true, extra).unwrap()
 }
 
 struct Setup {

@@ -6,7 +6,10 @@
 //! time backwards. Every replica that applies the same batches in the same
 //! order ends with the same state and the same [`LedgerState::digest`].
 
+mod admin;
+mod invariants;
 mod period;
+mod tombstones;
 mod types;
 
 use std::collections::BTreeMap;
@@ -188,20 +191,6 @@ pub struct LedgerState {
     forgets: OrdSet<(u64, HoldId)>,
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-fn valid_email(s: &str) -> bool {
-    s.len() <= 254
-        && s.split_once('@').is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == ',')
-}
-
-fn valid_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-}
-
 /// A hold's ttl and model name, as Reserve and Charge take them.
 fn check_ttl_model(ttl_ms: u64, model: &str) -> Result<(), Outcome> {
     if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
@@ -238,22 +227,6 @@ impl LedgerState {
                     self.forgets.insert((h.forget_at_ms, *id));
                 }
             }
-        }
-    }
-
-    /// Files release tombstones that no caller's set holds under the
-    /// unnamed caller "" (what a state from before callers were tracked
-    /// has; a replay of its `Release` commands files them the same way).
-    pub fn adopt_unnamed_tombstones(&mut self) {
-        let tracked: usize = self.tombstones.values().map(|t| t.len()).sum();
-        let released: Vec<(u64, HoldId)> =
-            self.holds.iter().filter(|(_, h)| h.info.is_none()).map(|(id, h)| (h.forget_at_ms, *id)).collect();
-        if tracked == released.len() {
-            return;
-        }
-        let unnamed = self.tombstones.entry(String::new()).or_default();
-        for t in released {
-            unnamed.insert(t);
         }
     }
 
@@ -316,22 +289,6 @@ impl LedgerState {
             if self.holds.remove(&id).is_some_and(|h| h.info.is_none()) {
                 self.untrack_tombstone(at, id);
             }
-        }
-    }
-
-    /// Drops a forgotten tombstone from its caller's set.
-    fn untrack_tombstone(&mut self, at: u64, id: HoldId) {
-        let mut emptied = None;
-        for (caller, set) in self.tombstones.iter_mut() {
-            if set.remove(&(at, id)).is_some() {
-                if set.is_empty() {
-                    emptied = Some(caller.clone());
-                }
-                break;
-            }
-        }
-        if let Some(caller) = emptied {
-            self.tombstones.remove(&caller);
         }
     }
 
@@ -641,22 +598,8 @@ impl LedgerState {
     fn release(&mut self, hold: HoldId, caller: &str) -> Outcome {
         let Some(h) = self.holds.get(&hold) else {
             // Released before its reserve committed (or instead of it):
-            // remember the id so the reserve can never resurrect it. Each
-            // caller keeps a bounded number: past it, its oldest goes first
-            // (at worst a very late reserve of that id then holds, and
-            // expires charged: over-counted, never under-counted).
-            let max = self.limits.max_tombstones_per_caller.max(1);
-            while self.tombstones.get(caller).is_some_and(|t| t.len() as u64 >= max) {
-                let oldest = self.tombstones.get(caller).and_then(|t| t.get_min().copied());
-                let Some((at, id)) = oldest else { break };
-                self.forgets.remove(&(at, id));
-                self.holds.remove(&id);
-                self.untrack_tombstone(at, id);
-            }
-            self.holds.insert(hold, HoldRec { info: None, state: HoldState::Released, forget_at_ms: 0 });
-            self.finish(hold, HoldState::Released, MAX_TTL_MS);
-            let at = self.clock_ms.saturating_add(MAX_TTL_MS);
-            self.tombstones.entry(caller.to_string()).or_default().insert((at, hold));
+            // remember the id so the reserve can never resurrect it.
+            self.leave_tombstone(hold, caller);
             return Outcome::Released;
         };
         match (&h.state, h.info.clone()) {
@@ -728,232 +671,6 @@ impl LedgerState {
             }
         }
         self.finish(hold, HoldState::Expired, keep);
-    }
-
-    /// Invariant 1, checked on every budget a command touches: a hard budget
-    /// never goes over its limit except by recorded excess. A violation is a
-    /// bug in this file, so it stops the node rather than corrupt the ledger.
-    fn assert_cap(&self, id: BudgetId) {
-        if let Some(b) = self.budgets.get(&id) {
-            if b.mode == Mode::Hard {
-                let used = b.spent().saturating_add(b.held);
-                assert!(
-                    used <= b.limit.saturating_add(b.excess),
-                    "hard cap violated on budget {} ({}): used {} > limit {} + excess {}",
-                    id.0,
-                    b.scope,
-                    used,
-                    b.limit,
-                    b.excess
-                );
-            }
-        }
-    }
-
-    fn admin(&mut self, op: &AdminOp, stamp: &Stamp) -> Outcome {
-        use ErrorCode::*;
-        match op {
-            AdminOp::SetAdminToken { sha256 } => {
-                if !valid_sha256_hex(sha256) {
-                    return Outcome::reject(InvalidArgument, "admin token hash must be 64 lowercase hex digits");
-                }
-                if self.admin_token_sha256.is_some() {
-                    return Outcome::reject(AlreadyExists, "the admin token is already set");
-                }
-                self.admin_token_sha256 = Some(sha256.clone());
-            }
-            AdminOp::CreateTeam { name } => {
-                if !valid_name(name) {
-                    return Outcome::reject(
-                        InvalidArgument,
-                        format!("team name {name:?} must be 1-64 characters of letters, digits, '-', '_', '.'"),
-                    );
-                }
-                if self.teams.contains_key(name) {
-                    return Outcome::reject(AlreadyExists, format!("team {name} already exists"));
-                }
-                self.teams.insert(name.clone(), TeamRec { created: stamp.clone() });
-            }
-            AdminOp::CreateUser { email, team } => {
-                if !valid_email(email) {
-                    return Outcome::reject(InvalidArgument, format!("{email:?} is not a valid email address"));
-                }
-                if !self.teams.contains_key(team) {
-                    return Outcome::reject(NotFound, format!("unknown team {team}"));
-                }
-                if self.users.contains_key(email) {
-                    return Outcome::reject(AlreadyExists, format!("user {email} already exists"));
-                }
-                self.users.insert(email.clone(), UserRec { team: team.clone(), created: stamp.clone() });
-            }
-            AdminOp::CreateKey { id, user, name, secret_sha256 } => {
-                if !valid_name(id) {
-                    return Outcome::reject(InvalidArgument, format!("key id {id:?} is not valid"));
-                }
-                if name.len() > 64 || name.chars().any(char::is_control) {
-                    return Outcome::reject(InvalidArgument, "key name must be at most 64 printable characters");
-                }
-                if !valid_sha256_hex(secret_sha256) {
-                    return Outcome::reject(InvalidArgument, "key hash must be 64 lowercase hex digits");
-                }
-                if !self.users.contains_key(user) {
-                    return Outcome::reject(NotFound, format!("unknown user {user}"));
-                }
-                if self.keys.contains_key(id) {
-                    return Outcome::reject(AlreadyExists, format!("key {id} already exists"));
-                }
-                if self.keys.values().any(|k| &k.secret_sha256 == secret_sha256) {
-                    return Outcome::reject(AlreadyExists, "a key with that secret already exists");
-                }
-                self.keys.insert(
-                    id.clone(),
-                    KeyRec {
-                        user: user.clone(),
-                        name: name.clone(),
-                        secret_sha256: secret_sha256.clone(),
-                        revoked: false,
-                        created: stamp.clone(),
-                    },
-                );
-            }
-            AdminOp::RevokeKey { id } => match self.keys.get_mut(id) {
-                None => return Outcome::reject(NotFound, format!("unknown key {id}")),
-                Some(k) => k.revoked = true,
-            },
-            AdminOp::SetBudget { scope, model, limit, period, mode } => {
-                if let Err(r) = self.check_scope(scope) {
-                    return r;
-                }
-                if let Some(m) = model {
-                    if !valid_model(m) {
-                        return Outcome::reject(InvalidArgument, format!("model {m:?} is not a valid model name"));
-                    }
-                }
-                let now = self.clock_ms;
-                let existing =
-                    self.budgets.iter().find(|(_, b)| &b.scope == scope && &b.model == model).map(|(id, _)| *id);
-                let id = existing.unwrap_or_else(|| {
-                    let id = BudgetId(self.next_budget_id);
-                    self.next_budget_id += 1;
-                    id
-                });
-                let b = self.budgets.entry(id).or_insert_with(|| BudgetRec {
-                    scope: scope.clone(),
-                    model: model.clone(),
-                    limit: *limit,
-                    period: *period,
-                    mode: *mode,
-                    period_start_ms: period.start_ms(now),
-                    epoch: 0,
-                    settled: NanoUsd::ZERO,
-                    unsettled: NanoUsd::ZERO,
-                    held: NanoUsd::ZERO,
-                    excess: NanoUsd::ZERO,
-                    requests: 0,
-                    updated: stamp.clone(),
-                });
-                b.roll(now);
-                if b.period != *period {
-                    // The counters carry over as they are: the ledger does not
-                    // know how past spend splits into the new period's windows
-                    // (to a shorter period it over-counts until the next reset;
-                    // to a longer one it starts from what the old period had).
-                    b.period = *period;
-                    b.period_start_ms = period.start_ms(now);
-                    b.epoch += 1;
-                }
-                b.limit = *limit;
-                b.mode = *mode;
-                b.updated = stamp.clone();
-                // A limit lowered below what is already used is recorded as
-                // excess, not hidden: nothing new is admitted until it is paid off.
-                let used = b.spent().saturating_add(b.held);
-                if used > b.limit.saturating_add(b.excess) {
-                    b.excess = used.saturating_sub(b.limit);
-                }
-            }
-            AdminOp::SetPolicy { scope, allowed_models } => {
-                if let Err(r) = self.check_scope(scope) {
-                    return r;
-                }
-                if let Some(m) = allowed_models.iter().find(|m| !valid_model(m)) {
-                    return Outcome::reject(InvalidArgument, format!("model {m:?} is not a valid model name"));
-                }
-                if allowed_models.is_empty() {
-                    self.policies.remove(&scope.to_string());
-                } else {
-                    self.policies.insert(scope.to_string(), allowed_models.clone());
-                }
-            }
-            AdminOp::SetLimits { max_request } => {
-                if *max_request == NanoUsd::ZERO {
-                    return Outcome::reject(InvalidArgument, "the per-request maximum must be greater than zero");
-                }
-                self.limits.max_request = *max_request;
-            }
-        }
-        Outcome::Done
-    }
-
-    fn check_scope(&self, scope: &Scope) -> Result<(), Outcome> {
-        let missing = match scope {
-            Scope::Org => false,
-            Scope::Team(t) => !self.teams.contains_key(t),
-            Scope::User(u) => !self.users.contains_key(u),
-            Scope::Key(k) => !self.keys.contains_key(k),
-        };
-        if missing {
-            return Err(Outcome::reject(ErrorCode::NotFound, format!("unknown scope {scope}")));
-        }
-        Ok(())
-    }
-
-    /// Checks every invariant from scratch (O(state)); used by tests after each step.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut held: BTreeMap<BudgetId, NanoUsd> = BTreeMap::new();
-        for (id, h) in &self.holds {
-            if let (HoldState::Active { expires_at_ms }, Some(info)) = (&h.state, &h.info) {
-                if *expires_at_ms <= self.clock_ms {
-                    return Err(format!("hold {id} is active past its expiry"));
-                }
-                if !self.expiries.contains(&(*expires_at_ms, *id)) {
-                    return Err(format!("hold {id} is missing from the expiry index"));
-                }
-                for (b, _) in &info.charges {
-                    let e = held.entry(*b).or_default();
-                    *e = e.saturating_add(info.amount);
-                }
-            }
-        }
-        if self.expiries.len() != self.holds.values().filter(|h| matches!(h.state, HoldState::Active { .. })).count() {
-            return Err("expiry index and live holds disagree".to_string());
-        }
-        let mut tracked = 0usize;
-        for (caller, set) in &self.tombstones {
-            if set.is_empty() || set.len() as u64 > self.limits.max_tombstones_per_caller.max(1) {
-                return Err(format!("caller {caller:?} has {} tombstones", set.len()));
-            }
-            for (at, id) in set {
-                let ok = self.holds.get(id).is_some_and(|h| h.info.is_none() && h.forget_at_ms == *at);
-                if !ok {
-                    return Err(format!("tombstone {id} of {caller:?} is not a released hold forgotten at {at}"));
-                }
-            }
-            tracked += set.len();
-        }
-        if tracked != self.holds.values().filter(|h| h.info.is_none()).count() {
-            return Err("tombstone index and released holds disagree".to_string());
-        }
-        for (id, b) in &self.budgets {
-            let want = held.get(id).copied().unwrap_or_default();
-            if b.held != want {
-                return Err(format!("budget {} held {} but live holds sum to {}", id.0, b.held, want));
-            }
-            if b.mode == Mode::Hard && b.spent().saturating_add(b.held) > b.limit.saturating_add(b.excess) {
-                return Err(format!("budget {} over its hard limit", id.0));
-            }
-        }
-        Ok(())
     }
 }
 

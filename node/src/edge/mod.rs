@@ -5,10 +5,13 @@
 //! through a durable outbox. See ARCHITECTURE.md, "The edge request path".
 
 pub mod fail_open;
+mod headers;
+mod local;
 pub mod metrics;
 pub mod outbox;
 mod proxy;
 mod request;
+mod settle;
 pub use request::valid_model_id;
 pub mod watch;
 
@@ -325,7 +328,7 @@ async fn serve(
             async move {
                 Ok::<_, Infallible>(match kind {
                     Listener::Gateway => proxy::handle(s, req).await,
-                    Listener::Ops => proxy::ops_only(&s, &req),
+                    Listener::Ops => local::ops_only(&s, &req),
                 })
             }
         });

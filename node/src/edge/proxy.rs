@@ -1,31 +1,31 @@
 //! One request through the edge: route, authenticate, check policy, reserve,
-//! forward, meter, settle.
+//! forward; metering and settlement are in `settle`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tollgate_client::retryable;
 use tollgate_ledger::money::NanoUsd;
-use tollgate_ledger::state::{Denial, Period, Scope, Usage};
+use tollgate_ledger::state::{Denial, Period, Scope};
 use tollgate_proto::v1 as pb;
 
+use super::headers::{connection_named, skip_request_header, skip_response_header};
+use super::local::{models_list, ops};
 use super::outbox::Record;
 use super::request::{valid_model_id, BodyError, Head};
+use super::settle::{Admitted, Settler};
 use super::watch::Principal;
 use super::{KeySlot, Shared};
 use crate::config::{EstimateMode, FailMode};
 use crate::errors::{self, Api, ErrorResponse};
-use crate::meter::{read_anthropic_usage, read_openai_usage, Reported, SseParser, StreamMeter};
-use crate::pricing::{Modifiers, Price, Provider};
+use crate::pricing::Provider;
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -52,7 +52,7 @@ fn respond_error(e: &ErrorResponse) -> Response<Body> {
     r
 }
 
-fn plain(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+pub(super) fn plain(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert("content-type", HeaderValue::from_static(content_type));
@@ -89,64 +89,6 @@ impl Route {
     }
 }
 
-/// Hop-by-hop headers, those the edge sets itself, the client's cookies and
-/// the client's forwarding headers (its addresses are not the provider's
-/// business).
-fn skip_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "x-api-key"
-            | "authorization"
-            | "accept-encoding"
-            | "cookie"
-            | "forwarded"
-            | "via"
-            | "x-real-ip"
-            | "true-client-ip"
-            | "cf-connecting-ip"
-    ) || name.as_str().starts_with("x-forwarded-")
-}
-
-/// Hop-by-hop headers, cookies the provider sets, and the provider's
-/// account identifiers (the company's organisation is not the client's).
-fn skip_response_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "set-cookie"
-            | "anthropic-organization-id"
-            | "openai-organization"
-            | "openai-project"
-    )
-}
-
-/// Header names listed in `Connection` (hop-by-hop by declaration).
-fn connection_named(h: &HeaderMap) -> Vec<String> {
-    h.get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect()
-}
-
 /// The virtual key: `x-api-key`, else `Authorization: Bearer`.
 fn presented_key(h: &HeaderMap) -> Option<&str> {
     if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
@@ -175,84 +117,6 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
         return Err(errors::error(r.1.api(), 405, &format!("{path} accepts {} only", r.0), None));
     }
     Ok(r.1)
-}
-
-/// `/healthz`, `/readyz` and `/metrics`, if `req` asks for one.
-fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
-    if req.method() != Method::GET {
-        return None;
-    }
-    Some(match req.uri().path() {
-        "/healthz" => plain(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" if s.config.is_live() => {
-            let index = s.config.current().index;
-            plain(StatusCode::OK, "text/plain", format!("ready (config index {index})\n"))
-        }
-        "/readyz" => {
-            plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the config watch is not current\n".into())
-        }
-        "/metrics" => {
-            let mut text = s.metrics.render();
-            tollgate_ledger::prom::gauge(
-                &mut text,
-                "tollgate_fail_open_outstanding_nano_usd",
-                "Admitted without the ledger (fail_mode = open) and not yet acknowledged by it.",
-                s.fail_open.outstanding(),
-            );
-            if let Some(ledger) = &s.embedded {
-                text.push_str(&ledger.render_metrics());
-            }
-            plain(StatusCode::OK, "text/plain; version=0.0.4", text)
-        }
-        _ => return None,
-    })
-}
-
-/// The `--ops-listen` listener: the operations endpoints and nothing else.
-pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    ops(s, req).unwrap_or_else(|| {
-        plain(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: this port serves /healthz, /readyz and /metrics\n".into(),
-        )
-    })
-}
-
-/// `GET /v1/models` in `api`'s shape: the listed models of that provider
-/// that every policy on the caller's chain allows.
-fn models_list(s: &Shared, api: Api, view: &super::watch::ConfigView, principal: &Principal) -> Response<Body> {
-    let provider = if api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
-    let allowed: Vec<&Price> = s
-        .settings
-        .prices
-        .models()
-        .filter(|m| m.provider.is_none_or(|p| p == provider))
-        .filter(|m| view.check_policy(principal, &m.id, Some(&m.id)).is_ok())
-        .map(|m| m.as_ref())
-        .collect();
-    let body = match api {
-        Api::Anthropic => {
-            let data: Vec<Value> = allowed
-                .iter()
-                .map(|m| serde_json::json!({"type": "model", "id": m.id, "display_name": m.display_name}))
-                .collect();
-            serde_json::json!({
-                "data": data,
-                "has_more": false,
-                "first_id": allowed.first().map(|m| m.id.as_str()),
-                "last_id": allowed.last().map(|m| m.id.as_str()),
-            })
-        }
-        Api::OpenAi => {
-            let data: Vec<Value> = allowed
-                .iter()
-                .map(|m| serde_json::json!({"object": "model", "id": m.id, "owned_by": "openai"}))
-                .collect();
-            serde_json::json!({"object": "list", "data": data})
-        }
-    };
-    plain(StatusCode::OK, "application/json", body.to_string())
 }
 
 /// The 400 for an implausible model id (its echo is bounded and escaped).
@@ -310,22 +174,6 @@ struct Ctx {
     /// This request's place in its key's concurrency limit; a metered
     /// request hands it to its settler, which keeps it until the end.
     slot: Option<KeySlot>,
-}
-
-/// What admission decided.
-struct Admitted {
-    hold: pb::HoldId,
-    principal: Principal,
-    model: String,
-    /// The prices the request is charged at, resolved once at admission.
-    price: Arc<Price>,
-    /// What the request asked for that changes its price.
-    asked: Modifiers,
-    input_estimate: u64,
-    session: String,
-    /// Admitted without the ledger (`fail_mode = open`): the reservation
-    /// taken from this edge's allowance. Its settle charges the key directly.
-    fail_open: Option<NanoUsd>,
 }
 
 fn hold_id() -> pb::HoldId {
@@ -771,328 +619,9 @@ impl Ctx {
     }
 }
 
-/// Settles one admitted request, once.
-struct Settler {
-    s: Arc<Shared>,
-    adm: Admitted,
-    api: Api,
-    /// Released or settled. A Settler dropped before that (the client hung
-    /// up while the edge waited for the upstream, or shutdown's grace ran
-    /// out) is handled in `Drop`.
-    done: bool,
-    /// The request's place in its key's concurrency limit, held to the end.
-    _slot: Option<KeySlot>,
-}
-
-impl Drop for Settler {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        match self.adm.fail_open {
-            // No hold may exist to expire: charge the reservation, the most
-            // the request can have cost, marked estimated.
-            Some(amount) => {
-                let usage = Usage { input_tokens: self.adm.input_estimate, ..Default::default() };
-                self.charge(usage, amount, true);
-            }
-            // The hold expires and its reservation is charged in full, the
-            // most the request can have cost (it may have reached the provider).
-            None => tracing::debug!("request for {} dropped before it settled; its hold will expire", self.adm.model),
-        }
-    }
-}
-
-impl Settler {
-    fn release(mut self) {
-        self.done = true;
-        if let Some(amount) = self.adm.fail_open {
-            // Nothing was billed: the allowance is free again.
-            self.s.fail_open.give_back(amount);
-        }
-        let outbox = self.s.outbox.clone();
-        let guard = self.s.pending.enter();
-        let hold = self.adm.hold.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(e) = outbox.push(Record::Release(hold)).await {
-                tracing::error!("outbox: {e}");
-            }
-        });
-    }
-
-    /// Charges `usage` (computing its cost, with the modifiers the
-    /// response reported over those the request asked for) through the outbox.
-    fn settle(mut self, usage: Usage, reported: Reported, estimated: bool) {
-        let cost = self.adm.price.cost(&usage, reported.over(self.adm.asked));
-        self.charge(usage, cost, estimated);
-    }
-
-    /// Writes the settle record (for a fail-open admission, one the ledger
-    /// applies even without a hold) on a spawned task. Exactly once.
-    fn charge(&mut self, usage: Usage, cost: NanoUsd, estimated: bool) {
-        self.done = true;
-        let s = &self.s;
-        if let Some(amount) = self.adm.fail_open {
-            s.fail_open.settled(amount, cost);
-        }
-        let m = s.settings.prices.label(&self.adm.model);
-        s.metrics.spend(&self.adm.principal.team, m, cost.0);
-        s.metrics.tokens(m, "input", usage.input_tokens);
-        s.metrics.tokens(m, "output", usage.output_tokens);
-        s.metrics.tokens(m, "cache_write_5m", usage.cache_write_5m_tokens);
-        s.metrics.tokens(m, "cache_write_1h", usage.cache_write_1h_tokens);
-        s.metrics.tokens(m, "cache_read", usage.cache_read_tokens);
-        let open = self.adm.fail_open.is_some();
-        let record = Record::Settle(pb::SettleRequest {
-            hold_id: Some(self.adm.hold.clone()),
-            cost_nano_usd: cost.0,
-            usage: Some(pb::Usage {
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                cache_write_5m_tokens: usage.cache_write_5m_tokens,
-                cache_write_1h_tokens: usage.cache_write_1h_tokens,
-                cache_read_tokens: usage.cache_read_tokens,
-                web_search_requests: usage.web_search_requests,
-            }),
-            estimated,
-            session_id: std::mem::take(&mut self.adm.session),
-            fail_open_key_id: if open { self.adm.principal.key_id.clone() } else { String::new() },
-            model: if open { self.adm.model.clone() } else { String::new() },
-            ttl_ms: if open { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
-        });
-        let outbox = s.outbox.clone();
-        let guard = s.pending.enter();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::error!("no runtime to write a settle record on; {cost} for {} is not recorded", self.adm.model);
-            return;
-        };
-        rt.spawn(async move {
-            let _guard = guard;
-            if let Err(e) = outbox.push(record).await {
-                if open {
-                    tracing::error!("outbox: {e}; a fail-open charge of {cost} is lost");
-                } else {
-                    tracing::error!("outbox: {e}; the hold will expire and be charged in full");
-                }
-            }
-        });
-    }
-
-    /// No usage known: charge the input estimate (the provider read the
-    /// prompt), marked estimated.
-    fn settle_estimate(self) {
-        let usage = Usage { input_tokens: self.adm.input_estimate, ..Default::default() };
-        self.settle(usage, Reported::default(), true);
-    }
-
-    fn settle_json(self, body: &[u8]) {
-        /// Only `usage` and the tier are kept; the rest is skipped.
-        #[derive(serde::Deserialize)]
-        struct WithUsage {
-            usage: Option<Value>,
-            service_tier: Option<String>,
-        }
-        let v: Option<WithUsage> = serde_json::from_slice(body).ok();
-        let usage = v.as_ref().and_then(|v| v.usage.as_ref()).filter(|u| u.is_object());
-        let mut reported = Reported::default();
-        match (usage, self.api) {
-            (Some(u), Api::Anthropic) => {
-                let mut usage = Usage::default();
-                read_anthropic_usage(u, &mut usage);
-                reported.read_anthropic(u);
-                self.settle(usage, reported, false);
-            }
-            (Some(u), Api::OpenAi) => {
-                let usage = read_openai_usage(u);
-                if let Some(tier) = v.as_ref().and_then(|v| v.service_tier.as_deref()) {
-                    reported.read_openai_tier(tier);
-                }
-                self.settle(usage, reported, false);
-            }
-            (None, _) => self.settle_estimate(),
-        }
-    }
-
-    /// Streams the upstream body to the client frame by frame, metering as
-    /// it goes; extends the hold while the stream runs; settles at the end.
-    async fn pump(
-        self,
-        mut body: Incoming,
-        tx: mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
-        strip_usage: bool,
-        idle: Duration,
-    ) {
-        let s = self.s.clone();
-        s.metrics.open_streams.fetch_add(1, Ordering::Relaxed);
-        let mut parser = SseParser::default();
-        let mut meter = StreamMeter::default();
-        let mut pending_event = BytesMut::new();
-        let ttl = s.settings.hold_ttl;
-        let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 2, ttl / 2);
-        let api = self.api;
-        let mut extends = 0usize;
-        let ended_by = loop {
-            tokio::select! {
-                frame = tokio::time::timeout(idle, body.frame()) => match frame {
-                    Err(_) => break Some("the upstream stream went silent"),
-                    Ok(None) => break None,
-                    Ok(Some(Err(_))) => break Some("the upstream connection failed mid-stream"),
-                    Ok(Some(Ok(frame))) => {
-                        let Ok(data) = frame.into_data() else { continue };
-                        parser.feed(&data, |name, d| match api {
-                            Api::Anthropic => meter.anthropic_event(name, d),
-                            Api::OpenAi => meter.openai_event(d),
-                        });
-                        let out = if strip_usage { strip_usage_chunks(&mut pending_event, &data) } else { data };
-                        if out.is_empty() {
-                            continue;
-                        }
-                        match tokio::time::timeout(idle, tx.send(Ok(Frame::data(out)))).await {
-                            Ok(Ok(())) => {}
-                            _ => break Some("client gone"),
-                        }
-                    }
-                },
-                _ = extend.tick() => {
-                    // Any ledger node will do; take a different one each time.
-                    extends += 1;
-                    let mut ledger = s.ledger.at(extends);
-                    let hold = self.adm.hold.clone();
-                    let req = pb::ExtendBatch { requests: vec![pb::ExtendRequest { hold_id: Some(hold), ttl_ms: ttl.as_millis() as u64 }] };
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), ledger.extend(req)).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(st)) => tracing::warn!("extending a streaming request's hold: {}", st.message()),
-                            Err(_) => tracing::warn!("extending a streaming request's hold: no answer in 10 s"),
-                        }
-                    });
-                }
-                _ = tx.closed() => break Some("client gone"),
-            }
-        };
-        if strip_usage && !pending_event.is_empty() && ended_by.is_none() {
-            let _ = tx.send(Ok(Frame::data(pending_event.split().freeze()))).await;
-        }
-        let complete = meter.finished || (meter.errored && meter.saw_usage);
-        if !complete {
-            let why = ended_by.unwrap_or("the upstream closed the stream early");
-            tracing::info!(
-                "stream for {} ended before completion ({why}); charging what is known, estimated",
-                self.adm.model
-            );
-            if why != "client gone" {
-                let _ = tx.send(Ok(Frame::data(stream_error_event(api, why)))).await;
-            }
-        }
-        s.metrics.open_streams.fetch_sub(1, Ordering::Relaxed);
-        // Settle (which registers with shutdown's pending count) before the
-        // client's body ends, so a shutdown cannot slip in between.
-        if complete {
-            let usage = meter.usage;
-            self.settle(usage, meter.reported, false);
-        } else {
-            let mut usage = meter.usage;
-            usage.output_tokens = meter.output_estimate();
-            if !meter.saw_usage {
-                usage.input_tokens = self.adm.input_estimate;
-            }
-            self.settle(usage, meter.reported, true);
-        }
-        drop(tx);
-    }
-}
-
-/// An SSE error event in the client's protocol, for a stream the edge ends.
-fn stream_error_event(api: Api, why: &str) -> Bytes {
-    let msg = format!("Tollgate: {why}");
-    let text = match api {
-        Api::Anthropic => {
-            let v = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": msg}});
-            format!("event: error\ndata: {v}\n\n")
-        }
-        Api::OpenAi => {
-            let v = serde_json::json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
-            format!("data: {v}\n\n")
-        }
-    };
-    Bytes::from(text)
-}
-
-/// Passes whole SSE events through, dropping OpenAI's usage-only chunk
-/// (`choices: []` with `usage` set) that the edge asked for on the
-/// client's behalf. Partial events wait in `pending` (bounded by the
-/// parser's event limit in practice: a chunk is at most a few KiB).
-fn strip_usage_chunks(pending: &mut BytesMut, data: &[u8]) -> Bytes {
-    pending.extend_from_slice(data);
-    let mut out = BytesMut::new();
-    while let Some(end) = event_end(pending) {
-        let event = pending.split_to(end);
-        if !is_usage_chunk(&event) {
-            out.extend_from_slice(&event);
-        }
-    }
-    if pending.len() > crate::meter::MAX_EVENT_BYTES {
-        // Not SSE as expected: stop holding it back.
-        out.extend_from_slice(&pending.split());
-    }
-    out.freeze()
-}
-
-/// The end (exclusive, including the blank line) of the first whole event.
-fn event_end(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\n' {
-            if b.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-fn is_usage_chunk(event: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(event);
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let Ok(v) = serde_json::from_str::<Value>(&data) else { return false };
-    v.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty())
-        && v.get("usage").is_some_and(|u| u.is_object())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usage_chunk_is_stripped_at_any_split() {
-        let stream = concat!(
-            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
-            "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
-            "data: [DONE]\n\n"
-        );
-        let want = concat!(
-            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
-            "data: [DONE]\n\n"
-        );
-        for split in 0..stream.len() {
-            let mut pending = BytesMut::new();
-            let mut out = Vec::new();
-            out.extend_from_slice(&strip_usage_chunks(&mut pending, &stream.as_bytes()[..split]));
-            out.extend_from_slice(&strip_usage_chunks(&mut pending, &stream.as_bytes()[split..]));
-            assert_eq!(String::from_utf8(out).unwrap(), want, "split at {split}");
-            assert!(pending.is_empty());
-        }
-    }
 
     #[test]
     fn routes_and_keys() {

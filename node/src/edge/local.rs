@@ -1,0 +1,90 @@
+//! What the edge answers itself, without the provider: the operations
+//! endpoints and the model list (from the price book, by policy).
+
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::Value;
+
+use super::proxy::{plain, Body};
+use super::watch::{ConfigView, Principal};
+use super::Shared;
+use crate::errors::Api;
+use crate::pricing::{Price, Provider};
+
+/// `/healthz`, `/readyz` and `/metrics`, if `req` asks for one.
+pub(super) fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() != Method::GET {
+        return None;
+    }
+    Some(match req.uri().path() {
+        "/healthz" => plain(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if s.config.is_live() => {
+            let index = s.config.current().index;
+            plain(StatusCode::OK, "text/plain", format!("ready (config index {index})\n"))
+        }
+        "/readyz" => {
+            plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the config watch is not current\n".into())
+        }
+        "/metrics" => {
+            let mut text = s.metrics.render();
+            tollgate_ledger::prom::gauge(
+                &mut text,
+                "tollgate_fail_open_outstanding_nano_usd",
+                "Admitted without the ledger (fail_mode = open) and not yet acknowledged by it.",
+                s.fail_open.outstanding(),
+            );
+            if let Some(ledger) = &s.embedded {
+                text.push_str(&ledger.render_metrics());
+            }
+            plain(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        _ => return None,
+    })
+}
+
+/// The `--ops-listen` listener: the operations endpoints and nothing else.
+pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    ops(s, req).unwrap_or_else(|| {
+        plain(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: this port serves /healthz, /readyz and /metrics\n".into(),
+        )
+    })
+}
+
+/// `GET /v1/models` in `api`'s shape: the listed models of that provider
+/// that every policy on the caller's chain allows.
+pub(super) fn models_list(s: &Shared, api: Api, view: &ConfigView, principal: &Principal) -> Response<Body> {
+    let provider = if api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
+    let allowed: Vec<&Price> = s
+        .settings
+        .prices
+        .models()
+        .filter(|m| m.provider.is_none_or(|p| p == provider))
+        .filter(|m| view.check_policy(principal, &m.id, Some(&m.id)).is_ok())
+        .map(|m| m.as_ref())
+        .collect();
+    let body = match api {
+        Api::Anthropic => {
+            let data: Vec<Value> = allowed
+                .iter()
+                .map(|m| serde_json::json!({"type": "model", "id": m.id, "display_name": m.display_name}))
+                .collect();
+            serde_json::json!({
+                "data": data,
+                "has_more": false,
+                "first_id": allowed.first().map(|m| m.id.as_str()),
+                "last_id": allowed.last().map(|m| m.id.as_str()),
+            })
+        }
+        Api::OpenAi => {
+            let data: Vec<Value> = allowed
+                .iter()
+                .map(|m| serde_json::json!({"object": "model", "id": m.id, "owned_by": "openai"}))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
+        }
+    };
+    plain(StatusCode::OK, "application/json", body.to_string())
+}
