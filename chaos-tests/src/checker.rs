@@ -64,6 +64,9 @@ pub struct ClientRecord {
     pub outcome: String,
     /// The provider's response id, when the client saw one.
     pub response_id: String,
+    /// What the edge reserved for it (its `x-tollgate-reserved-nano-usd`).
+    #[serde(default)]
+    pub reserved_nano_usd: Option<u64>,
 }
 
 impl ClientRecord {
@@ -74,8 +77,13 @@ impl ClientRecord {
         self.body_bytes * i.max(w5).max(w1).max(cr) + self.max_tokens * o
     }
 
-    /// What `estimate` mode reserves (characters / 3.5 at the input rate).
+    /// What `estimate` mode reserved: as the edge reported it, else (an
+    /// edge that does not say) characters / 3.5 at the input rate plus
+    /// `max_tokens`.
     pub fn estimate(&self) -> u64 {
+        if let Some(r) = self.reserved_nano_usd {
+            return r;
+        }
         let [i, o, ..] = rates(&self.model).unwrap_or([15_000, 75_000, 0, 0, 0]);
         (self.body_bytes * 2).div_ceil(7) * i + self.max_tokens * o
     }
@@ -256,9 +264,23 @@ pub fn check(h: &History) -> Verdict {
 
     // Charges per key.
     let truth_by_id: HashMap<&str, &TruthRecord> = h.truth.iter().map(|t| (t.id.as_str(), t)).collect();
+    // What each key must have been charged at least: what the upstream
+    // billed. In estimate mode a request whose settle was lost (its edge
+    // killed) is charged its reservation at expiry, which may be less than
+    // it cost: it counts what the client was told was reserved (nothing if
+    // no response head reached it), the excess that mode allows.
+    let client_by_id: HashMap<&str, &ClientRecord> =
+        h.clients.iter().filter(|c| !c.response_id.is_empty()).map(|c| (c.response_id.as_str(), c)).collect();
     let mut lower: BTreeMap<&str, u64> = BTreeMap::new();
     for t in h.truth.iter().filter(|t| t.status == 200) {
-        *lower.entry(t.tag.as_str()).or_default() += truth_cost(t);
+        let cost = truth_cost(t);
+        let owed = match client_by_id.get(t.id.as_str()) {
+            _ if h.strict => cost,
+            Some(c) if !disrupted(c, &h.faults) => cost,
+            Some(c) => c.reserved_nano_usd.map_or(0, |r| r.min(cost)),
+            None => 0,
+        };
+        *lower.entry(t.tag.as_str()).or_default() += owed;
     }
     let mut upper: BTreeMap<&str, u64> = BTreeMap::new();
     for c in &h.clients {
@@ -354,6 +376,7 @@ mod tests {
             status: if outcome == "ok" { 200 } else { 503 },
             outcome: outcome.into(),
             response_id: id.into(),
+            reserved_nano_usd: None,
         }
     }
 
@@ -433,6 +456,40 @@ mod tests {
         h.key_spend.get_mut("k1").unwrap().1 = 5;
         let v = check(&h);
         assert_eq!((v.double_charges, v.holds_left), (1, 1), "{:?}", v.violations);
+    }
+
+    #[test]
+    fn in_estimate_mode_a_request_whose_settle_was_lost_owes_only_what_was_reserved() {
+        let mut h = clean();
+        // Cut on a killed edge after the upstream billed 400 output tokens
+        // (6,000,000 + input); the edge had reserved 1,000,000 for it and
+        // the expiry charged exactly that.
+        h.truth.push(TruthRecord { completed: false, ..truth("m4", "k2", 5, 400) });
+        let mut c = client("m4", "k2", "failed", 300);
+        c.status = 200;
+        c.reserved_nano_usd = Some(1_000_000);
+        h.clients.push(c);
+        h.faults = vec![Fault {
+            kind: "edge-kill".into(),
+            target: "e0".into(),
+            at_ms: 300,
+            edge: Some(0),
+            ..Default::default()
+        }];
+        h.key_spend.get_mut("k2").unwrap().0 += 1_000_000;
+        h.budgets[0].limit += 1_000_000;
+        h.budgets[0].spent += 1_000_000;
+        h.strict = false;
+        let v = check(&h);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        // A nano-dollar less than the reservation is lost.
+        h.key_spend.get_mut("k2").unwrap().0 -= 1;
+        assert_eq!(check(&h).lost_charges, 1);
+        // In strict mode the reservation covered the cost: charging less than
+        // the upstream billed is lost, whatever happened.
+        h.key_spend.get_mut("k2").unwrap().0 += 1;
+        h.strict = true;
+        assert_eq!(check(&h).lost_charges, 1);
     }
 
     #[test]

@@ -52,6 +52,9 @@ async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng
     let stream = rng.below(2) == 0;
     let max_tokens = 50 + rng.below(150);
     let content: String = "chaos load ".chars().cycle().take(50 + rng.below(300) as usize).collect();
+    // What the model would write: sometimes more than the edge reserved
+    // from this user's history, sometimes cut at max_tokens.
+    let output = 20 + rng.below(230);
     let body = json!({"model": model, "max_tokens": max_tokens, "stream": stream,
                       "messages": [{"role": "user", "content": content}]})
     .to_string();
@@ -70,7 +73,8 @@ async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng
     };
     let mut b = hyper::Request::post(format!("http://{}{path}", edges[edge]))
         .header("content-type", "application/json")
-        .header("x-mock-tag", &user.key_id);
+        .header("x-mock-tag", &user.key_id)
+        .header("x-mock-output-tokens", output);
     b = if anthropic {
         b.header("x-api-key", &user.secret).header("anthropic-version", "2023-06-01")
     } else {
@@ -82,13 +86,21 @@ async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng
     let result = tokio::time::timeout(Duration::from_secs(30), async {
         let resp = client.request(req).await.map_err(|_| 0u16)?;
         let status = resp.status().as_u16();
+        let reserved = resp
+            .headers()
+            .get("x-tollgate-reserved-nano-usd")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|_| status)?;
-        Ok::<_, u16>((status, body))
+        Ok::<_, u16>((status, body, reserved))
     })
     .await;
     rec.end_ms = t0.elapsed().as_millis() as u64;
     let (status, body) = match result {
-        Ok(Ok(r)) => r,
+        Ok(Ok((status, body, reserved))) => {
+            rec.reserved_nano_usd = reserved;
+            (status, body)
+        }
         Ok(Err(status)) => {
             rec.status = status;
             return rec;

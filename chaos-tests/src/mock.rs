@@ -6,8 +6,8 @@
 //!
 //! Behaviour per request is steered by headers, which a gateway forwards
 //! untouched like any unknown header:
-//! - `x-mock-output-tokens: N`: output tokens (default: `max_tokens`, capped
-//!   at `--output-tokens`);
+//! - `x-mock-output-tokens: N`: output tokens the model would write, cut at
+//!   `max_tokens` with `stop_reason: "max_tokens"` (default: `--output-tokens`);
 //! - `x-mock-cache-read: N`, `x-mock-cache-write-5m: N`,
 //!   `x-mock-cache-write-1h: N`: cache token counts;
 //! - `x-mock-error: 429 | 500 | 529 | midstream`: an error response, or
@@ -22,8 +22,11 @@
 //!
 //! So that tests can see what a gateway forwarded, every response carries
 //! `x-mock-saw-headers` (the lowercase names of the request's headers, each
-//! once, comma separated) and, once the request body was read,
-//! `x-mock-body-bytes` (its length in bytes).
+//! once, comma separated), `x-mock-echo-anthropic-*` (the value of each
+//! `anthropic-*` request header, as received) and, once the request body
+//! was read, `x-mock-body-bytes` and `x-mock-body-sha256` (its length and
+//! hex SHA-256). A 429 carries `retry-after`, `x-should-retry` and
+//! `anthropic-ratelimit-unified-*` headers as the provider's do.
 //!
 //! Input tokens are derived from the request (`ceil(body bytes / 4)`), so a
 //! test can predict them; the log records what was actually sent.
@@ -201,6 +204,8 @@ struct Plan {
     error: Option<String>,
     credential: String,
     tag: String,
+    /// `max_tokens` when the output was cut there, else `end_turn`.
+    stop_reason: &'static str,
 }
 
 impl Plan {
@@ -237,14 +242,28 @@ async fn send_paced(tx: &mpsc::Sender<Bytes>, frames: impl IntoIterator<Item = B
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let saw = req.headers().keys().map(|n| n.as_str()).collect::<Vec<_>>().join(",");
     let provider_headers = req.headers().get("x-mock-provider-headers").is_some_and(|v| v == "1");
-    let mut body_bytes = None;
-    let mut r = respond(state, req, &mut body_bytes).await;
+    let echo: Vec<(String, hyper::header::HeaderValue)> = req
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("anthropic-"))
+        .map(|(n, v)| (format!("x-mock-echo-{n}"), v.clone()))
+        .collect();
+    let mut body_seen = None;
+    let mut r = respond(state, req, &mut body_seen).await;
     let h = r.headers_mut();
     if let Ok(v) = saw.parse() {
         h.insert("x-mock-saw-headers", v);
     }
-    if let Some(n) = body_bytes {
+    for (name, value) in echo {
+        if let Ok(name) = hyper::header::HeaderName::from_bytes(name.as_bytes()) {
+            h.insert(name, value);
+        }
+    }
+    if let Some((n, sha)) = body_seen {
         h.insert("x-mock-body-bytes", n.into());
+        if let Ok(v) = sha.parse() {
+            h.insert("x-mock-body-sha256", v);
+        }
     }
     if provider_headers {
         for (name, value) in
@@ -256,8 +275,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     r
 }
 
-/// The response to `req`; sets `body_bytes` once the body is read.
-async fn respond(state: Arc<State>, req: Request<Incoming>, body_bytes: &mut Option<usize>) -> Response<Body> {
+/// The response to `req`; sets `body_seen` (length, hex SHA-256) once the body is read.
+async fn respond(state: Arc<State>, req: Request<Incoming>, body_seen: &mut Option<(usize, String)>) -> Response<Body> {
     let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -277,7 +296,10 @@ async fn respond(state: Arc<State>, req: Request<Incoming>, body_bytes: &mut Opt
         Ok(b) => b.to_bytes(),
         Err(_) => return too_large(),
     };
-    *body_bytes = Some(bytes.len());
+    *body_seen = Some((bytes.len(), {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }));
     let cred = credential(&parts.headers);
     if let Some(want) = &state.cfg.expect_key {
         if &cred != want {
@@ -327,9 +349,11 @@ async fn respond(state: Arc<State>, req: Request<Incoming>, body_bytes: &mut Opt
                 );
             }
             let h = &parts.headers;
-            let output = header_u64(h, "x-mock-output-tokens")
-                .unwrap_or_else(|| max_tokens.unwrap_or(u64::MAX).min(state.cfg.output_tokens))
-                .max(1);
+            // What the model would write, cut at max_tokens as a provider
+            // cuts it (its stop_reason then says so).
+            let wanted = header_u64(h, "x-mock-output-tokens").unwrap_or(state.cfg.output_tokens).max(1);
+            let output = wanted.min(max_tokens.unwrap_or(u64::MAX)).max(1);
+            let stop_reason = if wanted > output { "max_tokens" } else { "end_turn" };
             let plan = Plan {
                 seq,
                 model: body.get("model").and_then(Value::as_str).unwrap_or("unknown").to_string(),
@@ -344,6 +368,7 @@ async fn respond(state: Arc<State>, req: Request<Incoming>, body_bytes: &mut Opt
                 error: h.get("x-mock-error").and_then(|v| v.to_str().ok()).map(str::to_string),
                 credential: cred,
                 tag: h.get("x-mock-tag").and_then(|v| v.to_str().ok()).unwrap_or_default().chars().take(200).collect(),
+                stop_reason,
             };
             if let Some(resp) = status_error(&state, api, &plan) {
                 return resp;
@@ -393,7 +418,21 @@ fn status_error(state: &State, api: &str, plan: &Plan) -> Option<Response<Body>>
         ("openai", 429) => openai_error(status, "requests", "rate_limit_exceeded", "Rate limit reached"),
         ("openai", _) => openai_error(status, "server_error", "server_error", "The server had an error"),
         (_, 429) => {
-            anthropic_error(status, "rate_limit_error", "Number of requests has exceeded your rate limit", plan.seq)
+            let mut r = anthropic_error(
+                status,
+                "rate_limit_error",
+                "Number of requests has exceeded your rate limit",
+                plan.seq,
+            );
+            for (name, value) in [
+                ("retry-after", "7"),
+                ("x-should-retry", "true"),
+                ("anthropic-ratelimit-unified-status", "rejected"),
+                ("anthropic-ratelimit-unified-reset", "1798000000"),
+            ] {
+                r.headers_mut().insert(name, hyper::header::HeaderValue::from_static(value));
+            }
+            r
         }
         (_, 529) => anthropic_error(status, "overloaded_error", "Overloaded", plan.seq),
         _ => anthropic_error(status, "api_error", "Internal server error", plan.seq),
@@ -423,7 +462,7 @@ fn anthropic_json(state: &State, plan: Plan) -> Response<Body> {
     let body = json!({
         "id": id, "type": "message", "role": "assistant", "model": plan.model,
         "content": [{"type": "text", "text": text_for(plan.usage.output_tokens)}],
-        "stop_reason": "end_turn", "stop_sequence": null,
+        "stop_reason": plan.stop_reason, "stop_sequence": null,
         "usage": anthropic_usage(&plan.usage, plan.usage.output_tokens),
     });
     state.record(&plan.truth(id, "anthropic", 200, true, plan.usage.clone()));
@@ -454,6 +493,7 @@ fn anthropic_sse(state: Arc<State>, plan: Plan) -> Response<Body> {
         let id = format!("msg_mock_{:08}", plan.seq);
         let u = plan.usage.clone();
         let total = u.output_tokens;
+        let stop_reason = plan.stop_reason;
         let midstream = plan.error.as_deref() == Some("midstream");
         let mut reported = 1u64; // message_start carries an initial output count
         let mut truth =
@@ -501,7 +541,7 @@ fn anthropic_sse(state: Arc<State>, plan: Plan) -> Response<Body> {
                 ),
                 sse_event(
                     "message_delta",
-                    &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": total}}),
+                    &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": {"output_tokens": total}}),
                 ),
                 sse_event("message_stop", &json!({"type": "message_stop"})),
             ];

@@ -124,6 +124,13 @@ impl Report {
             self.longest_unavailability_ms,
             self.election_timeout_ms,
         );
+        if self.estimate == "estimate" {
+            s.push_str(&format!(
+                "\n  estimate mode: hard caps overshot by {} nano-USD, bound {} (what admitted requests cost beyond \
+                 their reservations)",
+                self.estimate_overshoot_nano_usd, self.estimate_overshoot_bound_nano_usd
+            ));
+        }
         if let Some(a) = self.fail_open_allowance_nano_usd {
             s.push_str(&format!(
                 "\n  fail-open (allowance {a} nano-USD per edge): overshoot {} nano-USD, bound {}",
@@ -249,10 +256,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         ),
         None => String::new(),
     };
+    // Estimate mode sizes output reservations from each user's recent
+    // outputs: seed and floor scaled to the load's small max_tokens, so the
+    // percentile (and what it misses) is exercised.
+    let sizing = if cfg.strict { "" } else { "output_seed_tokens = 64\noutput_floor_tokens = 16\n" };
     std::fs::write(
         &edge_cfg,
         format!(
-            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}"
+            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}{sizing}"
         ),
     )?;
     // Every process gets its own certificate from a CA made for this run.

@@ -5,222 +5,22 @@
 //! and `x-mock-body-bytes`). Clients are plain HTTP/1.1 connections made
 //! here, so each test controls exactly what goes over the wire.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{HeaderMap, Request, Response};
-use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster, MockProc};
+use tollgate_chaos::cluster::free_port;
 use tollgate_chaos::pki::Pki;
-use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
 
-const UPSTREAM_KEY: &str = "sk-upstream-test";
-/// Longest wait for any one response.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
-
-// ---------------------------------------------------------------- harness
-
-/// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
-fn mock(dir: &Path, extra: &[&str]) -> MockProc {
-    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, Some(UPSTREAM_KEY), true, extra).unwrap()
-}
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    dir: PathBuf,
-    cluster: LedgerCluster,
-    admin: AdminClient,
-    mock: MockProc,
-}
-
-/// A one-node ledger over mutual TLS (its own quorum) and a mock provider
-/// started with `mock_flags`.
-async fn setup(mock_flags: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    let cluster = LedgerCluster::start(&sibling_binary().unwrap(), &path, 1).unwrap();
-    let admin = cluster.admin(Duration::from_secs(30)).await.unwrap();
-    let mock = mock(&path, mock_flags);
-    Setup { _dir: dir, dir: path, cluster, admin, mock }
-}
-
-impl Setup {
-    /// An edge forwarding to the mock, with `edge_toml` as the `[edge]`
-    /// section of its config file and `extra` flags.
-    fn edge(&self, name: &str, edge_toml: &str, extra: &[&str]) -> EdgeProc {
-        self.edge_to(name, &self.mock.url(), &[], edge_toml, extra)
-    }
-
-    /// An edge forwarding to `upstream` with environment `env`.
-    fn edge_to(&self, name: &str, upstream: &str, env: &[(&str, &str)], edge_toml: &str, extra: &[&str]) -> EdgeProc {
-        let config = self.dir.join(format!("{name}.toml"));
-        std::fs::write(&config, format!("version = 1\n[edge]\n{edge_toml}\n")).unwrap();
-        let mut flags = self.cluster.tls_flags(&Role::Edge(name.into())).unwrap();
-        flags.extend(["--config".to_string(), config.display().to_string()]);
-        flags.extend(extra.iter().map(|s| s.to_string()));
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let bin = sibling_binary().unwrap();
-        EdgeProc::start_with_env(&bin, &self.dir, name, &self.cluster.servers(), upstream, &flags, env).unwrap()
-    }
-
-    /// Creates team, user and a key; returns the key's secret.
-    async fn key(&self, team: &str, user: &str) -> String {
-        let a = &self.admin;
-        let _ =
-            a.call(pb::CreateTeamRequest { name: team.into() }, |mut c, r| async move { c.create_team(r).await }).await;
-        let u = pb::CreateUserRequest { email: user.into(), team: team.into() };
-        a.call(u, |mut c, r| async move { c.create_user(r).await }).await.unwrap();
-        let k = pb::CreateKeyRequest { user: user.into(), name: "t55".into() };
-        a.call(k, |mut c, r| async move { c.create_key(r).await }).await.unwrap().secret
-    }
-}
-
-fn loopback() -> String {
-    format!("127.0.0.1:{}", free_port().unwrap())
-}
-
-/// Waits (bounded) until `GET /readyz` on the plaintext `addr` answers 200.
-async fn ready(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
-            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), get_over(s, "/readyz")).await {
-                if r.status == 200 {
-                    return;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "{addr} not ready after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A whole response.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// (status, error type, message) of an error in either provider's shape.
-    fn error(&self) -> (u16, String, String) {
-        let v = self.json();
-        let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
-        (self.status, s("/error/type"), s("/error/message"))
-    }
-
-    /// The header names the mock received, sorted.
-    fn mock_saw(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            self.header("x-mock-saw-headers").expect("no x-mock-saw-headers").split(',').map(String::from).collect();
-        names.sort();
-        names
-    }
-}
-
-/// Reads a response's body to its end (bounded).
-async fn read(resp: Response<Incoming>) -> Reply {
-    let (head, body) = resp.into_parts();
-    let bytes = tokio::time::timeout(REPLY_TIMEOUT, body.collect()).await.expect("body timed out").unwrap().to_bytes();
-    Reply { status: head.status.as_u16(), headers: head.headers, body: String::from_utf8_lossy(&bytes).into_owned() }
-}
-
-/// One HTTP/1.1 client connection; requests on it go one after another.
-struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
-
-impl Conn {
-    async fn open(addr: &str) -> Conn {
-        Conn::over(TcpStream::connect(addr).await.unwrap()).await
-    }
-
-    async fn over<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: I) -> Conn {
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
-        tokio::spawn(conn);
-        Conn(send)
-    }
-
-    /// Sends a request; returns the response with its body not yet read.
-    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Response<Incoming> {
-        let mut b = Request::builder().method(method).uri(path).header("host", "127.0.0.1");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        let req = b.body(Full::new(body)).unwrap();
-        // Until the previous exchange is done, the connection takes no request;
-        // an error here means the server closed it.
-        tokio::time::timeout(REPLY_TIMEOUT, self.0.ready()).await.expect("connection never ready").unwrap();
-        tokio::time::timeout(REPLY_TIMEOUT, self.0.send_request(req)).await.expect("no response head").unwrap()
-    }
-
-    async fn call(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
-        read(self.send(method, path, headers, body.into()).await).await
-    }
-}
-
-async fn post(addr: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
-    Conn::open(addr).await.call("POST", path, headers, body).await
-}
-
-async fn get_over<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: I, path: &str) -> anyhow::Result<Reply> {
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    let req = Request::get(path).header("host", "127.0.0.1").body(Full::new(Bytes::new()))?;
-    Ok(read(send.send_request(req).await?).await)
-}
-
-async fn get(addr: &str, path: &str) -> Reply {
-    get_over(TcpStream::connect(addr).await.unwrap(), path).await.unwrap()
-}
-
-/// The value of one series in a Prometheus text page.
-fn metric(page: &str, series: &str) -> Option<u64> {
-    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Waits (bounded) until `series` on `addr`'s /metrics reads `want`.
-async fn await_metric(addr: &str, series: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = get(addr, "/metrics").await.body;
-        if metric(&page, series) == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} never reached {want}: {page}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn anthropic(secret: &str) -> Vec<(&str, &str)> {
-    vec![("x-api-key", secret), ("anthropic-version", "2023-06-01"), ("content-type", "application/json")]
-}
-
-fn message(model: &str, max_tokens: u64) -> String {
-    json!({"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hello"}]}).to_string()
-}
-
-fn with<'a>(base: &[(&'a str, &'a str)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    [base, more].concat()
-}
+mod common;
+use common::*;
 
 // ------------------------------------------------------------------ tests
 

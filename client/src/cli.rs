@@ -63,14 +63,21 @@ pub enum AdminCmd {
         #[command(subcommand)]
         cmd: LimitsCmd,
     },
+    /// Prices edges meter with: overrides of the shipped book, imports, the discount.
+    Price {
+        #[command(subcommand)]
+        cmd: crate::price_cli::PriceCmd,
+    },
     /// The most recent config changes with who made them and when.
     Audit {
         #[arg(long)]
         json: bool,
     },
-    /// Spend per budget, or per team, user, key or model.
+    /// Spend per budget, or per team, user, key, model, or Claude Code's
+    /// session, agent, request class or prompt.
     Usage {
-        /// Group by team, user, key or model instead of one row per budget.
+        /// Group by team, user, key, model, session, agent, request-class or
+        /// prompt instead of one row per budget.
         #[arg(long)]
         by: Option<String>,
         #[arg(long)]
@@ -190,7 +197,7 @@ fn usd(n: u64) -> String {
     NanoUsd(n).to_string()
 }
 
-fn fail(s: Status) -> anyhow::Error {
+pub(crate) fn fail(s: Status) -> anyhow::Error {
     // A status with a source came from this side's transport (no server
     // answered it): most often a TLS mismatch with the cluster.
     let hint = if std::error::Error::source(&s).is_some() {
@@ -202,8 +209,8 @@ fn fail(s: Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?}){hint}", s.message(), s.code())
 }
 
-/// Runs one admin command.
-pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+/// Runs one admin command; `lister` prices the book as the edges do.
+pub async fn run(args: AdminArgs, lister: crate::price_cli::PriceLister) -> anyhow::Result<()> {
     let token = read_token(&args)?;
     let tls = args.tls.load().map_err(|e| anyhow::anyhow!(e))?;
     let client = AdminClient::new(&args.server, token, tls).map_err(fail)?;
@@ -317,6 +324,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        AdminCmd::Price { cmd } => crate::price_cli::run(&client, cmd, lister).await,
         AdminCmd::Audit { json } => {
             let r = client.call(pb::AuditRequest {}, |mut c, r| async move { c.audit(r).await }).await.map_err(fail)?;
             if json {
@@ -355,14 +363,40 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                             "output_tokens": u.output_tokens,
                             "cache_write_tokens": u.cache_write_tokens,
                             "cache_read_tokens": u.cache_read_tokens,
+                            "excess_nano_usd": u.excess_nano_usd,
+                            "user": if u.user.is_empty() { Value::Null } else { json!(u.user) },
+                            "parent_agent": if u.parent_agent.is_empty() { Value::Null } else { json!(u.parent_agent) },
+                            "first_ms": if u.last_ms == 0 { Value::Null } else { json!(u.first_ms) },
+                            "last_ms": if u.last_ms == 0 { Value::Null } else { json!(u.last_ms) },
                         })
                     })
                     .collect();
                 println!("{}", json!({ "rows": rows, "index": r.index }));
             } else {
+                if r.rows.iter().any(|u| u.last_ms != 0) {
+                    // By session, agent, request class or prompt.
+                    println!(
+                        "{:<48} {:<28} {:>16} {:>16} {:>9} {:>12} {:>12}  PARENT",
+                        "SCOPE", "USER", "SPENT", "EXCESS", "REQUESTS", "INPUT", "OUTPUT"
+                    );
+                    for u in &r.rows {
+                        println!(
+                            "{:<48} {:<28} {:>16} {:>16} {:>9} {:>12} {:>12}  {}",
+                            u.scope,
+                            u.user,
+                            usd(u.spent_nano_usd),
+                            usd(u.excess_nano_usd),
+                            u.requests,
+                            u.input_tokens,
+                            u.output_tokens,
+                            if u.parent_agent.is_empty() { "-" } else { &u.parent_agent }
+                        );
+                    }
+                    return Ok(());
+                }
                 println!(
-                    "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9}",
-                    "SCOPE", "PERIOD", "SPENT", "HELD", "UNSETTLED", "LIMIT", "REQUESTS"
+                    "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9} {:>16}",
+                    "SCOPE", "PERIOD", "SPENT", "HELD", "UNSETTLED", "LIMIT", "REQUESTS", "EXCESS"
                 );
                 for u in &r.rows {
                     let scope = if u.model.is_empty() || u.scope.starts_with("model:") {
@@ -372,14 +406,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     };
                     let limit = u.limit_nano_usd.map(usd).unwrap_or_else(|| "-".to_string());
                     println!(
-                        "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9}",
+                        "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9} {:>16}",
                         scope,
                         u.period,
                         usd(u.spent_nano_usd),
                         usd(u.held_nano_usd),
                         usd(u.unsettled_nano_usd),
                         limit,
-                        u.requests
+                        u.requests,
+                        usd(u.excess_nano_usd)
                     );
                 }
             }

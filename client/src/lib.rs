@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod coalesce;
+pub mod price_cli;
 pub mod tls_args;
 
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 
 use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
-use crate::state::{BudgetRec, Denial, ErrorCode, HoldId, LedgerState, Rejection, Usage};
+use crate::state::{AttribKind, BudgetRec, Denial, ErrorCode, HoldId, LedgerState, ModelPrice, Rejection, Usage};
 
 pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
     let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
@@ -118,6 +118,33 @@ pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
         heartbeat: false,
         in_touch: false,
         max_request_nano_usd: s.limits.max_request.0,
+        prices: s.prices.overrides.values().map(model_price_to_pb).collect(),
+        discount_bp: s.prices.discount_bp,
+    }
+}
+
+pub fn model_price_to_pb(p: &ModelPrice) -> pb::ModelPrice {
+    pb::ModelPrice {
+        model: p.model.clone(),
+        provider: p.provider.clone().unwrap_or_default(),
+        input_pico_usd: p.input,
+        output_pico_usd: p.output,
+        cache_write_5m_pico_usd: p.cache_write_5m,
+        cache_write_1h_pico_usd: p.cache_write_1h,
+        cache_read_pico_usd: p.cache_read,
+    }
+}
+
+/// The state machine checks every field again (`AdminOp::SetPrices`).
+pub fn model_price_from_pb(p: &pb::ModelPrice) -> ModelPrice {
+    ModelPrice {
+        model: p.model.clone(),
+        provider: (!p.provider.is_empty()).then(|| p.provider.clone()),
+        input: p.input_pico_usd,
+        output: p.output_pico_usd,
+        cache_write_5m: p.cache_write_5m_pico_usd,
+        cache_write_1h: p.cache_write_1h_pico_usd,
+        cache_read: p.cache_read_pico_usd,
     }
 }
 
@@ -142,13 +169,38 @@ pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status
                     requests,
                     model: b.model.clone().unwrap_or_default(),
                     period_start_ms: b.period.start_ms(s.clock_ms),
+                    excess_nano_usd: if fresh { b.excess.0 } else { 0 },
                     ..Default::default()
                 }
             })
             .collect());
     }
+    if let Some(kind) = AttribKind::parse(by) {
+        return Ok(s
+            .attribution
+            .of(kind)
+            .map(|(id, r)| pb::UsageRow {
+                scope: format!("{by}:{id}"),
+                period: "total".to_string(),
+                spent_nano_usd: r.settled.0,
+                requests: r.requests,
+                input_tokens: r.usage.input_tokens,
+                output_tokens: r.usage.output_tokens,
+                cache_write_tokens: r.usage.cache_write_5m_tokens + r.usage.cache_write_1h_tokens,
+                cache_read_tokens: r.usage.cache_read_tokens,
+                excess_nano_usd: r.excess.0,
+                user: r.user.clone(),
+                parent_agent: r.parent.clone().unwrap_or_default(),
+                first_ms: r.first_ms,
+                last_ms: r.last_ms,
+                ..Default::default()
+            })
+            .collect());
+    }
     if !matches!(by, "team" | "user" | "key" | "model") {
-        return Err(Status::invalid_argument(format!("usage grouping {by:?} must be one of team, user, key, model")));
+        return Err(Status::invalid_argument(format!(
+            "usage grouping {by:?} must be one of team, user, key, model, session, agent, request-class, prompt"
+        )));
     }
     let prefix = format!("{by}:");
     Ok(s.usage
@@ -167,7 +219,8 @@ pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status
             output_tokens: c.usage.output_tokens,
             cache_write_tokens: c.usage.cache_write_5m_tokens + c.usage.cache_write_1h_tokens,
             cache_read_tokens: c.usage.cache_read_tokens,
-            period_start_ms: 0,
+            excess_nano_usd: s.excess.get(k).copied().unwrap_or_default().0,
+            ..Default::default()
         })
         .collect())
 }

@@ -21,7 +21,7 @@ use crate::money::NanoUsd;
 use crate::node::LedgerProbe;
 use crate::proposer::{ForwardRequest, ProposeError, Proposer};
 use crate::raft_types::{NodeId, Raft, TypeConfig};
-use crate::state::{hex, AdminOp, Command, Mode, Outcome, Period, Scope};
+use crate::state::{hex, AdminOp, Attribution, Command, Mode, Outcome, Period, Scope, MAX_ATTRIBUTION_ID_BYTES};
 use crate::store::StateMachineStore;
 
 /// The most items one Reserve/Settle/Release/Extend call may carry.
@@ -110,9 +110,6 @@ fn check_items(n: usize) -> Result<(), Status> {
     }
     Ok(())
 }
-
-/// The longest `session_id` a settle may carry.
-pub const MAX_SESSION_ID_BYTES: usize = 256;
 
 /// Key ids and model names are checked before they reach the log, so no
 /// entry carries an oversized string (the state machine checks them again).
@@ -210,25 +207,45 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             &self.proposer,
             &batch.requests,
             |r| {
-                if r.session_id.len() > MAX_SESSION_ID_BYTES {
-                    return Err(format!("session_id is longer than {MAX_SESSION_ID_BYTES} bytes"));
+                let ids = [
+                    ("session_id", &r.session_id),
+                    ("agent_id", &r.agent_id),
+                    ("parent_agent_id", &r.parent_agent_id),
+                    ("request_class", &r.request_class),
+                    ("prompt_id", &r.prompt_id),
+                ];
+                if let Some((name, _)) = ids.iter().find(|(_, v)| v.len() > MAX_ATTRIBUTION_ID_BYTES) {
+                    return Err(format!("{name} is longer than {MAX_ATTRIBUTION_ID_BYTES} bytes"));
                 }
                 let (hold, cost, usage) =
                     (hold_id(r.hold_id.as_ref())?, NanoUsd(r.cost_nano_usd), usage_from_pb(r.usage.as_ref()));
-                let session = (!r.session_id.is_empty()).then(|| r.session_id.clone());
-                if r.fail_open_key_id.is_empty() {
-                    return Ok(Command::Settle { hold, cost, usage, estimated: r.estimated, session });
-                }
-                check_key_model(&r.fail_open_key_id, &r.model)?;
-                Ok(Command::Charge {
-                    hold,
-                    key: r.fail_open_key_id.clone(),
-                    model: r.model.clone(),
-                    cost,
-                    usage,
-                    estimated: r.estimated,
-                    session,
-                    ttl_ms: r.ttl_ms,
+                let some = |v: &String| (!v.is_empty()).then(|| v.clone());
+                let attribution = Attribution {
+                    session: some(&r.session_id),
+                    agent: some(&r.agent_id),
+                    parent_agent: some(&r.parent_agent_id),
+                    request_class: some(&r.request_class),
+                    prompt: some(&r.prompt_id),
+                };
+                let cmd = if r.fail_open_key_id.is_empty() {
+                    Command::Settle { hold, cost, usage, estimated: r.estimated, session: None }
+                } else {
+                    check_key_model(&r.fail_open_key_id, &r.model)?;
+                    Command::Charge {
+                        hold,
+                        key: r.fail_open_key_id.clone(),
+                        model: r.model.clone(),
+                        cost,
+                        usage,
+                        estimated: r.estimated,
+                        session: None,
+                        ttl_ms: r.ttl_ms,
+                    }
+                };
+                Ok(if attribution == Attribution::default() {
+                    cmd
+                } else {
+                    Command::Attributed { attribution, cmd: Box::new(cmd) }
                 })
             },
             |o| match o {
@@ -635,6 +652,24 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .map_err(|e| Status::invalid_argument(format!("max_request_usd: {e}")))?;
         let index = self.admin(&auth, AdminOp::SetLimits { max_request }).await?;
         Ok(Response::new(pb::SetLimitsResponse { index, max_request_nano_usd: max_request.0 }))
+    }
+
+    async fn set_prices(&self, req: Request<pb::SetPricesRequest>) -> Result<Response<pb::SetPricesResponse>, Status> {
+        let auth = self.authorize(&req)?;
+        let r = req.into_inner();
+        let set = r.set.iter().map(crate::convert::model_price_from_pb).collect();
+        let index = self.admin(&auth, AdminOp::SetPrices { set, remove: r.remove }).await?;
+        Ok(Response::new(pb::SetPricesResponse { index }))
+    }
+
+    async fn set_discount(
+        &self,
+        req: Request<pb::SetDiscountRequest>,
+    ) -> Result<Response<pb::SetDiscountResponse>, Status> {
+        let auth = self.authorize(&req)?;
+        let basis_points = req.get_ref().basis_points;
+        let index = self.admin(&auth, AdminOp::SetDiscount { basis_points }).await?;
+        Ok(Response::new(pb::SetDiscountResponse { index }))
     }
 
     async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {

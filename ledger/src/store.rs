@@ -348,28 +348,35 @@ fn decode_applied(data: &[u8], meta: &SnapshotMeta) -> Result<Applied, StorageEr
 }
 
 /// Decodes a snapshot. One written before `LedgerState` gained its last
-/// fields (`limits`, `tombstones`: the encoding ends where they would
-/// start) is read as if they had their defaults: the encoding of the
-/// defaults is appended and the whole decoded again, and accepted only if
-/// it encodes back to exactly those bytes (a snapshot cut short elsewhere
-/// stays an error). Decided on the decoder's end-of-input error, never on
+/// fields is read as if they had their defaults: the encoding of the
+/// defaults of the fields it lacks is appended and the whole decoded again,
+/// and accepted only if it encodes back to exactly those bytes (a snapshot
+/// cut short elsewhere stays an error). Two older formats exist: without
+/// `prices`, `excess`, `attribution`; and also without `limits`,
+/// `tombstones`. Decided on the decoder's end-of-input error, never on
 /// message text.
 pub fn decode_applied_bytes(data: &[u8]) -> Result<Applied, bincode::Error> {
+    let eof = |e: &bincode::Error| matches!(&**e, bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
     match crate::codec::decode_snapshot::<Applied>(data) {
-        Err(e) if matches!(&*e, bincode::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof) => {
-            let defaults = LedgerState::default();
-            let mut padded = data.to_vec();
-            padded.extend(crate::codec::encode(&(&defaults.limits, &defaults.tombstones))?);
-            let mut applied: Applied = crate::codec::decode_snapshot(&padded).map_err(|_| e)?;
-            if crate::codec::encode(&applied)? != padded {
-                return Err(Box::new(bincode::ErrorKind::Custom(
-                    "snapshot is truncated (it is not an older format either)".into(),
-                )));
+        Err(e) if eof(&e) => {
+            let d = LedgerState::default();
+            let newest = crate::codec::encode(&(&d.prices, &d.excess, &d.attribution))?;
+            let older = crate::codec::encode(&(&d.limits, &d.tombstones))?;
+            for (suffix, unnamed_tombstones) in [(newest.clone(), false), ([older, newest].concat(), true)] {
+                let mut padded = data.to_vec();
+                padded.extend(suffix);
+                let Ok(mut applied) = crate::codec::decode_snapshot::<Applied>(&padded) else { continue };
+                if crate::codec::encode(&applied)? != padded {
+                    continue;
+                }
+                if unnamed_tombstones {
+                    // Its release tombstones were left by callers it did not
+                    // name: they go where a replay of its log puts them (caller "").
+                    applied.state.adopt_unnamed_tombstones();
+                }
+                return Ok(applied);
             }
-            // Its release tombstones were left by callers it did not name:
-            // they go where a replay of its log puts them (caller "").
-            applied.state.adopt_unnamed_tombstones();
-            Ok(applied)
+            Err(e)
         }
         other => other,
     }

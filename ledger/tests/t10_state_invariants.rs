@@ -279,10 +279,26 @@ fn kind(o: &Outcome) -> String {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Reserve { hold: u8, key: usize, model: usize, amount: u64, ttl: u64 },
-    Settle { hold: u8, cost: u64 },
-    Release { hold: u8 },
-    Extend { hold: u8, ttl: u64 },
+    Reserve {
+        hold: u8,
+        key: usize,
+        model: usize,
+        amount: u64,
+        ttl: u64,
+    },
+    /// With `session`, an `Attributed` settle (which must change no budget figure).
+    Settle {
+        hold: u8,
+        cost: u64,
+        session: Option<u8>,
+    },
+    Release {
+        hold: u8,
+    },
+    Extend {
+        hold: u8,
+        ttl: u64,
+    },
     Tick,
 }
 
@@ -290,7 +306,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u8..24, 0usize..4, 0usize..2, 1u64..400, 1u64..6_000)
             .prop_map(|(hold, key, model, amount, ttl)| Op::Reserve { hold, key, model, amount, ttl }),
-        3 => (0u8..24, 0u64..600).prop_map(|(hold, cost)| Op::Settle { hold, cost }),
+        3 => (0u8..24, 0u64..600, prop::option::of(0u8..3)).prop_map(|(hold, cost, session)| Op::Settle { hold, cost, session }),
         1 => (0u8..24).prop_map(|hold| Op::Release { hold }),
         1 => (0u8..24, 1u64..6_000).prop_map(|(hold, ttl)| Op::Extend { hold, ttl }),
         1 => Just(Op::Tick),
@@ -348,13 +364,26 @@ fn to_cmd(op: &Op) -> Command {
             amount: NanoUsd(*amount),
             ttl_ms: *ttl,
         },
-        Op::Settle { hold, cost } => Command::Settle {
-            hold: hid(*hold),
-            cost: NanoUsd(*cost),
-            usage: Usage { input_tokens: *cost, output_tokens: 1, ..Default::default() },
-            estimated: false,
-            session: None,
-        },
+        Op::Settle { hold, cost, session } => {
+            let settle = Command::Settle {
+                hold: hid(*hold),
+                cost: NanoUsd(*cost),
+                usage: Usage { input_tokens: *cost, output_tokens: 1, ..Default::default() },
+                estimated: false,
+                session: None,
+            };
+            match session {
+                None => settle,
+                Some(n) => Command::Attributed {
+                    attribution: Attribution {
+                        session: Some(format!("s{n}")),
+                        agent: Some(format!("a{n}")),
+                        ..Default::default()
+                    },
+                    cmd: Box::new(settle),
+                },
+            }
+        }
         Op::Release { hold } => Command::Release { hold: hid(*hold) },
         Op::Extend { hold, ttl } => Command::Extend { hold: hid(*hold), ttl_ms: *ttl },
         Op::Tick => Command::Tick,
@@ -365,7 +394,7 @@ fn model_apply(m: &mut Model, op: &Op) -> String {
     let hid = |h: u8| 0xABCD_0000 + h as u128;
     match op {
         Op::Reserve { hold, key, model, amount, ttl } => m.reserve(hid(*hold), *key, *model, *amount, *ttl),
-        Op::Settle { hold, cost } => m.settle(hid(*hold), *cost),
+        Op::Settle { hold, cost, .. } => m.settle(hid(*hold), *cost),
         Op::Release { hold } => m.release(hid(*hold)),
         Op::Extend { hold, ttl } => m.extend(hid(*hold), *ttl),
         Op::Tick => "done".into(),
@@ -466,7 +495,7 @@ proptest! {
                         continue;
                     }
                     let hold = &hold;
-                    let again = Batch { time_ms: batch.time_ms, cmds: vec![to_cmd(&Op::Settle { hold: *hold, cost: 599 })] };
+                    let again = Batch { time_ms: batch.time_ms, cmds: vec![to_cmd(&Op::Settle { hold: *hold, cost: 599, session: Some(1) })] };
                     let mut probe = state.clone();
                     let o = probe.apply(index, &again);
                     prop_assert!(matches!(o[0], Outcome::Settled { duplicate: true, .. }), "a second settle was applied: {:?}", o);

@@ -504,3 +504,174 @@ mod bounds {
         s.check_invariants().unwrap();
     }
 }
+
+fn price(model: &str, input: u64, output: u64) -> ModelPrice {
+    ModelPrice {
+        model: model.into(),
+        provider: Some("anthropic".into()),
+        input,
+        output,
+        cache_write_5m: None,
+        cache_write_1h: Some(8_000_000),
+        cache_read: None,
+    }
+}
+
+#[test]
+fn price_overrides_and_the_discount_are_replicated_config_validated_and_audited() {
+    let (mut s, mut i) = org(1000, Period::Daily);
+    let set = |set: Vec<ModelPrice>, remove: Vec<String>| admin(AdminOp::SetPrices { set, remove });
+    let before = s.config_index;
+    assert_eq!(
+        one(
+            &mut s,
+            &mut i,
+            T0,
+            set(vec![price("claude-opus-5-5", 3_600_000, 18_000_000), price("my-ft", 1, 2)], vec![])
+        ),
+        Outcome::Done
+    );
+    assert!(s.config_index > before, "edges see the change at a new config index");
+    assert_eq!(s.prices.overrides["claude-opus-5-5"].input, 3_600_000);
+    assert_eq!(s.prices.overrides.len(), 2);
+    assert_eq!(
+        s.audit.last().unwrap().what,
+        "set prices: claude-opus-5-5 in $3.6 out $18 w1h $8; my-ft in $0.000001 out $0.000002 w1h $8"
+    );
+    assert_eq!(s.audit.last().unwrap().stamp.actor, "alice");
+    // All or nothing: one bad price changes nothing.
+    let prices = s.prices.clone();
+    let config_index = s.config_index;
+    for bad in [
+        price("has space", 1, 1),
+        price("free", 0, 0),
+        price("dear", MAX_PRICE_PICO_PER_TOKEN + 1, 1),
+        ModelPrice { provider: Some("bedrock".into()), ..price("m", 1, 1) },
+    ] {
+        let out = one(&mut s, &mut i, T0, set(vec![price("ok", 1, 1), bad.clone()], vec![]));
+        assert!(matches!(out, Outcome::Rejected(Rejection { code: ErrorCode::InvalidArgument, .. })), "{bad:?}");
+    }
+    let out = one(&mut s, &mut i, T0, set(vec![], vec!["never-set".into()]));
+    assert!(matches!(out, Outcome::Rejected(Rejection { code: ErrorCode::NotFound, .. })));
+    let many: Vec<ModelPrice> = (0..=MAX_PRICE_OVERRIDES).map(|n| price(&format!("m{n}"), 1, 1)).collect();
+    let out = one(&mut s, &mut i, T0, set(many, vec![]));
+    assert!(matches!(out, Outcome::Rejected(Rejection { code: ErrorCode::InvalidArgument, .. })));
+    assert_eq!((&s.prices, s.config_index), (&prices, config_index), "rejections changed nothing");
+    assert_eq!(one(&mut s, &mut i, T0, set(vec![], vec!["my-ft".into()])), Outcome::Done);
+    assert_eq!(s.prices.overrides.keys().collect::<Vec<_>>(), ["claude-opus-5-5"]);
+    assert_eq!(one(&mut s, &mut i, T0, admin(AdminOp::SetDiscount { basis_points: 1250 })), Outcome::Done);
+    assert_eq!(s.prices.discount_bp, 1250);
+    assert_eq!(s.audit.last().unwrap().what, "set discount 12.50%");
+    let out = one(&mut s, &mut i, T0, admin(AdminOp::SetDiscount { basis_points: MAX_DISCOUNT_BP + 1 }));
+    assert!(matches!(out, Outcome::Rejected(_)));
+    assert_eq!(s.prices.discount_bp, 1250);
+}
+
+fn attributed(hold: u128, cost: u64, output: u64, a: Attribution) -> Command {
+    Command::Attributed {
+        attribution: a,
+        cmd: Box::new(Command::Settle {
+            hold: HoldId(hold),
+            cost: NanoUsd(cost),
+            usage: Usage { output_tokens: output, ..Default::default() },
+            estimated: false,
+            session: None,
+        }),
+    }
+}
+
+fn ids(session: &str, agent: &str, parent: Option<&str>, class: Option<&str>) -> Attribution {
+    Attribution {
+        session: Some(session.into()),
+        agent: Some(agent.into()),
+        parent_agent: parent.map(Into::into),
+        request_class: class.map(Into::into),
+        prompt: None,
+    }
+}
+
+#[test]
+fn settles_count_by_session_agent_and_request_class_and_excess_over_the_reservation_shows_per_principal() {
+    let (mut s, mut i) = org(100_000, Period::Daily);
+    for (h, amount) in [(1, 100), (2, 100), (3, 100)] {
+        assert!(matches!(one(&mut s, &mut i, T0, reserve(h, amount, 60_000)), Outcome::Granted { .. }));
+    }
+    // The main agent, then a subagent it spawned, in one session.
+    let main = ids("sess-1", "agent-main", None, Some("main"));
+    let sub = ids("sess-1", "agent-sub", Some("agent-main"), Some("subagent"));
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 5, attributed(1, 80, 10, main.clone())),
+        Outcome::Settled { charged: NanoUsd(80), duplicate: false }
+    );
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 9, attributed(2, 130, 20, sub)),
+        Outcome::Settled { charged: NanoUsd(130), duplicate: false }
+    );
+    // A duplicate settle counts nowhere.
+    assert_eq!(
+        one(&mut s, &mut i, T0 + 10, attributed(2, 130, 20, main.clone())),
+        Outcome::Settled { charged: NanoUsd(130), duplicate: true }
+    );
+    let get = |s: &LedgerState, k: AttribKind, id: &str| {
+        s.attribution.of(k).find(|(i, _)| *i == id).map(|(_, r)| r.clone()).unwrap()
+    };
+    let session = get(&s, AttribKind::Session, "sess-1");
+    assert_eq!((session.settled, session.requests, session.usage.output_tokens), (NanoUsd(210), 2, 30));
+    assert_eq!(session.excess, NanoUsd(30), "hold 2 cost 30 more than its reservation");
+    assert_eq!((session.first_ms, session.last_ms, session.user.as_str()), (T0 + 5, T0 + 9, "a@x.io"));
+    let sub = get(&s, AttribKind::Agent, "agent-sub");
+    assert_eq!((sub.settled, sub.parent.as_deref()), (NanoUsd(130), Some("agent-main")));
+    assert_eq!(get(&s, AttribKind::Agent, "agent-main").parent, None);
+    assert_eq!(get(&s, AttribKind::RequestClass, "subagent").settled, NanoUsd(130));
+    assert_eq!(s.attribution.of(AttribKind::Prompt).count(), 0);
+    // Per principal: the same 30 of excess on the team, user, key and model.
+    for k in ["team:eng", "user:a@x.io", "key:k1", "model:m"] {
+        assert_eq!(s.excess[k], NanoUsd(30), "{k}");
+    }
+    // A plain settle (no attribution) is counted as before, nowhere else.
+    one(&mut s, &mut i, T0 + 11, settle(3, 50));
+    assert_eq!(get(&s, AttribKind::Session, "sess-1").requests, 2);
+    s.check_invariants().unwrap();
+    // The state still has a digest (every replica compares it).
+    assert_eq!(s.digest().len(), 64);
+}
+
+#[test]
+fn attribution_is_bounded_per_kind_and_forgets_the_least_recently_updated() {
+    let (mut s, mut i) = org(u64::MAX / 4, Period::Total);
+    let cap = AttribKind::RequestClass.capacity() as u128;
+    for h in 1..=cap + 2 {
+        one(&mut s, &mut i, T0 + h as u64, reserve(h, 10, 60_000));
+        let a = Attribution { request_class: Some(format!("class-{h}")), ..Default::default() };
+        one(&mut s, &mut i, T0 + h as u64, attributed(h, 10, 1, a));
+    }
+    let classes: Vec<String> = s.attribution.of(AttribKind::RequestClass).map(|(id, _)| id.clone()).collect();
+    assert_eq!(classes.len() as u128, cap);
+    assert!(!classes.contains(&"class-1".to_string()) && !classes.contains(&"class-2".to_string()));
+    assert!(classes.contains(&format!("class-{}", cap + 2)));
+    // The bound holds after a restart from a snapshot (the derived index is rebuilt).
+    let bytes = tollgate_ledger::codec::encode(&s).unwrap();
+    let mut back: LedgerState = tollgate_ledger::codec::decode_snapshot(&bytes).unwrap();
+    back.rebuild_indexes();
+    let h = cap + 3;
+    one(&mut back, &mut i, T0 + h as u64, reserve(h, 10, 60_000));
+    one(
+        &mut back,
+        &mut i,
+        T0 + h as u64,
+        attributed(h, 10, 1, Attribution { request_class: Some("new".into()), ..Default::default() }),
+    );
+    assert_eq!(back.attribution.of(AttribKind::RequestClass).count() as u128, cap);
+    assert!(back.attribution.of(AttribKind::RequestClass).all(|(id, _)| id != "class-3"));
+}
+
+#[test]
+fn attribution_wraps_only_a_settle_or_a_charge() {
+    let (mut s, mut i) = org(1000, Period::Daily);
+    let cmd = Command::Attributed { attribution: Attribution::default(), cmd: Box::new(reserve(1, 10, 60_000)) };
+    assert!(matches!(
+        one(&mut s, &mut i, T0, cmd),
+        Outcome::Rejected(Rejection { code: ErrorCode::InvalidArgument, .. })
+    ));
+    assert!(s.holds.is_empty());
+}

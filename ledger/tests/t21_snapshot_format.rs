@@ -1,7 +1,8 @@
 //! Snapshots written before the state gained its per-command limits and
-//! release tombstones still load: they decode as if those fields had their
-//! defaults, to the same state. A snapshot cut short anywhere else is still
-//! an error, not a silently different state.
+//! release tombstones, or its price overrides, excess and attribution
+//! tables, still load: they decode as if those fields had their defaults,
+//! to the same state. A snapshot cut short anywhere else is still an error,
+//! not a silently different state.
 
 use tollgate_ledger::money::NanoUsd;
 use tollgate_ledger::state::*;
@@ -37,7 +38,14 @@ fn a_snapshot_from_before_the_limits_and_tombstones_decodes_to_the_same_state() 
     old_state.tombstones.clear();
     let old_applied = Applied { state: old_state, ..Default::default() };
     let full = tollgate_ledger::codec::encode(&old_applied).unwrap();
-    let tail = tollgate_ledger::codec::encode(&(&defaults.limits, &defaults.tombstones)).unwrap();
+    let tail = tollgate_ledger::codec::encode(&(
+        &defaults.limits,
+        &defaults.tombstones,
+        &defaults.prices,
+        &defaults.excess,
+        &defaults.attribution,
+    ))
+    .unwrap();
     assert!(full.ends_with(&tail));
     let old = &full[..full.len() - tail.len()];
     let mut decoded = decode_applied_bytes(old).unwrap();
@@ -50,6 +58,24 @@ fn a_snapshot_from_before_the_limits_and_tombstones_decodes_to_the_same_state() 
     // The current format decodes as it is.
     assert_eq!(decode_applied_bytes(&now).unwrap().state.digest(), applied.state.digest());
     // Cut short elsewhere: an error, whatever the padding would make of it.
+    for cut in [1, 5, 40] {
+        assert!(decode_applied_bytes(&old[..old.len() - cut]).is_err(), "cut {cut}");
+    }
+}
+
+#[test]
+fn a_snapshot_from_before_price_overrides_and_attribution_decodes_to_the_same_state() {
+    let applied = Applied { state: state(), ..Default::default() };
+    let full = tollgate_ledger::codec::encode(&applied).unwrap();
+    let d = LedgerState::default();
+    let tail = tollgate_ledger::codec::encode(&(&d.prices, &d.excess, &d.attribution)).unwrap();
+    assert!(full.ends_with(&tail));
+    let old = &full[..full.len() - tail.len()];
+    let mut decoded = decode_applied_bytes(old).unwrap();
+    decoded.state.rebuild_indexes();
+    assert_eq!(decoded.state.digest(), applied.state.digest());
+    // Its tombstones keep their callers (this format named them).
+    assert_eq!(decoded.state.tombstones, applied.state.tombstones);
     for cut in [1, 5, 40] {
         assert!(decode_applied_bytes(&old[..old.len() - cut]).is_err(), "cut {cut}");
     }

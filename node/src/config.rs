@@ -10,6 +10,10 @@
 //! ledger = ["10.0.0.1:7070", "10.0.0.2:7070", "10.0.0.3:7070"]
 //! data_dir = "/var/lib/tollgate"
 //! estimate = "estimate"          # or "strict"
+//! output_percentile = 95         # estimate: reserve this percentile of recent output
+//! output_seed_tokens = 8192      #   before 8 requests of a (user, model) are seen
+//! output_floor_tokens = 1024     #   and never less than this (nor more than max_tokens)
+//! clamp_max_tokens = false       # lower max_tokens to fit a hard budget instead of a 402
 //! fail_mode = "closed"           # or "open" (admit up to the allowance)
 //! fail_open_allowance_usd = "10"
 //! max_body_bytes = 33554432
@@ -156,6 +160,10 @@ pub struct EdgeSection {
     pub max_concurrent_per_key: Option<usize>,
     pub ops_listen: Option<SocketAddr>,
     pub openai_default_max_tokens: Option<u64>,
+    pub output_percentile: Option<u64>,
+    pub output_seed_tokens: Option<u64>,
+    pub output_floor_tokens: Option<u64>,
+    pub clamp_max_tokens: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +241,7 @@ impl PriceEntry {
             web_search: self.web_search.unwrap_or(WEB_SEARCH_NANO).saturating_mul(1_000),
             max_output_tokens: self.max_output_tokens,
             source: "the edge's config file".to_string(),
+            discount_bp: 0,
         }
     }
 }
@@ -306,6 +315,12 @@ pub struct EdgeSettings {
     /// Output tokens reserved for an OpenAI request that sets no maximum
     /// (`estimate` mode only; `strict` mode requires a maximum).
     pub openai_default_max_tokens: u64,
+    /// How `estimate` mode sizes the output side of a reservation.
+    pub sizing: crate::edge::sizing::Sizing,
+    /// Forward a request whose reservation does not fit a hard budget's
+    /// room with `max_tokens` lowered to what the room pays for, instead of
+    /// a 402 (never below the floor or a thinking budget).
+    pub clamp_max_tokens: bool,
     pub prices: PriceTable,
 }
 
@@ -528,6 +543,12 @@ impl EdgeSettings {
             insecure_plaintext: flags.insecure_plaintext,
             http_tls,
             openai_default_max_tokens: num("TOLLGATE_OPENAI_DEFAULT_MAX_TOKENS", e.openai_default_max_tokens, 4096)?,
+            sizing: crate::edge::sizing::Sizing {
+                percentile: num("TOLLGATE_OUTPUT_PERCENTILE", e.output_percentile, 95)?,
+                seed_tokens: num("TOLLGATE_OUTPUT_SEED_TOKENS", e.output_seed_tokens, 8_192)?,
+                floor_tokens: num("TOLLGATE_OUTPUT_FLOOR_TOKENS", e.output_floor_tokens, 1_024)?,
+            },
+            clamp_max_tokens: env_parse::<bool>("TOLLGATE_CLAMP_MAX_TOKENS")?.or(e.clamp_max_tokens).unwrap_or(false),
             prices,
         };
         if s.hold_ttl > Duration::from_secs(7200) {
@@ -535,6 +556,12 @@ impl EdgeSettings {
         }
         if s.admission_timeout.is_zero() {
             return Err("admission_timeout_ms must be at least 1".into());
+        }
+        if !(50..=100).contains(&s.sizing.percentile) {
+            return Err("output_percentile must be between 50 and 100".into());
+        }
+        if s.sizing.floor_tokens == 0 || s.sizing.seed_tokens < s.sizing.floor_tokens {
+            return Err("output_floor_tokens must be at least 1 and output_seed_tokens at least the floor".into());
         }
         if s.first_byte_timeout.is_zero() {
             return Err("first_byte_timeout_ms must be at least 1".into());

@@ -501,7 +501,7 @@ fn main() -> ExitCode {
             Cmd::Edge(a) => run_edge(a).await,
             Cmd::Up(a) => run_up(a).await,
             Cmd::Cert(a) => tollgate_node::cert_cli::run(a),
-            Cmd::Admin(a) => match tollgate_client::cli::run(a).await {
+            Cmd::Admin(a) => match tollgate_client::cli::run(a, tollgate_node::pricing::listing).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

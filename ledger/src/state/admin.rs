@@ -17,6 +17,23 @@ fn valid_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+fn check_price(p: &ModelPrice) -> Result<(), String> {
+    if !valid_model(&p.model) {
+        return Err(format!("model {:?} is not a valid model name", p.model));
+    }
+    if let Some(v) = p.provider.as_deref().filter(|v| !matches!(*v, "anthropic" | "openai")) {
+        return Err(format!("provider {v:?} is not anthropic or openai"));
+    }
+    let rates = [Some(p.input), Some(p.output), p.cache_write_5m, p.cache_write_1h, p.cache_read];
+    if rates.iter().flatten().any(|r| *r > MAX_PRICE_PICO_PER_TOKEN) {
+        return Err(format!("a price of {} is above $100,000 per million tokens", p.model));
+    }
+    if p.output == 0 && p.input == 0 {
+        return Err(format!("model {} cannot be free (input and output both zero)", p.model));
+    }
+    Ok(())
+}
+
 impl LedgerState {
     pub(super) fn admin(&mut self, op: &AdminOp, stamp: &Stamp) -> Outcome {
         use ErrorCode::*;
@@ -158,6 +175,45 @@ impl LedgerState {
                     return Outcome::reject(InvalidArgument, "the per-request maximum must be greater than zero");
                 }
                 self.limits.max_request = *max_request;
+            }
+            AdminOp::SetPrices { set, remove } => {
+                if set.len() + remove.len() > MAX_PRICE_OVERRIDES {
+                    return Outcome::reject(
+                        InvalidArgument,
+                        format!("one change may set or remove at most {MAX_PRICE_OVERRIDES} prices"),
+                    );
+                }
+                for p in set {
+                    if let Err(m) = check_price(p) {
+                        return Outcome::reject(InvalidArgument, m);
+                    }
+                }
+                if let Some(m) = remove.iter().find(|m| !self.prices.overrides.contains_key(*m)) {
+                    return Outcome::reject(NotFound, format!("model {m} has no price override to remove"));
+                }
+                let mut next = self.prices.overrides.clone();
+                for m in remove {
+                    next.remove(m);
+                }
+                for p in set {
+                    next.insert(p.model.clone(), p.clone());
+                }
+                if next.len() > MAX_PRICE_OVERRIDES {
+                    return Outcome::reject(
+                        FailedPrecondition,
+                        format!("the ledger keeps at most {MAX_PRICE_OVERRIDES} price overrides; remove some first"),
+                    );
+                }
+                self.prices.overrides = next;
+            }
+            AdminOp::SetDiscount { basis_points } => {
+                if *basis_points > MAX_DISCOUNT_BP {
+                    return Outcome::reject(
+                        InvalidArgument,
+                        format!("the discount must be between 0% and {}%", MAX_DISCOUNT_BP / 100),
+                    );
+                }
+                self.prices.discount_bp = *basis_points;
             }
         }
         Outcome::Done

@@ -7,6 +7,7 @@
 //! order ends with the same state and the same [`LedgerState::digest`].
 
 mod admin;
+mod attribution;
 mod invariants;
 mod period;
 mod tombstones;
@@ -19,6 +20,7 @@ use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use attribution::{AttribKind, AttribRec, AttribTable};
 pub use period::{utc_rfc3339, Period};
 pub use types::*;
 
@@ -183,6 +185,14 @@ pub struct LedgerState {
     /// Release tombstones by the caller that left them, by when each is
     /// forgotten: bounded per caller.
     pub tombstones: BTreeMap<String, OrdSet<(u64, HoldId)>>,
+    /// The operator's price overrides and discount (every edge prices with
+    /// them at the same config index).
+    pub prices: PriceState,
+    /// What requests cost beyond their reservation, by `team:…`, `user:…`,
+    /// `key:…`, `model:…` (all time).
+    pub excess: BTreeMap<String, NanoUsd>,
+    /// Usage by session, agent, request class and prompt (bounded).
+    pub attribution: AttribTable,
     /// Derived: live holds by expiry.
     #[serde(skip)]
     expiries: OrdSet<(u64, HoldId)>,
@@ -216,6 +226,7 @@ impl LedgerState {
 
     /// Rebuilds the derived indexes after deserialization.
     pub fn rebuild_indexes(&mut self) {
+        self.attribution.rebuild();
         self.expiries = OrdSet::new();
         self.forgets = OrdSet::new();
         for (id, h) in &self.holds {
@@ -302,6 +313,26 @@ impl LedgerState {
             Command::ReleaseBy { hold, caller } => self.release(*hold, caller),
             Command::Charge { hold, key, model, cost, usage, estimated, session: _, ttl_ms } => {
                 self.charge_direct(*hold, key, model, *cost, usage, *estimated, *ttl_ms)
+            }
+            Command::Attributed { attribution, cmd } => {
+                if !matches!(**cmd, Command::Settle { .. } | Command::Charge { .. }) {
+                    return Outcome::reject(
+                        ErrorCode::InvalidArgument,
+                        "only a settle or a charge carries attribution",
+                    );
+                }
+                let out = self.apply_cmd(index, cmd);
+                if let (
+                    Outcome::Settled { charged, duplicate: false },
+                    Command::Settle { hold, usage, .. } | Command::Charge { hold, usage, .. },
+                ) = (&out, &**cmd)
+                {
+                    if let Some(info) = self.holds.get(hold).and_then(|h| h.info.clone()) {
+                        let now = self.clock_ms;
+                        self.attribution.record(attribution, &info, *charged, usage, now);
+                    }
+                }
+                out
             }
             Command::Extend { hold, ttl_ms } => self.extend(*hold, *ttl_ms),
             Command::Tick => Outcome::Done,
@@ -483,18 +514,25 @@ impl LedgerState {
             }
             self.assert_cap(*id);
         }
+        let over = cost.saturating_sub(info.amount);
+        if over > NanoUsd::ZERO {
+            for k in [
+                format!("team:{}", info.team),
+                format!("user:{}", info.user),
+                format!("key:{}", info.key),
+                format!("model:{}", info.model),
+            ] {
+                let e = self.excess.entry(k).or_insert(NanoUsd::ZERO);
+                *e = e.saturating_add(over);
+            }
+        }
         self.bump(&info.key, &info.user, &info.team, &info.model, |c| {
             if let Some(unsettled) = replacing {
                 c.unsettled = c.unsettled.saturating_sub(unsettled);
             }
             c.settled = c.settled.saturating_add(cost);
             c.estimated_settles = c.estimated_settles.saturating_add(u64::from(estimated));
-            c.usage.input_tokens = c.usage.input_tokens.saturating_add(usage.input_tokens);
-            c.usage.output_tokens = c.usage.output_tokens.saturating_add(usage.output_tokens);
-            c.usage.cache_write_5m_tokens = c.usage.cache_write_5m_tokens.saturating_add(usage.cache_write_5m_tokens);
-            c.usage.cache_write_1h_tokens = c.usage.cache_write_1h_tokens.saturating_add(usage.cache_write_1h_tokens);
-            c.usage.cache_read_tokens = c.usage.cache_read_tokens.saturating_add(usage.cache_read_tokens);
-            c.usage.web_search_requests = c.usage.web_search_requests.saturating_add(usage.web_search_requests);
+            attribution::add_usage(&mut c.usage, usage);
         });
     }
 

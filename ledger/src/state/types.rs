@@ -168,6 +168,56 @@ pub enum Command {
     /// certificate; empty without TLS), so the tombstones one caller can
     /// leave are bounded. Appended last: older logs still decode.
     ReleaseBy { hold: HoldId, caller: String },
+    /// A Settle or Charge with who and what it was for beyond the key
+    /// (Claude Code's session, agent, request class, prompt): counted in
+    /// bounded per-session/agent/class/prompt usage. Appended last: older
+    /// logs still decode.
+    Attributed { attribution: Attribution, cmd: Box<Command> },
+}
+
+/// The longest attribution id (session, agent, class, prompt) kept.
+pub const MAX_ATTRIBUTION_ID_BYTES: usize = 256;
+
+/// Who and what a settled request was for, beyond its key: the
+/// `x-claude-code-*` headers Claude Code sends. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub session: Option<String>,
+    pub agent: Option<String>,
+    pub parent_agent: Option<String>,
+    pub request_class: Option<String>,
+    pub prompt: Option<String>,
+}
+
+/// An operator's price for one model, in pico-USD per token ($1 / MTok =
+/// 1,000,000). A cache rate left out keeps the shipped book's ratio to the
+/// input rate (Anthropic's multiples for a model the book does not list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPrice {
+    pub model: String,
+    /// `anthropic`, `openai`, or `None` (either API).
+    pub provider: Option<String>,
+    pub input: u64,
+    pub output: u64,
+    pub cache_write_5m: Option<u64>,
+    pub cache_write_1h: Option<u64>,
+    pub cache_read: Option<u64>,
+}
+
+/// The most price overrides the ledger keeps, and one command may set.
+pub const MAX_PRICE_OVERRIDES: usize = 4_096;
+/// The dearest rate an override may give: $100,000 per million tokens.
+pub const MAX_PRICE_PICO_PER_TOKEN: u64 = 100_000_000_000;
+/// The largest org-wide discount: 99% (in basis points).
+pub const MAX_DISCOUNT_BP: u32 = 9_900;
+
+/// The replicated part of the price book: the operator's overrides of the
+/// shipped list prices and the org-wide negotiated discount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceState {
+    pub overrides: std::collections::BTreeMap<String, ModelPrice>,
+    /// Taken off every cost an edge computes, in basis points (1/100 %).
+    pub discount_bp: u32,
 }
 
 /// Config changes. Validated again by the state machine, so a bad one changes nothing.
@@ -208,6 +258,16 @@ pub enum AdminOp {
     SetLimits {
         max_request: NanoUsd,
     },
+    /// Sets (or replaces) prices and removes overrides, all or nothing.
+    /// Appended last: older logs decode.
+    SetPrices {
+        set: Vec<ModelPrice>,
+        remove: Vec<String>,
+    },
+    /// The org-wide negotiated discount, in basis points.
+    SetDiscount {
+        basis_points: u32,
+    },
 }
 
 impl AdminOp {
@@ -230,7 +290,44 @@ impl AdminOp {
                 format!("set policy {scope} allow [{}]", allowed_models.join(","))
             }
             AdminOp::SetLimits { max_request } => format!("set limits max request {max_request}"),
+            AdminOp::SetPrices { set, remove } => {
+                // The audit ring keeps short lines: a bulk import names its
+                // first models and how many more (the log has them all).
+                let mut parts: Vec<String> = set.iter().take(8).map(ModelPrice::summary).collect();
+                if set.len() > 8 {
+                    parts.push(format!("and {} more", set.len() - 8));
+                }
+                if !remove.is_empty() {
+                    let names: Vec<&str> = remove.iter().take(8).map(String::as_str).collect();
+                    parts.push(format!("remove {}{}", names.join(","), if remove.len() > 8 { ",…" } else { "" }));
+                }
+                format!("set prices: {}", parts.join("; "))
+            }
+            AdminOp::SetDiscount { basis_points } => {
+                format!("set discount {}.{:02}%", basis_points / 100, basis_points % 100)
+            }
         }
+    }
+}
+
+impl ModelPrice {
+    /// `MODEL in $X out $Y [w5m $… w1h $… read $…]` per million tokens.
+    pub fn summary(&self) -> String {
+        let usd = |p: u64| {
+            let (w, f) = (p / 1_000_000, p % 1_000_000);
+            if f == 0 {
+                format!("${w}")
+            } else {
+                format!("${w}.{}", format!("{f:06}").trim_end_matches('0'))
+            }
+        };
+        let mut s = format!("{} in {} out {}", self.model, usd(self.input), usd(self.output));
+        for (name, r) in [("w5m", self.cache_write_5m), ("w1h", self.cache_write_1h), ("read", self.cache_read)] {
+            if let Some(r) = r {
+                s.push_str(&format!(" {name} {}", usd(r)));
+            }
+        }
+        s
     }
 }
 

@@ -55,10 +55,9 @@ pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
 
 /// `GET /v1/models` in `api`'s shape: the listed models of that provider
 /// that every policy on the caller's chain allows.
-pub(super) fn models_list(s: &Shared, api: Api, view: &ConfigView, principal: &Principal) -> Response<Body> {
+pub(super) fn models_list(api: Api, view: &ConfigView, principal: &Principal) -> Response<Body> {
     let provider = if api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
-    let allowed: Vec<&Price> = s
-        .settings
+    let allowed: Vec<&Price> = view
         .prices
         .models()
         .filter(|m| m.provider.is_none_or(|p| p == provider))

@@ -12,6 +12,7 @@ pub mod outbox;
 mod proxy;
 mod request;
 mod settle;
+pub mod sizing;
 pub use request::valid_model_id;
 pub mod watch;
 
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) embedded: Option<LedgerProbe>,
     /// Requests in flight per virtual key.
     pub(crate) per_key: Arc<Limiter<String>>,
+    /// Recent output tokens per (user, model), for `estimate` reservations.
+    pub(crate) output_history: sizing::OutputHistory,
 }
 
 /// A running edge.
@@ -156,7 +159,7 @@ impl Edge {
             metrics.clone(),
             settings.fail_open_allowance,
         )?;
-        let config = ConfigCache::new();
+        let config = ConfigCache::new(Arc::new(settings.prices.clone()));
         let m = metrics.clone();
         tokio::spawn(config.clone().follow(ledger.clone(), move |i| m.config_index.store(i, Ordering::Relaxed)));
         let listener = TcpListener::bind(settings.listen)
@@ -171,6 +174,7 @@ impl Edge {
         };
         let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
         let settings_max_per_key = settings.max_concurrent_per_key;
+        let settings_sizing = settings.sizing;
         let shared = Arc::new(Shared {
             http: upstream_client()?,
             settings,
@@ -183,6 +187,7 @@ impl Edge {
             fail_open,
             embedded,
             per_key: Limiter::new(settings_max_per_key),
+            output_history: sizing::OutputHistory::new(settings_sizing),
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(l) = ops_listener {

@@ -26,7 +26,7 @@ use super::metrics::Metrics;
 /// One durable record, keyed by its hold id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    Settle(pb::SettleRequest),
+    Settle(Box<pb::SettleRequest>),
     Release(pb::HoldId),
 }
 
@@ -59,7 +59,7 @@ impl Record {
     fn decode(bytes: &[u8]) -> Option<Record> {
         let (tag, body) = bytes.split_first()?;
         match *tag {
-            SETTLE => pb::SettleRequest::decode(body).ok().map(Record::Settle),
+            SETTLE => pb::SettleRequest::decode(body).ok().map(|s| Record::Settle(Box::new(s))),
             RELEASE => pb::HoldId::decode(body).ok().map(Record::Release),
             _ => None,
         }
@@ -196,7 +196,7 @@ async fn send(c: &Coalescer, outbox: &Outbox, record: Record) -> Sent {
     match record {
         Record::Settle(s) => {
             let fail_open_cost = (!s.fail_open_key_id.is_empty()).then_some(NanoUsd(s.cost_nano_usd));
-            let sent = settle(c, outbox, s).await;
+            let sent = settle(c, outbox, *s).await;
             if let (Sent::Done, Some(cost)) = (&sent, fail_open_cost) {
                 // The ledger knows this spend now.
                 outbox.fail_open.give_back(cost);
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let s = Record::Settle(pb::SettleRequest {
+        let s = Record::Settle(Box::new(pb::SettleRequest {
             hold_id: Some(pb::HoldId { id: vec![7; 16] }),
             cost_nano_usd: 123,
             usage: Some(pb::Usage { input_tokens: 5, output_tokens: 6, ..Default::default() }),
@@ -298,7 +298,11 @@ mod tests {
             fail_open_key_id: "key_1".into(),
             model: "m".into(),
             ttl_ms: 600_000,
-        });
+            agent_id: "a1".into(),
+            parent_agent_id: "a0".into(),
+            request_class: "main".into(),
+            prompt_id: "p1".into(),
+        }));
         assert_eq!(Record::decode(&s.encode()), Some(s.clone()));
         assert_eq!(s.hold(), vec![7; 16]);
         let r = Record::Release(pb::HoldId { id: vec![1; 16] });

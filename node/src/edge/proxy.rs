@@ -20,7 +20,7 @@ use super::headers::{connection_named, skip_request_header, skip_response_header
 use super::local::{models_list, ops};
 use super::outbox::Record;
 use super::request::{valid_model_id, BodyError, Head};
-use super::settle::{Admitted, Settler};
+use super::settle::{Admitted, Attribution, Settler};
 use super::watch::Principal;
 use super::{KeySlot, Shared};
 use crate::config::{EstimateMode, FailMode};
@@ -31,8 +31,6 @@ pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 /// Most bytes of an upstream error body or non-metered response kept.
 const MAX_ERROR_BODY: usize = 4 * 1024 * 1024;
-/// Longest session id recorded.
-const MAX_SESSION_ID: usize = 200;
 /// Frames buffered between the upstream and a slow client.
 const STREAM_BUFFER: usize = 32;
 
@@ -155,7 +153,8 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             respond_error(&e)
         }
     };
-    let model = s.settings.prices.label(&ctx.model);
+    let model = s.config.current().prices.label(&ctx.model).to_string();
+    let model = model.as_str();
     s.metrics.request(route.label(), model, resp.status().as_u16());
     if !ctx.overhead.is_zero() {
         s.metrics.overhead(ctx.overhead);
@@ -180,6 +179,36 @@ fn hold_id() -> pb::HoldId {
     let mut id = vec![0u8; 16];
     getrandom::fill(&mut id).expect("the OS random source failed");
     pb::HoldId { id }
+}
+
+/// Tells the client what admission reserved for its request and, when
+/// `clamp_max_tokens` lowered it, the output limit it ran with (its
+/// `stop_reason` then says `max_tokens` if it hit it).
+fn tag(mut r: Response<Body>, reserved: NanoUsd, clamped: Option<u64>) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert("x-tollgate-reserved-nano-usd", HeaderValue::from(reserved.0));
+    if let Some(n) = clamped {
+        h.insert("x-tollgate-max-tokens-clamped", HeaderValue::from(n));
+    }
+    r
+}
+
+/// The largest `n` in `lo..=hi` with `fits(n)`, for a `fits` that holds
+/// up to some point and not after (a cost that grows with `n`).
+fn largest_within(lo: u64, hi: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
+    if lo > hi || !fits(lo) {
+        return None;
+    }
+    let (mut ok, mut bad) = (lo, hi.saturating_add(1));
+    while bad - ok > 1 {
+        let mid = ok + (bad - ok) / 2;
+        if fits(mid) {
+            ok = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(ok)
 }
 
 fn denial_from_pb(d: &pb::Denial) -> Denial {
@@ -240,7 +269,7 @@ impl Ctx {
             // Answered here, from the price book: each engineer sees the
             // models the gateway prices and their policy allows (Claude
             // Code's gateway model discovery waits 3 s and takes no redirect).
-            return Ok(models_list(&self.s, api, &view, &principal));
+            return Ok(models_list(api, &view, &principal));
         }
         let upstream = match self.api {
             Api::Anthropic => &self.s.settings.anthropic,
@@ -265,7 +294,7 @@ impl Ctx {
                     if !valid_model_id(&model) {
                         return Err(self.err(400, invalid_model_message(&model)));
                     }
-                    let listed = self.s.settings.prices.lookup(&model).map(|p| p.id.clone());
+                    let listed = view.prices.lookup(&model).map(|p| p.id.clone());
                     if let Err(scope) = view.check_policy(&principal, &model, listed.as_deref()) {
                         return Err(
                             self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}"))
@@ -373,13 +402,35 @@ impl Ctx {
         }
     }
 
-    /// Admission: parse, policy, estimate, reserve.
+    /// One Reserve, retried while the ledger is certainly not reached, for
+    /// at most the admission timeout.
+    async fn reserve_once(&self, req: &pb::ReserveRequest) -> Result<pb::ReserveResult, String> {
+        // The whole timeout even while the ledger is known to be out of
+        // reach: a shorter probe would let a slow but working ledger (whose
+        // acknowledgements refill the allowance) be bypassed without bound.
+        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
+                Ok(Err(st)) if retryable(&st) && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Ok(r) => return r.map_err(|st| st.message().to_string()),
+                Err(_) => return Err("no answer in time".to_string()),
+            }
+        }
+    }
+
+    /// Admission: parse, policy, estimate, reserve. Returns the body to
+    /// forward instead of the client's when `clamp_max_tokens` lowered its
+    /// output limit.
     async fn admit<'b>(
         &mut self,
         parts: &hyper::http::request::Parts,
         body: &'b Bytes,
         principal: Principal,
-    ) -> Result<(Admitted, Head<'b>), ErrorResponse> {
+    ) -> Result<(Admitted, Head<'b>, Option<Bytes>), ErrorResponse> {
         let head = Head::parse(body).map_err(|e| match e {
             BodyError::Json(_) | BodyError::NotObject => self.err(400, format!("Tollgate: {e}")),
             BodyError::Field { .. } => self.err(400, e.to_string()),
@@ -391,17 +442,22 @@ impl Ctx {
             return Err(self.err(400, invalid_model_message(&model)));
         }
         self.model = model.clone();
+        let view = self.s.config.current();
         let provider = if self.api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
-        let price = self.s.settings.prices.resolve(&model, provider).map_err(|_| {
-            self.err(
-                400,
-                format!(
-                    "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
-                     operator can add one under [pricing.models] in the edge's config (or set unknown_model = \
-                     \"dearest\")"
-                ),
-            )
-        })?;
+        let price = view
+            .prices
+            .resolve(&model, provider)
+            .map_err(|_| {
+                self.err(
+                    400,
+                    format!(
+                        "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
+                     operator can add one with `tollgate admin price set {model} --input-usd-per-mtok … \
+                     --output-usd-per-mtok …` (or set unknown_model = \"dearest\")"
+                    ),
+                )
+            })
+            .map_err(|e| e.retryable(false))?;
         let strict = self.s.settings.estimate == EstimateMode::Strict;
         let limit = price.max_output_tokens;
         let per_choice = match self.api {
@@ -424,8 +480,7 @@ impl Ctx {
                 self.err(400, format!("{field}: {per_choice} is above the maximum of {max} output tokens for {model}"))
             );
         }
-        let max_out = per_choice.saturating_mul(head.n);
-        let view = self.s.config.current();
+        let label = view.prices.label(&model).to_string();
         // The resolved price names the listed model (an unlisted one priced
         // by `unknown_model` carries the request's own name).
         if let Err(scope) = view.check_policy(&principal, &model, Some(price.id.as_str())) {
@@ -440,8 +495,15 @@ impl Ctx {
             let chars = std::str::from_utf8(body).map(|t| t.chars().count()).unwrap_or(body.len()) as u64;
             (chars * 2).div_ceil(7)
         };
+        // Output: strict reserves every token asked for; estimate a high
+        // percentile of what this user's requests for this model produced.
+        let per_choice_reserved =
+            if strict { per_choice } else { self.s.output_history.reserve(&principal.user, &label, per_choice) };
         let asked = head.modifiers;
-        let amount = price.reserve(input_estimate, max_out, strict, asked);
+        let cost_of = |out_per_choice: u64| {
+            price.reserve(input_estimate, out_per_choice.min(per_choice_reserved).saturating_mul(head.n), strict, asked)
+        };
+        let mut amount = cost_of(per_choice);
         let ledger_max = NanoUsd(view.max_request_nano_usd);
         if ledger_max != NanoUsd::ZERO && amount > ledger_max {
             return Err(self.err(
@@ -452,30 +514,43 @@ impl Ctx {
                 ),
             ));
         }
-        let hold = hold_id();
+        let mut hold = hold_id();
         let ttl = self.s.settings.hold_ttl;
-        let req = pb::ReserveRequest {
-            hold_id: Some(hold.clone()),
-            key_id: principal.key_id.clone(),
-            model: model.clone(),
-            amount_nano_usd: amount.0,
-            ttl_ms: ttl.as_millis() as u64,
-        };
-        // The whole timeout even while the ledger is known to be out of
-        // reach: a shorter probe would let a slow but working ledger (whose
-        // acknowledgements refill the allowance) be bypassed without bound.
-        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
-        let mut pause = Duration::from_millis(20);
-        let outcome = loop {
-            match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
-                Ok(Err(st)) if retryable(&st) && tokio::time::Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Ok(r) => break r.map_err(|st| st.message().to_string()),
-                Err(_) => break Err("no answer in time".to_string()),
+        let mut clamped: Option<u64> = None;
+        let mut clamps = 0;
+        let mut outcome;
+        loop {
+            let req = pb::ReserveRequest {
+                hold_id: Some(hold.clone()),
+                key_id: principal.key_id.clone(),
+                model: model.clone(),
+                amount_nano_usd: amount.0,
+                ttl_ms: ttl.as_millis() as u64,
+            };
+            outcome = self.reserve_once(&req).await;
+            // clamp_max_tokens: a hard budget with room, but less than the
+            // reservation, gets the request with a lower output limit
+            // instead of a 402 (at most twice: another budget of the chain
+            // may be the tighter one).
+            let Ok(pb::ReserveResult { outcome: Some(pb::reserve_result::Outcome::Denied(d)) }) = &outcome else {
+                break;
+            };
+            if !self.s.settings.clamp_max_tokens || head.n != 1 || clamps == 2 {
+                break;
             }
-        };
+            let room = NanoUsd(d.limit_nano_usd.saturating_sub(d.spent_nano_usd).saturating_sub(d.held_nano_usd));
+            let floor = self.s.settings.sizing.floor_tokens.max(head.thinking_budget.map_or(0, |b| b + 1));
+            let Some(n) =
+                largest_within(floor, clamped.unwrap_or(per_choice).saturating_sub(1), |n| cost_of(n) <= room)
+            else {
+                break;
+            };
+            clamps += 1;
+            clamped = Some(n);
+            amount = cost_of(n);
+            // A denied reserve holds nothing; the new amount gets a new id.
+            hold = hold_id();
+        }
         use pb::reserve_result::Outcome;
         let unreachable = |why: String, this: &Self| {
             this.s.metrics.admission("error");
@@ -540,13 +615,25 @@ impl Ctx {
             );
             fail_open = Some(amount);
         }
-        let session = parts
-            .headers
-            .get("x-claude-code-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(MAX_SESSION_ID).collect())
-            .unwrap_or_default();
-        Ok((Admitted { hold, principal, model, price, asked, input_estimate, session, fail_open }, head))
+        if clamped.is_some() {
+            self.s.metrics.admission("clamped");
+        }
+        let attribution = Attribution::from_headers(&parts.headers);
+        let body = clamped.and_then(|n| head.with_output_limit(n));
+        let adm = Admitted {
+            hold,
+            principal,
+            model,
+            price,
+            asked,
+            input_estimate,
+            reserved: amount,
+            clamped,
+            label,
+            attribution,
+            fail_open,
+        };
+        Ok((adm, head, body))
     }
 
     async fn metered(
@@ -555,15 +642,19 @@ impl Ctx {
         body: Bytes,
         principal: Principal,
     ) -> Result<Response<Body>, ErrorResponse> {
-        let (adm, head) = self.admit(&parts, &body, principal).await?;
+        let (adm, head, clamped_body) = self.admit(&parts, &body, principal).await?;
         // OpenAI streams report usage only when asked: ask, and hide the
         // extra chunk from a client that did not.
-        let rewritten = (self.api == Api::OpenAi && head.stream && !head.includes_usage())
-            .then(|| head.with_include_usage())
-            .flatten();
+        let ask_usage = self.api == Api::OpenAi && head.stream && !head.includes_usage();
+        let rewritten = match (&clamped_body, ask_usage) {
+            (_, false) => None,
+            (None, true) => head.with_include_usage(),
+            (Some(b), true) => Head::parse(b).ok().and_then(|h| h.with_include_usage()),
+        };
         drop(head);
         let strip_usage = rewritten.is_some();
-        let body = rewritten.unwrap_or(body);
+        let body = rewritten.or(clamped_body).unwrap_or(body);
+        let (reserved, clamped) = (adm.reserved, adm.clamped);
         let settler = Settler { s: self.s.clone(), adm, api: self.api, done: false, _slot: self.slot.take() };
         let up = match self.forward(&parts, body).await {
             Ok(r) => r,
@@ -600,7 +691,7 @@ impl Ctx {
             tokio::spawn(settler.pump(up_body, tx, strip_usage, idle));
             let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
             self.overhead += after.elapsed();
-            return Ok(self.client_response(head, BodyExt::boxed(body), false));
+            return Ok(tag(self.client_response(head, BodyExt::boxed(body), false), reserved, clamped));
         }
         let limit = self.s.settings.max_response_bytes;
         let read = tokio::time::timeout(self.s.settings.upstream_timeout, Limited::new(up_body, limit).collect()).await;
@@ -615,7 +706,7 @@ impl Ctx {
         };
         settler.settle_json(&bytes);
         self.overhead += t.elapsed();
-        Ok(self.client_response(head, full(bytes), true))
+        Ok(tag(self.client_response(head, full(bytes), true), reserved, clamped))
     }
 }
 

@@ -45,6 +45,8 @@ struct Fields<'a> {
     inference_geo: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "raw")]
     service_tier: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    thinking: Option<&'a RawValue>,
 }
 
 /// Why a body cannot be admitted; each names the field, as the providers do.
@@ -66,6 +68,11 @@ pub struct Head<'a> {
     pub model: Option<Cow<'a, str>>,
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
+    /// Where each output limit sits in the body (to lower it).
+    max_tokens_raw: Option<&'a RawValue>,
+    max_completion_tokens_raw: Option<&'a RawValue>,
+    /// Anthropic's extended thinking budget (`thinking.budget_tokens`).
+    pub thinking_budget: Option<u64>,
     /// OpenAI's number of choices (1 when absent).
     pub n: u64,
     pub stream: bool,
@@ -104,7 +111,15 @@ impl<'a> Head<'a> {
         }
         let f: Fields<'a> = serde_json::from_str(text).map_err(|e| BodyError::Json(e.to_string()))?;
         let positive = "must be a positive integer";
+        #[derive(Deserialize)]
+        struct Thinking {
+            budget_tokens: Option<u64>,
+        }
+        let thinking: Option<Thinking> = field(f.thinking, "thinking", "must be an object")?;
         Ok(Head {
+            max_tokens_raw: f.max_tokens,
+            max_completion_tokens_raw: f.max_completion_tokens,
+            thinking_budget: thinking.and_then(|t| t.budget_tokens),
             text,
             model: field(f.model, "model", "must be a string")?,
             max_tokens: field(f.max_tokens, "max_tokens", positive)?,
@@ -120,6 +135,16 @@ impl<'a> Head<'a> {
                     .is_some_and(|g| g == "us"),
             },
         })
+    }
+
+    /// The body with its output limit (`max_completion_tokens` if the
+    /// request set it, else `max_tokens`) lowered to `n`, every other byte
+    /// as the client sent it; `None` when the request set neither.
+    pub fn with_output_limit(&self, n: u64) -> Option<Bytes> {
+        let raw = self.max_completion_tokens_raw.filter(|r| r.get() != "null").or(self.max_tokens_raw)?;
+        let start = (raw.get().as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        let end = start + raw.get().len();
+        Some(Bytes::from(format!("{}{n}{}", self.text.get(..start)?, self.text.get(end..)?)))
     }
 
     /// Whether `stream_options.include_usage` is `true`.
@@ -228,6 +253,23 @@ mod tests {
         );
         let h = Head::parse(br#"{"model":"m","stream_options":"x"}"#).unwrap();
         assert!(h.with_include_usage().is_none());
+    }
+
+    #[test]
+    fn the_output_limit_is_lowered_in_place_and_the_thinking_budget_read() {
+        let h =
+            Head::parse(br#"{"model":"m","max_tokens" : 32000,"thinking":{"type":"enabled","budget_tokens":4000}}"#)
+                .unwrap();
+        assert_eq!(h.thinking_budget, Some(4000));
+        let out = h.with_output_limit(5000).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"m","max_tokens" : 5000,"thinking":{"type":"enabled","budget_tokens":4000}}"#
+        );
+        let h = Head::parse(br#"{"max_tokens":10,"max_completion_tokens":99,"model":"m"}"#).unwrap();
+        assert_eq!(&h.with_output_limit(7).unwrap()[..], br#"{"max_tokens":10,"max_completion_tokens":7,"model":"m"}"#);
+        assert!(Head::parse(br#"{"model":"m"}"#).unwrap().with_output_limit(7).is_none());
+        assert!(Head::parse(br#"{"model":"m","thinking":3}"#).is_err());
     }
 
     #[test]

@@ -24,6 +24,40 @@ use crate::errors::Api;
 use crate::meter::{read_anthropic_usage, read_openai_usage, Reported, SseParser, StreamMeter};
 use crate::pricing::{Modifiers, Price};
 
+/// The `x-claude-code-*` headers a settle records (empty: not sent).
+#[derive(Debug, Default)]
+pub(super) struct Attribution {
+    pub(super) session: String,
+    pub(super) agent: String,
+    pub(super) parent_agent: String,
+    pub(super) request_class: String,
+    pub(super) prompt: String,
+}
+
+/// The longest attribution id recorded (the ledger takes up to 256 bytes).
+const MAX_ATTRIBUTION_ID: usize = 200;
+
+impl Attribution {
+    /// Read from the request's headers; each value cut to 200 characters,
+    /// values that are not visible ASCII ignored.
+    pub(super) fn from_headers(h: &hyper::HeaderMap) -> Attribution {
+        let get = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.bytes().all(|b| b.is_ascii_graphic()))
+                .map(|v| v.chars().take(MAX_ATTRIBUTION_ID).collect())
+                .unwrap_or_default()
+        };
+        Attribution {
+            session: get("x-claude-code-session-id"),
+            agent: get("x-claude-code-agent-id"),
+            parent_agent: get("x-claude-code-parent-agent-id"),
+            request_class: get("x-claude-code-request-class"),
+            prompt: get("x-claude-code-prompt-id"),
+        }
+    }
+}
+
 /// What admission decided.
 pub(super) struct Admitted {
     pub(super) hold: pb::HoldId,
@@ -34,7 +68,14 @@ pub(super) struct Admitted {
     /// What the request asked for that changes its price.
     pub(super) asked: Modifiers,
     pub(super) input_estimate: u64,
-    pub(super) session: String,
+    /// What the hold reserved.
+    pub(super) reserved: NanoUsd,
+    /// The output limit `clamp_max_tokens` lowered the request to.
+    pub(super) clamped: Option<u64>,
+    /// The model's label on metrics: its listed id, else `other`.
+    pub(super) label: String,
+    /// What Claude Code says the request is for.
+    pub(super) attribution: Attribution,
     /// Admitted without the ledger (`fail_mode = open`): the reservation
     /// taken from this edge's allowance. Its settle charges the key directly.
     pub(super) fail_open: Option<NanoUsd>,
@@ -105,7 +146,10 @@ impl Settler {
         if let Some(amount) = self.adm.fail_open {
             s.fail_open.settled(amount, cost);
         }
-        let m = s.settings.prices.label(&self.adm.model);
+        if !estimated {
+            s.output_history.observe(&self.adm.principal.user, &self.adm.label, usage.output_tokens);
+        }
+        let m = self.adm.label.as_str();
         s.metrics.spend(&self.adm.principal.team, m, cost.0);
         s.metrics.tokens(m, "input", usage.input_tokens);
         s.metrics.tokens(m, "output", usage.output_tokens);
@@ -113,7 +157,7 @@ impl Settler {
         s.metrics.tokens(m, "cache_write_1h", usage.cache_write_1h_tokens);
         s.metrics.tokens(m, "cache_read", usage.cache_read_tokens);
         let open = self.adm.fail_open.is_some();
-        let record = Record::Settle(pb::SettleRequest {
+        let record = Record::Settle(Box::new(pb::SettleRequest {
             hold_id: Some(self.adm.hold.clone()),
             cost_nano_usd: cost.0,
             usage: Some(pb::Usage {
@@ -125,11 +169,15 @@ impl Settler {
                 web_search_requests: usage.web_search_requests,
             }),
             estimated,
-            session_id: std::mem::take(&mut self.adm.session),
+            session_id: std::mem::take(&mut self.adm.attribution.session),
+            agent_id: std::mem::take(&mut self.adm.attribution.agent),
+            parent_agent_id: std::mem::take(&mut self.adm.attribution.parent_agent),
+            request_class: std::mem::take(&mut self.adm.attribution.request_class),
+            prompt_id: std::mem::take(&mut self.adm.attribution.prompt),
             fail_open_key_id: if open { self.adm.principal.key_id.clone() } else { String::new() },
             model: if open { self.adm.model.clone() } else { String::new() },
             ttl_ms: if open { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
-        });
+        }));
         let outbox = s.outbox.clone();
         let guard = s.pending.enter();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
 
+use crate::pricing::PriceTable;
+
 /// Who a virtual key belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -30,6 +32,8 @@ pub struct ConfigView {
     policies: HashMap<String, Vec<String>>,
     /// The ledger's per-request maximum (0 from a ledger that predates it).
     pub max_request_nano_usd: u64,
+    /// This edge's book with the ledger's price overrides and discount.
+    pub prices: Arc<PriceTable>,
 }
 
 /// Hex SHA-256 of a key secret, as the ledger stores it.
@@ -54,7 +58,9 @@ fn allows(entry: &str, model: &str, listed: Option<&str>) -> bool {
 }
 
 impl ConfigView {
-    pub fn from_snapshot(s: &pb::ConfigSnapshot) -> ConfigView {
+    /// The view of config `s`, pricing with `base` (the shipped book and
+    /// this edge's own additions) under the ledger's overrides.
+    pub fn from_snapshot(s: &pb::ConfigSnapshot, base: &PriceTable) -> ConfigView {
         let teams: HashMap<&str, &str> = s.users.iter().map(|u| (u.email.as_str(), u.team.as_str())).collect();
         let keys = s
             .keys
@@ -66,7 +72,9 @@ impl ConfigView {
             })
             .collect();
         let policies = s.policies.iter().map(|p| (p.scope.clone(), p.allowed_models.clone())).collect();
-        ConfigView { index: s.index, keys, policies, max_request_nano_usd: s.max_request_nano_usd }
+        let overrides: Vec<_> = s.prices.iter().map(tollgate_ledger::convert::model_price_from_pb).collect();
+        let prices = Arc::new(base.with_overrides(&overrides, s.discount_bp, s.index));
+        ConfigView { index: s.index, keys, policies, max_request_nano_usd: s.max_request_nano_usd, prices }
     }
 
     /// The principal of a presented secret, if the key exists and is not revoked.
@@ -104,6 +112,8 @@ const NEVER: u64 = u64::MAX;
 /// The shared, swappable config and whether its watch is live.
 pub struct ConfigCache {
     view: RwLock<Arc<ConfigView>>,
+    /// The prices each config's overrides are layered on.
+    base: Arc<PriceTable>,
     live: AtomicBool,
     /// Milliseconds since `epoch` when the watch last heard from a node in
     /// touch with the leader.
@@ -113,9 +123,10 @@ pub struct ConfigCache {
 }
 
 impl ConfigCache {
-    pub fn new() -> Arc<ConfigCache> {
+    pub fn new(base: Arc<PriceTable>) -> Arc<ConfigCache> {
         Arc::new(ConfigCache {
-            view: RwLock::new(Arc::new(ConfigView::default())),
+            view: RwLock::new(Arc::new(ConfigView { prices: base.clone(), ..ConfigView::default() })),
+            base,
             live: AtomicBool::new(false),
             heard_ms: AtomicU64::new(NEVER),
             epoch: Instant::now(),
@@ -194,7 +205,7 @@ impl ConfigCache {
                                     self.heard();
                                 }
                                 if !snap.heartbeat {
-                                    if self.install(ConfigView::from_snapshot(&snap), snap.in_touch) {
+                                    if self.install(ConfigView::from_snapshot(&snap, &self.base), snap.in_touch) {
                                         on_index(snap.index);
                                     } else {
                                         tracing::debug!("ignored config index {} older than the one held", snap.index);
@@ -252,6 +263,8 @@ mod tests {
                 },
             ],
             budgets: vec![],
+            prices: vec![],
+            discount_bp: 0,
             policies: vec![
                 pb::Policy {
                     scope: "team:eng".into(),
@@ -267,7 +280,7 @@ mod tests {
 
     #[test]
     fn keys_authenticate_by_hash_and_revoked_keys_do_not() {
-        let v = ConfigView::from_snapshot(&snapshot());
+        let v = ConfigView::from_snapshot(&snapshot(), &PriceTable::builtin());
         let p = v.authenticate("tg-live").unwrap();
         assert_eq!(p, &Principal { key_id: "k1".into(), user: "ann@x.io".into(), team: "eng".into() });
         assert!(v.authenticate("tg-old").is_none());
@@ -277,7 +290,7 @@ mod tests {
 
     #[test]
     fn policies_on_the_chain_restrict_models() {
-        let v = ConfigView::from_snapshot(&snapshot());
+        let v = ConfigView::from_snapshot(&snapshot(), &PriceTable::builtin());
         let p = v.authenticate("tg-live").unwrap().clone();
         let sonnet = Some("claude-sonnet-4-5");
         assert_eq!(v.check_policy(&p, "claude-sonnet-4-5", sonnet), Ok(()));
@@ -291,21 +304,21 @@ mod tests {
 
     #[test]
     fn the_copy_is_current_only_when_a_node_in_touch_vouched_and_never_goes_back() {
-        let c = ConfigCache::new();
+        let c = ConfigCache::new(Arc::new(PriceTable::builtin()));
         assert!(!c.is_live());
         // A config from a node cut off from the leader: installed (better
         // than nothing), but not current.
         let mut snap = snapshot();
-        assert!(c.install(ConfigView::from_snapshot(&snap), false));
+        assert!(c.install(ConfigView::from_snapshot(&snap, &PriceTable::builtin()), false));
         assert_eq!(c.current().index, 9);
         assert!(!c.is_live());
         // Vouched for: current.
-        assert!(c.install(ConfigView::from_snapshot(&snap), true));
+        assert!(c.install(ConfigView::from_snapshot(&snap, &PriceTable::builtin()), true));
         assert!(c.is_live());
         // An older config (a node that is behind) is not installed.
         snap.index = 8;
         snap.keys.clear();
-        assert!(!c.install(ConfigView::from_snapshot(&snap), true));
+        assert!(!c.install(ConfigView::from_snapshot(&snap, &PriceTable::builtin()), true));
         assert_eq!(c.current().index, 9);
         assert!(c.current().authenticate("tg-live").is_some());
     }

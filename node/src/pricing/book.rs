@@ -108,6 +108,7 @@ impl ModelEntry {
             web_search,
             max_output_tokens: self.max_output_tokens,
             source: self.source.clone(),
+            discount_bp: 0,
         })
     }
 }

@@ -17,6 +17,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 mod book;
+mod overrides;
+pub use overrides::listing;
 use tollgate_ledger::money::NanoUsd;
 use tollgate_ledger::state::Usage;
 
@@ -131,6 +133,9 @@ pub struct Price {
     pub max_output_tokens: Option<u64>,
     /// Where the figures came from.
     pub source: String,
+    /// The org-wide negotiated discount in basis points, taken off the
+    /// cost (and the reservation) before rounding.
+    pub discount_bp: u32,
 }
 
 /// What a request ran with, beyond its model: from the response where it
@@ -198,7 +203,13 @@ impl Price {
             * u128::from(self.geo_percent(m))
             / 100
             + u128::from(usage.web_search_requests) * u128::from(self.web_search);
-        nano(pico)
+        nano(self.discounted(pico))
+    }
+
+    /// `pico` less the discount.
+    fn discounted(&self, pico: u128) -> u128 {
+        let keep = 10_000u128.saturating_sub(u128::from(self.discount_bp));
+        pico * keep / 10_000
     }
 
     /// The amount to reserve before a request runs: `input` estimated input
@@ -215,7 +226,7 @@ impl Price {
         let pico = (u128::from(input) * u128::from(input_rate.0) + u128::from(output) * u128::from(r.output.0))
             * u128::from(self.geo_percent(m))
             / 100;
-        nano(pico)
+        nano(self.discounted(pico))
     }
 }
 
@@ -246,6 +257,10 @@ pub struct PriceTable {
     /// Each provider's dearest rates (for `unknown_model = "dearest"`),
     /// derived whenever the models change, not per request.
     dearest: HashMap<Provider, Price>,
+    /// The org-wide discount every price here carries.
+    discount_bp: u32,
+    /// The ledger's config index whose overrides this table has (0: none).
+    pub config_index: u64,
 }
 
 /// A model the book does not list, under [`UnknownModel::Deny`].
@@ -287,7 +302,14 @@ impl PriceTable {
     }
 
     pub fn new(models: Vec<Price>, unknown: UnknownModel) -> PriceTable {
-        let mut t = PriceTable { models: Vec::new(), by_name: HashMap::new(), unknown, dearest: HashMap::new() };
+        let mut t = PriceTable {
+            models: Vec::new(),
+            by_name: HashMap::new(),
+            unknown,
+            dearest: HashMap::new(),
+            discount_bp: 0,
+            config_index: 0,
+        };
         for m in models {
             t.set(m);
         }
@@ -296,6 +318,11 @@ impl PriceTable {
 
     /// Adds or replaces one model's prices (by id; its aliases with it).
     pub fn set(&mut self, price: Price) {
+        self.insert(price);
+        self.derive();
+    }
+
+    fn insert(&mut self, price: Price) {
         if let Some(old) = self.models.iter().position(|m| m.id == price.id) {
             let old = self.models.remove(old);
             for name in std::iter::once(&old.id).chain(&old.aliases) {
@@ -307,9 +334,13 @@ impl PriceTable {
             self.by_name.insert(name.clone(), price.clone());
         }
         self.models.push(price);
+    }
+
+    /// Re-derives what depends on every model (each provider's dearest rates).
+    fn derive(&mut self) {
         self.dearest = [Provider::Anthropic, Provider::OpenAi]
             .into_iter()
-            .filter_map(|p| Some((p, self.dearest_of(p)?)))
+            .filter_map(|p| Some((p, Price { discount_bp: self.discount_bp, ..self.dearest_of(p)? })))
             .collect();
     }
 
@@ -334,7 +365,9 @@ impl PriceTable {
         }
         match &self.unknown {
             UnknownModel::Deny => Err(Unpriced(model.to_string())),
-            UnknownModel::Fallback(p) => Ok(Arc::new(Price { id: model.to_string(), ..(**p).clone() })),
+            UnknownModel::Fallback(p) => {
+                Ok(Arc::new(Price { id: model.to_string(), discount_bp: self.discount_bp, ..(**p).clone() }))
+            }
             UnknownModel::Dearest => match self.dearest.get(&provider) {
                 Some(d) => Ok(Arc::new(Price { id: model.to_string(), display_name: model.to_string(), ..d.clone() })),
                 None => Err(Unpriced(model.to_string())),
@@ -376,6 +409,7 @@ impl PriceTable {
             web_search,
             max_output_tokens: None,
             source: "the dearest listed rates of its provider (unknown_model = \"dearest\")".into(),
+            discount_bp: 0,
         })
     }
 
