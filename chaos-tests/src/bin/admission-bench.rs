@@ -98,7 +98,8 @@ fn turn(body_bytes: usize, max_tokens: u64) -> Bytes {
     )
 }
 
-async fn post(client: &Http, addr: &str, key: &str, body: &Bytes, headers: &[(&str, String)]) -> u16 {
+/// (status, the reservation the edge reported); status 0 when no answer came.
+async fn post(client: &Http, addr: &str, key: &str, body: &Bytes, headers: &[(&str, String)]) -> (u16, u64) {
     let mut b = Request::post(format!("http://{addr}/v1/messages"))
         .header("x-api-key", key)
         .header("anthropic-version", "2023-06-01")
@@ -106,20 +107,24 @@ async fn post(client: &Http, addr: &str, key: &str, body: &Bytes, headers: &[(&s
     for (k, v) in headers {
         b = b.header(*k, v);
     }
-    let Ok(req) = b.body(Full::new(body.clone())) else { return 0 };
+    let Ok(req) = b.body(Full::new(body.clone())) else { return (0, 0) };
     let sent = async {
         let resp = client.request(req).await.ok()?;
         let status = resp.status().as_u16();
+        let reserved =
+            resp.headers().get("x-tollgate-reserved-nano-usd").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         resp.into_body().collect().await.ok()?;
-        Some(status)
+        Some((status, reserved))
     };
-    tokio::time::timeout(Duration::from_secs(60), sent).await.ok().flatten().unwrap_or(0)
+    tokio::time::timeout(Duration::from_secs(60), sent).await.ok().flatten().unwrap_or((0, 0))
 }
 
-async fn spent(admin: &AdminClient, user: &str) -> anyhow::Result<u64> {
+/// The user's (requests admitted, nano-USD held, nano-USD spent).
+async fn usage(admin: &AdminClient, user: &str) -> anyhow::Result<(u64, u64, u64)> {
     let rows =
         admin.call(pb::UsageRequest { by: "user".into() }, |mut c, r| async move { c.usage(r).await }).await?.rows;
-    Ok(rows.iter().find(|r| r.scope == format!("user:{user}")).map_or(0, |r| r.spent_nano_usd))
+    let row = rows.into_iter().find(|r| r.scope == format!("user:{user}")).unwrap_or_default();
+    Ok((row.requests, row.held_nano_usd, row.spent_nano_usd))
 }
 
 async fn set_budget(admin: &AdminClient, user: &str, nano: u64) -> anyhow::Result<()> {
@@ -155,13 +160,24 @@ struct Bench<'a> {
     client: &'a Http,
 }
 
-async fn run_mode(b: &Bench<'_>, mode: &Mode, k: usize) -> anyhow::Result<(usize, usize, u64)> {
+/// What one mode's burst saw.
+struct Burst {
+    admitted: usize,
+    denied: usize,
+    /// The smallest and largest reservation of an admitted turn.
+    least: u64,
+    most: u64,
+    ms: u64,
+}
+
+async fn run_mode(b: &Bench<'_>, mode: &Mode, k: usize) -> anyhow::Result<Burst> {
     let Bench { args, bin, dir, cluster, admin, mock, client } = *b;
     let user = format!("u{k}@corp.io");
     let key = new_user(admin, &user, 1_000_000_000_000).await?;
     let name = format!("edge{k}");
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(&config, format!("version = 1\n[edge]\n{}\n", mode.edge_toml))?;
+    // No per-key concurrency limit in the way: the budget is what is measured.
+    std::fs::write(&config, format!("version = 1\n[edge]\nmax_concurrent_per_key = 100000\n{}\n", mode.edge_toml))?;
     let mut flags = cluster.tls_flags(&tollgate_tls::Role::Edge(name.clone()))?;
     flags.extend(["--config".into(), config.display().to_string()]);
     flags.extend(["--estimate".into(), if mode.strict { "strict" } else { "estimate" }.into()]);
@@ -174,26 +190,25 @@ async fn run_mode(b: &Bench<'_>, mode: &Mode, k: usize) -> anyhow::Result<(usize
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut warm = 0;
     while warm < if mode.warm { args.warmup } else { 1 } {
-        match post(client, &edge.addr, &key, &body, std::slice::from_ref(&output)).await {
+        match post(client, &edge.addr, &key, &body, std::slice::from_ref(&output)).await.0 {
             200 => warm += 1,
             s if Instant::now() > deadline => bail!("{}: warm-up got HTTP {s}", mode.name),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    // Settles are asynchronous: wait until the warm-up is all charged.
+    // Settles are asynchronous: wait until every warm-up turn is charged
+    // and nothing is held.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut before = spent(admin, &user).await?;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = spent(admin, &user).await?;
-        if now == before && now > 0 {
-            break;
+    let before = loop {
+        let (requests, held, spent) = usage(admin, &user).await?;
+        if requests >= warm as u64 && held == 0 {
+            break spent;
         }
-        before = now;
         if Instant::now() > deadline {
             bail!("{}: the warm-up never settled", mode.name);
         }
-    }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let room = args.budget_nano_usd;
     set_budget(admin, &user, before + room).await?;
     let burst_key = if mode.warm {
@@ -205,7 +220,7 @@ async fn run_mode(b: &Bench<'_>, mode: &Mode, k: usize) -> anyhow::Result<(usize
         // not price is a 400 after the key check, and reserves nothing.
         let probe = Bytes::from(r#"{"model":"no-such-model","max_tokens":1,"messages":[]}"#);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while post(client, &edge.addr, &key2, &probe, &[]).await == 401 {
+        while post(client, &edge.addr, &key2, &probe, &[]).await.0 == 401 {
             if Instant::now() > deadline {
                 bail!("{}: the edge never learned the cold user's key", mode.name);
             }
@@ -222,15 +237,20 @@ async fn run_mode(b: &Bench<'_>, mode: &Mode, k: usize) -> anyhow::Result<(usize
         tokio::spawn(async move { post(&client, &addr, &key, &body, &headers).await })
     }))
     .await;
-    let admitted = statuses.iter().filter(|s| **s == 200).count();
-    let denied = statuses.iter().filter(|s| **s == 402).count();
-    Ok((admitted, denied, t.elapsed().as_millis() as u64))
+    let admitted = statuses.iter().filter(|s| s.0 == 200).count();
+    let denied = statuses.iter().filter(|s| s.0 == 402).count();
+    if admitted + denied != statuses.len() {
+        bail!("{}: answers other than 200 and 402: {statuses:?}", mode.name);
+    }
+    let reserved: Vec<u64> = statuses.iter().filter(|s| s.0 == 200).map(|s| s.1).collect();
+    let (least, most) = (reserved.iter().min().copied().unwrap_or(0), reserved.iter().max().copied().unwrap_or(0));
+    Ok(Burst { admitted, denied, least, most, ms: t.elapsed().as_millis() as u64 })
 }
 
-async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<u16>>) -> Vec<u16> {
+async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<(u16, u64)>>) -> Vec<(u16, u64)> {
     let mut out = Vec::new();
     for t in tasks.collect::<Vec<_>>() {
-        out.push(t.await.unwrap_or(0));
+        out.push(t.await.unwrap_or((0, 0)));
     }
     out
 }
@@ -264,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
         args.output,
         args.warmup
     );
-    println!("{:<24} {:>9} {:>7} {:>10}", "MODE", "ADMITTED", "402", "BURST_MS");
+    println!("{:<24} {:>9} {:>7} {:>22} {:>10}", "MODE", "ADMITTED", "402", "RESERVED/TURN ($)", "BURST_MS");
     for (k, mode) in MODES.iter().enumerate() {
         let b = Bench {
             args: &args,
@@ -275,8 +295,14 @@ async fn main() -> anyhow::Result<()> {
             mock: &mock,
             client: &client,
         };
-        let (admitted, denied, ms) = run_mode(&b, mode, k).await?;
-        println!("{:<24} {:>9} {:>7} {:>10}", mode.name, admitted, denied, ms);
+        let r = run_mode(&b, mode, k).await?;
+        let usd = |n: u64| n as f64 / 1e9;
+        let reserved = if r.least == r.most {
+            format!("{:.4}", usd(r.least))
+        } else {
+            format!("{:.4}–{:.4}", usd(r.least), usd(r.most))
+        };
+        println!("{:<24} {:>9} {:>7} {:>22} {:>10}", mode.name, r.admitted, r.denied, reserved, r.ms);
     }
     Ok(())
 }
