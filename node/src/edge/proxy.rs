@@ -516,7 +516,7 @@ impl Ctx {
         }
         let mut hold = hold_id();
         let ttl = self.s.settings.hold_ttl;
-        let mut clamped: Option<u64> = None;
+        let mut clamped: Option<(u64, Bytes)> = None;
         let mut clamps = 0;
         let mut outcome;
         loop {
@@ -540,13 +540,18 @@ impl Ctx {
             }
             let room = NanoUsd(d.limit_nano_usd.saturating_sub(d.spent_nano_usd).saturating_sub(d.held_nano_usd));
             let floor = self.s.settings.sizing.floor_tokens.max(head.thinking_budget.map_or(0, |b| b + 1));
-            let Some(n) =
-                largest_within(floor, clamped.unwrap_or(per_choice).saturating_sub(1), |n| cost_of(n) <= room)
-            else {
+            let below = clamped.as_ref().map_or(per_choice, |(n, _)| *n).saturating_sub(1);
+            let Some(n) = largest_within(floor, below, |n| cost_of(n) <= room) else {
+                break;
+            };
+            // Only a request that states its output limit can have it
+            // lowered (an OpenAI request without one is reserved at the
+            // default, which nothing upstream would enforce).
+            let Some(lowered) = head.with_output_limit(n) else {
                 break;
             };
             clamps += 1;
-            clamped = Some(n);
+            clamped = Some((n, lowered));
             amount = cost_of(n);
             // A denied reserve holds nothing; the new amount gets a new id.
             hold = hold_id();
@@ -619,7 +624,7 @@ impl Ctx {
             self.s.metrics.admission("clamped");
         }
         let attribution = Attribution::from_headers(&parts.headers);
-        let body = clamped.and_then(|n| head.with_output_limit(n));
+        let (clamped, body) = clamped.map_or((None, None), |(n, b)| (Some(n), Some(b)));
         let adm = Admitted {
             hold,
             principal,
