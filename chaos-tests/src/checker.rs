@@ -267,18 +267,21 @@ pub fn check(h: &History) -> Verdict {
     // What each key must have been charged at least: what the upstream
     // billed. In estimate mode a request whose settle was lost (its edge
     // killed) is charged its reservation at expiry, which may be less than
-    // it cost: it counts what the client was told was reserved (nothing if
-    // no response head reached it), the excess that mode allows.
+    // it cost: it counts what the client was told was reserved, or, if no
+    // response head reached it, the least any reservation for it was (its
+    // input at the input rate: the edge estimates at least 2 tokens per 7
+    // characters, the mock bills 1 per 4 bytes).
     let client_by_id: HashMap<&str, &ClientRecord> =
         h.clients.iter().filter(|c| !c.response_id.is_empty()).map(|c| (c.response_id.as_str(), c)).collect();
     let mut lower: BTreeMap<&str, u64> = BTreeMap::new();
     for t in h.truth.iter().filter(|t| t.status == 200) {
         let cost = truth_cost(t);
+        let least = rates(&t.model).map_or(0, |[i, ..]| t.usage.input_tokens * i).min(cost);
         let owed = match client_by_id.get(t.id.as_str()) {
             _ if h.strict => cost,
             Some(c) if !disrupted(c, &h.faults) => cost,
-            Some(c) => c.reserved_nano_usd.map_or(0, |r| r.min(cost)),
-            None => 0,
+            Some(c) => c.reserved_nano_usd.map_or(least, |r| r.min(cost)),
+            None => least,
         };
         *lower.entry(t.tag.as_str()).or_default() += owed;
     }

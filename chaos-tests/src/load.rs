@@ -83,29 +83,47 @@ async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng
     let Ok(req) = b.body(Full::new(Bytes::from(body))) else {
         return rec;
     };
+    // The reservation header and whatever of the body arrived are kept even
+    // when the response is cut (an edge killed mid-stream): the checker
+    // needs the response id and what was reserved for it.
+    let mut reserved = None;
+    let mut got = Vec::new();
     let result = tokio::time::timeout(Duration::from_secs(30), async {
         let resp = client.request(req).await.map_err(|_| 0u16)?;
         let status = resp.status().as_u16();
-        let reserved = resp
+        reserved = resp
             .headers()
             .get("x-tollgate-reserved-nano-usd")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|_| status)?;
-        Ok::<_, u16>((status, body, reserved))
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        got.extend_from_slice(&data);
+                    }
+                }
+                Err(_) => return Err(status),
+            }
+        }
+        Ok::<_, u16>(status)
     })
     .await;
     rec.end_ms = t0.elapsed().as_millis() as u64;
-    let (status, body) = match result {
-        Ok(Ok((status, body, reserved))) => {
-            rec.reserved_nano_usd = reserved;
-            (status, body)
-        }
+    rec.reserved_nano_usd = reserved;
+    let body = Bytes::from(got);
+    let status = match result {
+        Ok(Ok(status)) => status,
         Ok(Err(status)) => {
             rec.status = status;
+            rec.response_id = response_id(&String::from_utf8_lossy(&body), stream);
             return rec;
         }
-        Err(_) => return rec,
+        Err(_) => {
+            rec.response_id = response_id(&String::from_utf8_lossy(&body), stream);
+            return rec;
+        }
     };
     rec.status = status;
     let text = String::from_utf8_lossy(&body);

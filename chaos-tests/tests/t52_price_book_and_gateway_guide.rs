@@ -220,7 +220,7 @@ async fn clamp_max_tokens_lowers_the_limit_to_what_a_hard_budget_has_room_for() 
     // Strict: every body byte at the dearest input rate ($8, a 1-hour
     // write), the output at $20, all at the US-only 1.1x: the largest
     // max_tokens whose worst case fits $0.30 (in pico-USD, rounded half up).
-    let fits = |n: u64| ((body.len() as u64 * 8_000_000 + n * 20_000_000) * 110 / 100 + 500) / 1000 <= 300_000_000;
+    let fits = |n: u64| ((body.len() as u64 * 8_000_000 + n * 20_000_000) * 110 + 50_000) / 100_000 <= 300_000_000;
     let want = (1..32_000).rev().find(|n| fits(*n)).unwrap();
     let r = post(&clamp.addr, "/v1/messages", &h, body.clone()).await;
     assert_eq!(r.status, 200, "{}", r.body);

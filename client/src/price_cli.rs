@@ -282,7 +282,15 @@ async fn set_prices(client: &AdminClient, set: Vec<ModelPrice>, remove: Vec<Stri
     Ok(r.index)
 }
 
+/// The book's id for `name` when it is one of its aliases (a dated
+/// snapshot, a Bedrock id): an override is kept under the model's id, so
+/// one model never has two.
+fn canonical(book: &[ListedPrice], name: &str) -> String {
+    book.iter().find(|b| b.aliases.iter().any(|a| a == name)).map_or_else(|| name.to_string(), |b| b.id.clone())
+}
+
 pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> anyhow::Result<()> {
+    let book = lister(&[], 0);
     let arg = |v: &str| parse_usd_per_mtok(v).map_err(|e| anyhow::anyhow!(e));
     let opt = |v: &Option<String>| v.as_deref().map(parse_usd_per_mtok).transpose().map_err(|e| anyhow::anyhow!(e));
     match cmd {
@@ -296,7 +304,7 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
             provider,
         } => {
             let p = ModelPrice {
-                model: model.clone(),
+                model: canonical(&book, &model),
                 provider,
                 input: arg(&input_usd_per_mtok)?,
                 output: arg(&output_usd_per_mtok)?,
@@ -309,6 +317,7 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
             println!("price set: {summary} per million tokens (index {index})");
         }
         PriceCmd::Remove { models } => {
+            let models: Vec<String> = models.iter().map(|m| canonical(&book, m)).collect();
             let names = models.join(", ");
             let index = set_prices(client, vec![], models).await?;
             println!("price overrides removed: {names} (index {index})");
@@ -318,10 +327,16 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
                 std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             let mut imported = parse_import(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             if only_unlisted {
-                let book = lister(&[], 0);
                 let listed = |m: &str| book.iter().any(|b| b.id == m || b.aliases.iter().any(|a| a == m));
                 imported.prices.retain(|p| !listed(&p.model));
             }
+            // Aliases become their model's id; of two entries for one model the last wins.
+            let mut by_model: BTreeMap<String, ModelPrice> = BTreeMap::new();
+            for mut p in imported.prices {
+                p.model = canonical(&book, &p.model);
+                by_model.insert(p.model.clone(), p);
+            }
+            imported.prices = by_model.into_values().collect();
             if imported.prices.len() > MAX_PRICE_OVERRIDES {
                 anyhow::bail!(
                     "{} prices is more than the {MAX_PRICE_OVERRIDES} the ledger keeps; narrow the file",
@@ -463,6 +478,22 @@ mod tests {
         );
         let skipped: Vec<&str> = i.skipped.iter().map(|(m, _)| m.as_str()).collect();
         assert_eq!(skipped, ["bedrock/anthropic.claude-x", "claude-no-output", "text-embedding-3-small"]);
+    }
+
+    #[test]
+    fn an_alias_is_kept_under_its_models_id() {
+        let book = vec![ListedPrice {
+            id: "claude-sonnet-4-5".into(),
+            provider: "anthropic".into(),
+            display_name: "Claude Sonnet 4.5".into(),
+            rates: [3_000_000, 15_000_000, 0, 0, 0],
+            aliases: vec!["claude-sonnet-4-5-20250929".into()],
+            source: String::new(),
+            overridden: false,
+        }];
+        assert_eq!(canonical(&book, "claude-sonnet-4-5-20250929"), "claude-sonnet-4-5");
+        assert_eq!(canonical(&book, "claude-sonnet-4-5"), "claude-sonnet-4-5");
+        assert_eq!(canonical(&book, "my-ft"), "my-ft");
     }
 
     #[test]

@@ -6,7 +6,9 @@ use tonic::{Code, Status};
 
 use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
-use crate::state::{AttribKind, BudgetRec, Denial, ErrorCode, HoldId, LedgerState, ModelPrice, Rejection, Usage};
+use crate::state::{
+    AttribKind, AttribRec, BudgetRec, Denial, ErrorCode, HoldId, LedgerState, ModelPrice, Rejection, Usage,
+};
 
 pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
     let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
@@ -148,6 +150,9 @@ pub fn model_price_from_pb(p: &pb::ModelPrice) -> ModelPrice {
     }
 }
 
+/// The most rows `usage --by session|agent|request-class|prompt` returns.
+pub const MAX_ATTRIBUTION_ROWS: usize = 5_000;
+
 /// Usage rows: one per budget (`by` empty), or one per team/user/key/model.
 pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status> {
     if by.is_empty() {
@@ -176,9 +181,13 @@ pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status
             .collect());
     }
     if let Some(kind) = AttribKind::parse(by) {
-        return Ok(s
-            .attribution
-            .of(kind)
+        // The most recently active first, at most MAX_ATTRIBUTION_ROWS: one
+        // answer stays far below a gRPC message's 4 MiB.
+        let mut recent: Vec<(&String, &AttribRec)> = s.attribution.of(kind).collect();
+        recent.sort_by(|a, b| b.1.last_ms.cmp(&a.1.last_ms).then_with(|| a.0.cmp(b.0)));
+        return Ok(recent
+            .into_iter()
+            .take(MAX_ATTRIBUTION_ROWS)
             .map(|(id, r)| pb::UsageRow {
                 scope: format!("{by}:{id}"),
                 period: "total".to_string(),

@@ -4,7 +4,7 @@
 //! bound the one updated longest ago is forgotten (deterministically: by
 //! the entry's time, then its id).
 
-use std::collections::BTreeSet;
+use imbl::{OrdMap, OrdSet};
 
 use super::*;
 
@@ -65,13 +65,12 @@ pub struct AttribRec {
 pub struct AttribTable {
     /// By kind, then id. (Nested, not keyed by a tuple: the digest is JSON,
     /// whose keys are strings.)
-    pub entries: BTreeMap<AttribKind, BTreeMap<String, AttribRec>>,
+    /// Persistent maps, like the holds: copying the state for a snapshot
+    /// or digest stays O(1).
+    pub entries: OrdMap<AttribKind, OrdMap<String, AttribRec>>,
     /// Derived: entries by (kind, last update, id), for eviction.
     #[serde(skip)]
-    age: BTreeSet<(AttribKind, u64, String)>,
-    /// Derived: entries per kind.
-    #[serde(skip)]
-    counts: BTreeMap<AttribKind, usize>,
+    age: OrdSet<(AttribKind, u64, String)>,
 }
 
 impl AttribTable {
@@ -81,7 +80,6 @@ impl AttribTable {
             .iter()
             .flat_map(|(k, ids)| ids.iter().map(move |(id, r)| (*k, r.last_ms, id.clone())))
             .collect();
-        self.counts = self.entries.iter().map(|(k, ids)| (*k, ids.len())).collect();
     }
 
     /// The entries of one kind.
@@ -106,15 +104,13 @@ impl AttribTable {
                     self.age.remove(&(kind, r.last_ms, id.clone()));
                 }
                 None => {
-                    let count = self.counts.entry(kind).or_default();
-                    if *count >= kind.capacity() {
+                    // `len` of a persistent map is O(1).
+                    if ids.len() >= kind.capacity() {
                         if let Some(oldest) = self.age.range((kind, 0, String::new())..).next().cloned() {
                             self.age.remove(&oldest);
                             ids.remove(&oldest.2);
-                            *count -= 1;
                         }
                     }
-                    *count += 1;
                 }
             }
             let r = ids.entry(id.clone()).or_insert_with(|| AttribRec { first_ms: now, ..AttribRec::default() });

@@ -539,7 +539,8 @@ impl Ctx {
                 break;
             }
             let room = NanoUsd(d.limit_nano_usd.saturating_sub(d.spent_nano_usd).saturating_sub(d.held_nano_usd));
-            let floor = self.s.settings.sizing.floor_tokens.max(head.thinking_budget.map_or(0, |b| b + 1));
+            let floor =
+                self.s.settings.sizing.floor_tokens.max(head.thinking_budget.map_or(0, |b| b.saturating_add(1)));
             let below = clamped.as_ref().map_or(per_choice, |(n, _)| *n).saturating_sub(1);
             let Some(n) = largest_within(floor, below, |n| cost_of(n) <= room) else {
                 break;
@@ -547,7 +548,7 @@ impl Ctx {
             // Only a request that states its output limit can have it
             // lowered (an OpenAI request without one is reserved at the
             // default, which nothing upstream would enforce).
-            let Some(lowered) = head.with_output_limit(n) else {
+            let Some(lowered) = head.with_output_limit(n, self.api == Api::OpenAi) else {
                 break;
             };
             clamps += 1;

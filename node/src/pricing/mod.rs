@@ -199,17 +199,20 @@ impl Price {
         ]
         .iter()
         .map(|(n, rate)| u128::from(*n) * u128::from(*rate))
-        .sum::<u128>()
-            * u128::from(self.geo_percent(m))
-            / 100
-            + u128::from(usage.web_search_requests) * u128::from(self.web_search);
-        nano(self.discounted(pico))
+        .sum();
+        // Web search is not subject to the US-only multiplier.
+        let searches = u128::from(usage.web_search_requests) * u128::from(self.web_search);
+        self.rounded(pico * u128::from(self.geo_percent(m)) + searches * 100)
     }
 
-    /// `pico` less the discount.
-    fn discounted(&self, pico: u128) -> u128 {
+    /// `scaled` (pico-USD × 100, the geo multiplier in percent applied) less
+    /// the discount, as nano-USD: one division, rounded half up; saturating.
+    fn rounded(&self, scaled: u128) -> NanoUsd {
         let keep = 10_000u128.saturating_sub(u128::from(self.discount_bp));
-        pico * keep / 10_000
+        // pico × 100 (percent) × 10,000 (basis points) per nano × 1,000.
+        let den = 100 * 10_000 * PICO_PER_NANO;
+        let n = scaled.saturating_mul(keep).saturating_add(den / 2) / den;
+        NanoUsd(u64::try_from(n).unwrap_or(u64::MAX))
     }
 
     /// The amount to reserve before a request runs: `input` estimated input
@@ -223,16 +226,9 @@ impl Price {
         let m = Modifiers { geo_us: m.geo_us || (worst_case && self.geo_us_percent.is_some()), ..m };
         let r = self.rates_for(input, m);
         let input_rate = if worst_case { r.dearest_input() } else { r.input };
-        let pico = (u128::from(input) * u128::from(input_rate.0) + u128::from(output) * u128::from(r.output.0))
-            * u128::from(self.geo_percent(m))
-            / 100;
-        nano(self.discounted(pico))
+        let pico = u128::from(input) * u128::from(input_rate.0) + u128::from(output) * u128::from(r.output.0);
+        self.rounded(pico * u128::from(self.geo_percent(m)))
     }
-}
-
-/// Pico-USD to nano-USD, rounded half up; saturating.
-fn nano(pico: u128) -> NanoUsd {
-    NanoUsd(u64::try_from((pico + PICO_PER_NANO / 2) / PICO_PER_NANO).unwrap_or(u64::MAX))
 }
 
 /// What the edge does with a model the price book does not list.
