@@ -131,3 +131,28 @@ impl Gate {
         }
     }
 }
+
+// ------------------------------------------------------------ secrets
+
+/// Hex SHA-256 of `s` (how keys and the admin token are stored).
+pub fn sha256_hex(s: &str) -> String {
+    crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(s.as_bytes()))
+}
+
+/// Whether `token` hashes to `want_sha256_hex`, compared in constant time.
+pub fn token_matches(token: &str, want_sha256_hex: &str) -> bool {
+    token_matches_hash(&sha256_hex(token), want_sha256_hex)
+}
+
+/// Whether two hex hashes are equal, compared in constant time.
+pub fn token_matches_hash(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// A new random secret: `prefix` + 2×`bytes` hex digits.
+pub fn random_token(prefix: &str, bytes: usize) -> Result<String, tonic::Status> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| tonic::Status::internal(format!("no randomness: {e}")))?;
+    Ok(format!("{prefix}{}", crate::state::hex(&buf)))
+}

@@ -17,12 +17,14 @@ use tollgate_proto::v1::raft_service_server::RaftServiceServer;
 use tollgate_tls::{ClusterTls, Role};
 use tonic::service::interceptor::InterceptedService;
 
+use crate::auth::{random_token, sha256_hex, token_matches_hash};
 use crate::auth::{Audience, Gate};
 use crate::metrics::LedgerMetrics;
 use crate::network::{Network, MAX_MESSAGE_BYTES};
+use crate::probe::LedgerProbe;
 use crate::proposer::{now_ms, Proposer, ProposerConfig};
 use crate::raft_types::{NodeId, Raft};
-use crate::server::{random_token, sha256_hex, AdminApi, LedgerApi, RaftRpc};
+use crate::service::{AdminApi, LedgerApi, RaftRpc};
 use crate::state::{AdminOp, Command, ErrorCode, Outcome};
 use crate::store::{open_db, LogStore, StateMachineStore};
 
@@ -110,42 +112,6 @@ impl LedgerConfig {
             }
         }
         Ok(self)
-    }
-}
-
-/// What `/healthz`, `/readyz` and `/metrics` of a ledger node read.
-#[derive(Clone)]
-pub struct LedgerProbe {
-    raft: Raft,
-    sm: StateMachineStore,
-    proposer: Proposer,
-    metrics: Arc<LedgerMetrics>,
-    quorum_ack_bound_ms: u64,
-}
-
-impl LedgerProbe {
-    /// This node's metrics in the Prometheus text format.
-    pub fn render_metrics(&self) -> String {
-        self.metrics.render(&self.raft, &self.sm, self.proposer.queued(), self.quorum_ack_bound_ms)
-    }
-
-    /// Ready: leading with a quorum's recent ack (or alone), or following a
-    /// known leader.
-    pub fn in_touch(&self) -> bool {
-        crate::server::in_touch(&self.raft.metrics().borrow(), self.quorum_ack_bound_ms)
-    }
-
-    /// One line for `/readyz`: role, leader and applied index.
-    pub fn describe(&self) -> String {
-        let m = self.raft.metrics().borrow().clone();
-        format!(
-            "node {} {:?}, leader {}, term {}, applied index {}",
-            m.id,
-            m.state,
-            m.current_leader.map_or("unknown".to_string(), |l| l.to_string()),
-            m.current_term,
-            m.last_applied.map_or(0, |l| l.index)
-        )
     }
 }
 
@@ -403,7 +369,7 @@ impl TokenRegistrar {
                 return;
             }
             match self.sm.read(|a| a.state.admin_token_sha256.clone()) {
-                Some(h) if crate::server::token_matches_hash(&h, &self.hash) => {
+                Some(h) if token_matches_hash(&h, &self.hash) => {
                     tracing::info!("admin token registered with the cluster");
                     return;
                 }

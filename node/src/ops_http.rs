@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tollgate_ledger::node::LedgerProbe;
+use tollgate_ledger::probe::LedgerProbe;
 
 /// Scrapers and probes need few connections; more wait for a slot.
 const MAX_CONNECTIONS: usize = 64;

@@ -282,7 +282,7 @@ fn the_admin_token_registration_cannot_be_raced() {
             let fwd = tollgate_ledger::proposer::ForwardRequest {
                 cmds: vec![Command::Admin {
                     actor: "bootstrap".into(),
-                    op: AdminOp::SetAdminToken { sha256: tollgate_ledger::server::sha256_hex(racer_token) },
+                    op: AdminOp::SetAdminToken { sha256: tollgate_ledger::auth::sha256_hex(racer_token) },
                 }],
                 admin_token: Some(racer_token.into()),
             };

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
-use tollgate_ledger::node::LedgerProbe;
+use tollgate_ledger::probe::LedgerProbe;
 use tollgate_tls::http::HttpTls;
 use tollgate_tls::ClusterTls;
 
