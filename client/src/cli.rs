@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use tollgate_ledger::money::NanoUsd;
 use tollgate_proto::v1 as pb;
+use tollgate_types::money::NanoUsd;
 use tonic::Status;
 
 use crate::AdminClient;

@@ -13,9 +13,9 @@ use clap::Subcommand;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use tollgate_ledger::money::NanoUsd;
-use tollgate_ledger::state::{ModelPrice, MAX_PRICE_OVERRIDES};
 use tollgate_proto::v1 as pb;
+use tollgate_types::domain::{ModelPrice, MAX_PRICE_OVERRIDES};
+use tollgate_types::money::NanoUsd;
 
 use crate::AdminClient;
 
@@ -276,8 +276,7 @@ fn listed_json(p: &ListedPrice) -> Value {
 }
 
 async fn set_prices(client: &AdminClient, set: Vec<ModelPrice>, remove: Vec<String>) -> anyhow::Result<u64> {
-    let msg =
-        pb::SetPricesRequest { set: set.iter().map(tollgate_ledger::convert::model_price_to_pb).collect(), remove };
+    let msg = pb::SetPricesRequest { set: set.iter().map(pb::ModelPrice::from).collect(), remove };
     let r = client.call(msg, |mut c, r| async move { c.set_prices(r).await }).await.map_err(crate::cli::fail)?;
     Ok(r.index)
 }
@@ -376,8 +375,7 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
                 .call(pb::GetConfigRequest {}, |mut c, r| async move { c.get_config(r).await })
                 .await
                 .map_err(crate::cli::fail)?;
-            let overrides: Vec<ModelPrice> =
-                cfg.prices.iter().map(tollgate_ledger::convert::model_price_from_pb).collect();
+            let overrides: Vec<ModelPrice> = cfg.prices.iter().map(ModelPrice::from).collect();
             let rows = lister(&overrides, cfg.discount_bp);
             if json {
                 let models: Vec<Value> = rows.iter().map(listed_json).collect();

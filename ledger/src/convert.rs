@@ -6,9 +6,7 @@ use tonic::{Code, Status};
 
 use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
-use crate::state::{
-    AttribKind, AttribRec, BudgetRec, Denial, ErrorCode, HoldId, LedgerState, ModelPrice, Rejection, Usage,
-};
+use crate::state::{AttribKind, AttribRec, BudgetRec, Denial, ErrorCode, HoldId, LedgerState, Rejection, Usage};
 
 pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
     let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
@@ -120,33 +118,8 @@ pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
         heartbeat: false,
         in_touch: false,
         max_request_nano_usd: s.limits.max_request.0,
-        prices: s.prices.overrides.values().map(model_price_to_pb).collect(),
+        prices: s.prices.overrides.values().map(pb::ModelPrice::from).collect(),
         discount_bp: s.prices.discount_bp,
-    }
-}
-
-pub fn model_price_to_pb(p: &ModelPrice) -> pb::ModelPrice {
-    pb::ModelPrice {
-        model: p.model.clone(),
-        provider: p.provider.clone().unwrap_or_default(),
-        input_pico_usd: p.input,
-        output_pico_usd: p.output,
-        cache_write_5m_pico_usd: p.cache_write_5m,
-        cache_write_1h_pico_usd: p.cache_write_1h,
-        cache_read_pico_usd: p.cache_read,
-    }
-}
-
-/// The state machine checks every field again (`AdminOp::SetPrices`).
-pub fn model_price_from_pb(p: &pb::ModelPrice) -> ModelPrice {
-    ModelPrice {
-        model: p.model.clone(),
-        provider: (!p.provider.is_empty()).then(|| p.provider.clone()),
-        input: p.input_pico_usd,
-        output: p.output_pico_usd,
-        cache_write_5m: p.cache_write_5m_pico_usd,
-        cache_write_1h: p.cache_write_1h_pico_usd,
-        cache_read: p.cache_read_pico_usd,
     }
 }
 

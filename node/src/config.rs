@@ -46,8 +46,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use tollgate_ledger::money::NanoUsd;
 use tollgate_tls::TlsFiles;
+use tollgate_types::money::NanoUsd;
 
 use crate::pricing::{Price, PriceTable, Rate, Rates, UnknownModel};
 

@@ -6,8 +6,9 @@
 //! while a 429 would make it retry for a minute.
 
 use serde_json::json;
-use tollgate_ledger::money::NanoUsd;
-use tollgate_ledger::state::{utc_rfc3339, Denial};
+use tollgate_types::domain::Denial;
+use tollgate_types::money::NanoUsd;
+use tollgate_types::period::utc_rfc3339;
 
 /// Which provider's wire format a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +113,8 @@ pub fn budget_denied(api: Api, d: &Denial) -> ErrorResponse {
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
-    use tollgate_ledger::state::{Period, Scope};
+    use tollgate_types::domain::Scope;
+    use tollgate_types::period::Period;
 
     use super::*;
 

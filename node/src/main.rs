@@ -293,7 +293,9 @@ async fn run_up(a: UpArgs) -> ExitCode {
         }
     };
     // The embedded ledger's metrics are served on the edge's /metrics.
-    let edge = match Edge::start(settings.clone(), Some(node.probe()), tls.clone()).await {
+    let probe = node.probe();
+    let ledger_metrics: tollgate_node::edge::ExtraMetrics = std::sync::Arc::new(move || probe.render_metrics());
+    let edge = match Edge::start(settings.clone(), Some(ledger_metrics), tls.clone()).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -12,7 +12,7 @@
 //! arrive, split anywhere, and it yields whole events.
 
 use serde_json::Value;
-use tollgate_ledger::state::Usage;
+use tollgate_types::domain::Usage;
 
 use crate::pricing::Modifiers;
 

@@ -13,7 +13,7 @@ use crate::convert::*;
 use crate::money::NanoUsd;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{NodeId, Raft};
-use crate::state::{AdminOp, Command, Mode, Outcome, Period, Scope};
+use crate::state::{AdminOp, Command, Mode, ModelPrice, Outcome, Period, Scope};
 use crate::store::StateMachineStore;
 
 /// The operator's API. Admins and ledgers (forwarding reads) may call it
@@ -272,7 +272,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     async fn set_prices(&self, req: Request<pb::SetPricesRequest>) -> Result<Response<pb::SetPricesResponse>, Status> {
         let auth = self.authorize(&req)?;
         let r = req.into_inner();
-        let set = r.set.iter().map(crate::convert::model_price_from_pb).collect();
+        let set = r.set.iter().map(ModelPrice::from).collect();
         let index = self.admin(&auth, AdminOp::SetPrices { set, remove: r.remove }).await?;
         Ok(Response::new(pb::SetPricesResponse { index }))
     }

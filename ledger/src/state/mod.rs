@@ -9,7 +9,6 @@
 mod admin;
 mod attribution;
 mod invariants;
-mod period;
 mod tombstones;
 mod types;
 
@@ -21,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use attribution::{AttribKind, AttribRec, AttribTable};
-pub use period::{utc_rfc3339, Period};
+pub use tollgate_types::period::{utc_rfc3339, Period};
 pub use types::*;
 
 use crate::money::NanoUsd;

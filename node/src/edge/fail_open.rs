@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tollgate_ledger::money::NanoUsd;
+use tollgate_types::money::NanoUsd;
 
 pub struct FailOpen {
     limit: u64,

@@ -27,14 +27,14 @@ pub(super) fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>>
         }
         "/metrics" => {
             let mut text = s.metrics.render();
-            tollgate_ledger::prom::gauge(
+            tollgate_types::prom::gauge(
                 &mut text,
                 "tollgate_fail_open_outstanding_nano_usd",
                 "Admitted without the ledger (fail_mode = open) and not yet acknowledged by it.",
                 s.fail_open.outstanding(),
             );
-            if let Some(ledger) = &s.embedded {
-                text.push_str(&ledger.render_metrics());
+            if let Some(more) = &s.embedded {
+                text.push_str(&more());
             }
             plain(StatusCode::OK, "text/plain; version=0.0.4", text)
         }

@@ -1,11 +1,11 @@
-//! The edge's Prometheus metrics (`tollgate_ledger::prom` writes the text
+//! The edge's Prometheus metrics (`tollgate_types::prom` writes the text
 //! format; label sets per family are capped, so a client cannot grow memory
 //! by inventing model names).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tollgate_ledger::prom::{gauge, Counter, Histogram};
+use tollgate_types::prom::{gauge, Counter, Histogram};
 
 /// The edge's metrics.
 #[derive(Default)]
@@ -146,7 +146,7 @@ mod tests {
         assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.001\"} 1"), "{text}");
         assert!(text.contains("tollgate_gateway_overhead_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("tollgate_gateway_overhead_seconds_count 2"));
-        for i in 0..(tollgate_ledger::prom::MAX_SERIES + 10) {
+        for i in 0..(tollgate_types::prom::MAX_SERIES + 10) {
             m.spend("t", &format!("m{i}"), 1);
         }
         let text = m.render();

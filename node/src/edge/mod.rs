@@ -31,7 +31,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
-use tollgate_ledger::probe::LedgerProbe;
 use tollgate_tls::http::HttpTls;
 use tollgate_tls::ClusterTls;
 
@@ -89,14 +88,17 @@ pub(crate) struct Shared {
     pub(crate) http: UpstreamClient,
     pub(crate) pending: Arc<Pending>,
     pub(crate) fail_open: Arc<FailOpen>,
-    /// The ledger running in the same process (`tollgate up`), whose
-    /// metrics `/metrics` includes.
-    pub(crate) embedded: Option<LedgerProbe>,
+    /// More metrics `/metrics` includes: those of the ledger running in the
+    /// same process (`tollgate up`). The edge knows nothing of the ledger.
+    pub(crate) embedded: Option<ExtraMetrics>,
     /// Requests in flight per virtual key.
     pub(crate) per_key: Arc<Limiter<String>>,
     /// Recent output tokens per (user, model), for `estimate` reservations.
     pub(crate) output_history: sizing::OutputHistory,
 }
+
+/// Renders more Prometheus text for the edge's `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// A running edge.
 pub struct Edge {
@@ -131,7 +133,7 @@ impl Edge {
     /// left), starts the config watch and serves.
     pub async fn start(
         settings: EdgeSettings,
-        embedded: Option<LedgerProbe>,
+        embedded: Option<ExtraMetrics>,
         tls: Option<Arc<ClusterTls>>,
     ) -> anyhow::Result<Edge> {
         std::fs::create_dir_all(&settings.data_dir)

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tollgate_client::coalesce::Coalescer;
 use tollgate_proto::v1 as pb;
 
-use tollgate_ledger::money::NanoUsd;
+use tollgate_types::money::NanoUsd;
 
 use super::fail_open::FailOpen;
 use super::metrics::Metrics;

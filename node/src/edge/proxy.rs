@@ -12,9 +12,10 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
 use tollgate_client::retryable;
-use tollgate_ledger::money::NanoUsd;
-use tollgate_ledger::state::{Denial, Period, Scope};
 use tollgate_proto::v1 as pb;
+use tollgate_types::domain::{Denial, Scope};
+use tollgate_types::money::NanoUsd;
+use tollgate_types::period::Period;
 
 use super::headers::{connection_named, skip_request_header, skip_response_header};
 use super::local::{models_list, ops};

@@ -13,9 +13,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tollgate_ledger::money::NanoUsd;
-use tollgate_ledger::state::Usage;
 use tollgate_proto::v1 as pb;
+use tollgate_types::domain::Usage;
+use tollgate_types::money::NanoUsd;
 
 use super::outbox::Record;
 use super::watch::Principal;

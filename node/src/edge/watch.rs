@@ -72,7 +72,7 @@ impl ConfigView {
             })
             .collect();
         let policies = s.policies.iter().map(|p| (p.scope.clone(), p.allowed_models.clone())).collect();
-        let overrides: Vec<_> = s.prices.iter().map(tollgate_ledger::convert::model_price_from_pb).collect();
+        let overrides: Vec<_> = s.prices.iter().map(tollgate_types::domain::ModelPrice::from).collect();
         let prices = Arc::new(base.with_overrides(&overrides, s.discount_bp, s.index));
         ConfigView { index: s.index, keys, policies, max_request_nano_usd: s.max_request_nano_usd, prices }
     }

@@ -19,8 +19,8 @@ use serde::Deserialize;
 mod book;
 mod overrides;
 pub use overrides::listing;
-use tollgate_ledger::money::NanoUsd;
-use tollgate_ledger::state::Usage;
+use tollgate_types::domain::Usage;
+use tollgate_types::money::NanoUsd;
 
 /// The price book shipped with this binary.
 pub const BUILTIN: &str = include_str!("../../prices.toml");

@@ -2,7 +2,7 @@
 //! `price discount`) layered over this edge's book: every edge builds the
 //! same table from the same ledger config index.
 
-use tollgate_ledger::state::ModelPrice;
+use tollgate_types::domain::ModelPrice;
 
 use super::{Price, PriceTable, Provider, Rate, Rates};
 
@@ -129,8 +129,8 @@ pub fn listing(overrides: &[ModelPrice], discount_bp: u32) -> Vec<tollgate_clien
 
 #[cfg(test)]
 mod tests {
-    use tollgate_ledger::money::NanoUsd;
-    use tollgate_ledger::state::Usage;
+    use tollgate_types::domain::Usage;
+    use tollgate_types::money::NanoUsd;
 
     use super::*;
     use crate::pricing::Modifiers;
