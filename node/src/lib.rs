@@ -1,11 +1,8 @@
-//! The edge gateway ([`edge`]) and its building blocks, used by the
-//! `tollgate` binary (`src/main.rs`), which composes the roles.
+//! The `tollgate` binary's own parts (`src/main.rs` composes the roles:
+//! the ledger from `tollgate-ledger`, the edge from `tollgate-edge`, the
+//! admin CLI from `tollgate-client`): `tollgate cert` and a ledger node's
+//! operations endpoints.
 #![forbid(unsafe_code)]
 
 pub mod cert_cli;
-pub mod config;
-pub mod edge;
-pub mod errors;
-pub mod meter;
 pub mod ops_http;
-pub mod pricing;

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tollgate_client::tls_args::TlsArgs;
+use tollgate_edge::config::{is_loopback, EdgeSettings, EstimateMode, FileConfig, Overrides};
+use tollgate_edge::edge::Edge;
 use tollgate_ledger::node::{LedgerConfig, LedgerNode};
-use tollgate_node::config::{is_loopback, EdgeSettings, EstimateMode, FileConfig, Overrides};
-use tollgate_node::edge::Edge;
 use tollgate_tls::ClusterTls;
 
 #[derive(Debug, Parser)]
@@ -137,7 +137,7 @@ struct UpArgs {
 fn edge_settings(a: &EdgeArgs, ledger_default: Option<Vec<String>>) -> Result<EdgeSettings, String> {
     let file = match &a.config {
         Some(p) => FileConfig::load(p)?,
-        None => FileConfig { version: tollgate_node::config::CONFIG_VERSION, ..Default::default() },
+        None => FileConfig { version: tollgate_edge::config::CONFIG_VERSION, ..Default::default() },
     };
     let flags = Overrides {
         listen: a.listen,
@@ -294,7 +294,7 @@ async fn run_up(a: UpArgs) -> ExitCode {
     };
     // The embedded ledger's metrics are served on the edge's /metrics.
     let probe = node.probe();
-    let ledger_metrics: tollgate_node::edge::ExtraMetrics = std::sync::Arc::new(move || probe.render_metrics());
+    let ledger_metrics: tollgate_edge::edge::ExtraMetrics = std::sync::Arc::new(move || probe.render_metrics());
     let edge = match Edge::start(settings.clone(), Some(ledger_metrics), tls.clone()).await {
         Ok(e) => e,
         Err(e) => {
@@ -503,7 +503,7 @@ fn main() -> ExitCode {
             Cmd::Edge(a) => run_edge(a).await,
             Cmd::Up(a) => run_up(a).await,
             Cmd::Cert(a) => tollgate_node::cert_cli::run(a),
-            Cmd::Admin(a) => match tollgate_client::cli::run(a, tollgate_node::pricing::listing).await {
+            Cmd::Admin(a) => match tollgate_client::cli::run(a, tollgate_edge::pricing::listing).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

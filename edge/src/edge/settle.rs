@@ -252,9 +252,9 @@ impl Settler {
         let ended_by = loop {
             tokio::select! {
                 frame = tokio::time::timeout(idle, body.frame()) => match frame {
-                    Err(_) => break Some("the upstream stream went silent"),
-                    Ok(None) => break None,
-                    Ok(Some(Err(_))) => break Some("the upstream connection failed mid-stream"),
+                    Err(_) => break StreamEnd::UpstreamSilent,
+                    Ok(None) => break StreamEnd::UpstreamClosed,
+                    Ok(Some(Err(_))) => break StreamEnd::UpstreamFailed,
                     Ok(Some(Ok(frame))) => {
                         let Ok(data) = frame.into_data() else { continue };
                         parser.feed(&data, |name, d| match api {
@@ -267,7 +267,7 @@ impl Settler {
                         }
                         match tokio::time::timeout(idle, tx.send(Ok(Frame::data(out)))).await {
                             Ok(Ok(())) => {}
-                            _ => break Some("client gone"),
+                            _ => break StreamEnd::ClientGone,
                         }
                     }
                 },
@@ -285,20 +285,20 @@ impl Settler {
                         }
                     });
                 }
-                _ = tx.closed() => break Some("client gone"),
+                _ = tx.closed() => break StreamEnd::ClientGone,
             }
         };
-        if strip_usage && !pending_event.is_empty() && ended_by.is_none() {
+        if strip_usage && !pending_event.is_empty() && ended_by == StreamEnd::UpstreamClosed {
             let _ = tx.send(Ok(Frame::data(pending_event.split().freeze()))).await;
         }
         let complete = meter.finished || (meter.errored && meter.saw_usage);
         if !complete {
-            let why = ended_by.unwrap_or("the upstream closed the stream early");
+            let why = ended_by.why();
             tracing::info!(
                 "stream for {} ended before completion ({why}); charging what is known, estimated",
                 self.adm.model
             );
-            if why != "client gone" {
+            if ended_by != StreamEnd::ClientGone {
                 let _ = tx.send(Ok(Frame::data(stream_error_event(api, why)))).await;
             }
         }
@@ -317,6 +317,31 @@ impl Settler {
             self.settle(usage, meter.reported, true);
         }
         drop(tx);
+    }
+}
+
+/// How a relayed stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// The upstream ended the body (complete, or early if no final event came).
+    UpstreamClosed,
+    /// Nothing from the upstream for the idle timeout.
+    UpstreamSilent,
+    /// The upstream connection broke.
+    UpstreamFailed,
+    /// The client hung up (or stopped reading for the idle timeout).
+    ClientGone,
+}
+
+impl StreamEnd {
+    /// Why an incomplete stream ended, for the log and the client's error event.
+    fn why(self) -> &'static str {
+        match self {
+            StreamEnd::UpstreamClosed => "the upstream closed the stream early",
+            StreamEnd::UpstreamSilent => "the upstream stream went silent",
+            StreamEnd::UpstreamFailed => "the upstream connection failed mid-stream",
+            StreamEnd::ClientGone => "client gone",
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The price book: what one request costs, from list prices that are data
-//! (`node/prices.toml`, embedded in the binary; see its header for the
+//! (`edge/prices.toml`, embedded in the binary; see its header for the
 //! format and sources), not code. A model is priced only if its name is
 //! exactly a listed id or alias: `claude-opus-4-1-evil` is not Opus 4.1.
 //! What happens to other models is the operator's choice
