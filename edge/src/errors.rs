@@ -42,6 +42,89 @@ impl ErrorResponse {
     }
 }
 
+/// Every error the gateway answers with itself, by what went wrong. The
+/// one place each becomes a status, retry advice and a body in the
+/// caller's protocol is [`EdgeError::in_shape`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    /// 400: the request itself is wrong (body, model, limits, price).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no key, or one that is unknown or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 402: a hard budget has no room for the request.
+    #[error("budget denied")]
+    BudgetDenied(Box<Denial>),
+    /// 403: a policy does not allow the model.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such route.
+    #[error("{0}")]
+    NoRoute(String),
+    /// 405: the route takes another method.
+    #[error("{0}")]
+    WrongMethod(String),
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// 413: the request body is over the limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 429: too many requests of one key at once.
+    #[error("{0}")]
+    Busy(String),
+    /// 500: the gateway cannot serve this as configured (no credential):
+    /// retrying cannot help.
+    #[error("{0}")]
+    Misconfigured(String),
+    /// 500: something the gateway did not expect.
+    #[error("{0}")]
+    Internal(String),
+    /// 502: the provider could not be reached or its answer read.
+    #[error("{0}")]
+    Upstream(String),
+    /// 502: the provider refused the gateway's own credential: retrying
+    /// cannot help until the operator fixes it.
+    #[error("{0}")]
+    UpstreamRefusedCredential(String),
+    /// 503: starting, a settlement backlog, or the ledger out of reach.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 504: the provider did not answer in time.
+    #[error("{0}")]
+    UpstreamTimeout(String),
+}
+
+impl EdgeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            EdgeError::BadRequest(_) => 400,
+            EdgeError::Unauthorized(_) => 401,
+            EdgeError::BudgetDenied(_) => 402,
+            EdgeError::Forbidden(_) => 403,
+            EdgeError::NoRoute(_) => 404,
+            EdgeError::WrongMethod(_) => 405,
+            EdgeError::BodyTimeout(_) => 408,
+            EdgeError::TooLarge(_) => 413,
+            EdgeError::Busy(_) => 429,
+            EdgeError::Misconfigured(_) | EdgeError::Internal(_) => 500,
+            EdgeError::Upstream(_) | EdgeError::UpstreamRefusedCredential(_) => 502,
+            EdgeError::Unavailable(_) => 503,
+            EdgeError::UpstreamTimeout(_) => 504,
+        }
+    }
+
+    /// The response in `api`'s shape: status, body and retry advice.
+    pub fn in_shape(&self, api: Api) -> ErrorResponse {
+        match self {
+            EdgeError::BudgetDenied(d) => budget_denied(api, d),
+            EdgeError::UpstreamRefusedCredential(m) => error(api, self.status(), m, None).retryable(false),
+            other => error(api, other.status(), &other.to_string(), None),
+        }
+    }
+}
+
 /// Whether a gateway error of `status` is worth retrying, and after how
 /// long: busy or starting (429, 503) after a short pause, timeouts and an
 /// unreachable provider (408, 502, 504) at once; a request the gateway
@@ -79,7 +162,7 @@ fn kind(api: Api, status: u16) -> &'static str {
 }
 
 /// An error of `status` with `message`, in `api`'s shape.
-pub fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorResponse {
+fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorResponse {
     let body = match api {
         Api::Anthropic => json!({"type": "error", "error": {"type": kind(api, status), "message": message}}),
         Api::OpenAi => {
@@ -91,7 +174,7 @@ pub fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorR
 }
 
 /// The 402 for a budget denial, naming the scope, spent, limit and reset.
-pub fn budget_denied(api: Api, d: &Denial) -> ErrorResponse {
+fn budget_denied(api: Api, d: &Denial) -> ErrorResponse {
     let model = d.model.as_deref().map(|m| format!(" for model {m}")).unwrap_or_default();
     let resets = match d.resets_at_ms {
         Some(ms) => format!("it resets at {}", utc_rfc3339(ms)),
@@ -186,5 +269,37 @@ mod tests {
         assert_eq!(t(Api::Anthropic, 503), "api_error");
         assert_eq!(t(Api::OpenAi, 401), "authentication_error");
         assert_eq!(t(Api::OpenAi, 503), "server_error");
+    }
+
+    #[test]
+    fn each_edge_error_has_one_status_and_retry_advice() {
+        let m = || "m".to_string();
+        let cases = [
+            (EdgeError::BadRequest(m()), 400, false, None),
+            (EdgeError::Unauthorized(m()), 401, false, None),
+            (EdgeError::BudgetDenied(Box::new(denial())), 402, false, None),
+            (EdgeError::Forbidden(m()), 403, false, None),
+            (EdgeError::NoRoute(m()), 404, false, None),
+            (EdgeError::WrongMethod(m()), 405, false, None),
+            (EdgeError::BodyTimeout(m()), 408, true, None),
+            (EdgeError::TooLarge(m()), 413, false, None),
+            (EdgeError::Busy(m()), 429, true, Some(1)),
+            (EdgeError::Misconfigured(m()), 500, false, None),
+            (EdgeError::Internal(m()), 500, false, None),
+            (EdgeError::Upstream(m()), 502, true, None),
+            (EdgeError::UpstreamRefusedCredential(m()), 502, false, None),
+            (EdgeError::Unavailable(m()), 503, true, Some(2)),
+            (EdgeError::UpstreamTimeout(m()), 504, true, None),
+        ];
+        for (e, status, retry, after) in cases {
+            for api in [Api::Anthropic, Api::OpenAi] {
+                let r = e.in_shape(api);
+                assert_eq!((r.status, r.should_retry, r.retry_after_secs), (status, retry, after), "{e:?}");
+                let v: Value = serde_json::from_str(&r.body).unwrap();
+                assert!(v["error"]["message"].as_str().is_some_and(|s| !s.is_empty()), "{e:?} {v}");
+            }
+        }
+        let openai = EdgeError::BudgetDenied(Box::new(denial())).in_shape(Api::OpenAi);
+        assert!(openai.body.contains("budget_exceeded"), "{}", openai.body);
     }
 }

@@ -25,7 +25,7 @@ use super::settle::{Admitted, Attribution, Settler};
 use super::watch::Principal;
 use super::{KeySlot, Shared};
 use crate::config::{EstimateMode, FailMode};
-use crate::errors::{self, Api, ErrorResponse};
+use crate::errors::{Api, EdgeError, ErrorResponse};
 use crate::pricing::Provider;
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
@@ -98,6 +98,8 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
+/// The route of a request, or the error in the shape of the API its path
+/// (best) names.
 fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorResponse> {
     let guess =
         if path.starts_with("/v1/chat") || path.starts_with("/v1/completions") { Api::OpenAi } else { Api::Anthropic };
@@ -110,10 +112,10 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
             let anthropic = h.contains_key("anthropic-version") || h.contains_key("x-api-key");
             (Method::GET, Route::Models(if anthropic { Api::Anthropic } else { Api::OpenAi }))
         }
-        _ => return Err(errors::error(guess, 404, &format!("Tollgate has no route for {method} {path}"), None)),
+        _ => return Err(EdgeError::NoRoute(format!("Tollgate has no route for {method} {path}")).in_shape(guess)),
     };
     if *method != r.0 {
-        return Err(errors::error(r.1.api(), 405, &format!("{path} accepts {} only", r.0), None));
+        return Err(EdgeError::WrongMethod(format!("{path} accepts {} only", r.0)).in_shape(r.1.api()));
     }
     Ok(r.1)
 }
@@ -151,7 +153,7 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
         Ok(r) => r,
         Err(e) => {
             ctx.overhead = t0.elapsed();
-            respond_error(&e)
+            respond_error(&e.in_shape(ctx.api))
         }
     };
     let model = s.config.current().prices.label(&ctx.model).to_string();
@@ -226,46 +228,44 @@ fn denial_from_pb(d: &pb::Denial) -> Denial {
 }
 
 impl Ctx {
-    fn err(&self, status: u16, message: impl AsRef<str>) -> ErrorResponse {
-        errors::error(self.api, status, message.as_ref(), None)
-    }
-
-    async fn run(&mut self, req: Request<Incoming>) -> Result<Response<Body>, ErrorResponse> {
+    async fn run(&mut self, req: Request<Incoming>) -> Result<Response<Body>, EdgeError> {
         let (parts, body) = req.into_parts();
         let Some(secret) = presented_key(&parts.headers) else {
-            return Err(self.err(401, "Tollgate: no API key given (send it in x-api-key or Authorization: Bearer)"));
+            return Err(EdgeError::Unauthorized(
+                ("Tollgate: no API key given (send it in x-api-key or Authorization: Bearer)").into(),
+            ));
         };
         let view = self.s.config.current();
         if view.index == 0 && !self.s.config.is_live() {
-            return Err(self.err(503, "Tollgate is starting: it has not yet received its config from the ledger"));
+            return Err(EdgeError::Unavailable(
+                ("Tollgate is starting: it has not yet received its config from the ledger").into(),
+            ));
         }
         let Some(principal) = view.authenticate(secret).cloned() else {
-            return Err(self.err(401, "Tollgate: invalid or revoked API key"));
+            return Err(EdgeError::Unauthorized("Tollgate: invalid or revoked API key".into()));
         };
         let max = self.s.settings.max_concurrent_per_key;
         self.slot = Some(self.s.per_key.enter(&principal.key_id).ok_or_else(|| {
-            self.err(
-                429,
-                format!(
-                    "Tollgate: this API key already has {max} requests in flight, the most the gateway allows per key; \
+            EdgeError::Busy(format!(
+                "Tollgate: this API key already has {max} requests in flight, the most the gateway allows per key; \
                      retry when one finishes"
-                ),
-            )
+            ))
         })?);
         let limit = self.s.settings.max_body_bytes;
         let declared = parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
-            return Err(self.err(413, format!("Tollgate: the request body exceeds the {limit}-byte limit")));
+            return Err(EdgeError::TooLarge(format!("Tollgate: the request body exceeds the {limit}-byte limit")));
         }
-        let body =
-            match tokio::time::timeout(self.s.settings.body_read_timeout, Limited::new(body, limit).collect()).await {
-                Err(_) => return Err(self.err(408, "Tollgate: timed out reading the request body")),
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(self.err(413, format!("Tollgate: the request body exceeds the {limit}-byte limit")));
-                }
-                Ok(Err(e)) => return Err(self.err(400, format!("Tollgate: could not read the request body: {e}"))),
-                Ok(Ok(b)) => b.to_bytes(),
-            };
+        let body = match tokio::time::timeout(self.s.settings.body_read_timeout, Limited::new(body, limit).collect())
+            .await
+        {
+            Err(_) => return Err(EdgeError::BodyTimeout("Tollgate: timed out reading the request body".into())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(EdgeError::TooLarge(format!("Tollgate: the request body exceeds the {limit}-byte limit")));
+            }
+            Ok(Err(e)) => return Err(EdgeError::BadRequest(format!("Tollgate: could not read the request body: {e}"))),
+            Ok(Ok(b)) => b.to_bytes(),
+        };
         if let Route::Models(api) = self.route {
             // Answered here, from the price book: each engineer sees the
             // models the gateway prices and their policy allows (Claude
@@ -279,13 +279,10 @@ impl Ctx {
         if upstream.api_key.is_none() {
             // A configuration problem no retry fixes: say so at once.
             let var = if self.api == Api::Anthropic { "ANTHROPIC_API_KEY" } else { "OPENAI_API_KEY" };
-            return Err(self.err(
-                500,
-                format!(
-                    "Tollgate has no credential for this provider: the gateway's operator must set {var} in its \
+            return Err(EdgeError::Misconfigured(format!(
+                "Tollgate has no credential for this provider: the gateway's operator must set {var} in its \
                      environment or config"
-                ),
-            ));
+            )));
         }
         match self.route {
             Route::Messages | Route::ChatCompletions => self.metered(parts, body, principal).await,
@@ -293,13 +290,13 @@ impl Ctx {
                 let model = Head::parse(&body).ok().and_then(|h| h.model.map(|m| m.into_owned()));
                 if let Some(model) = model {
                     if !valid_model_id(&model) {
-                        return Err(self.err(400, invalid_model_message(&model)));
+                        return Err(EdgeError::BadRequest(invalid_model_message(&model)));
                     }
                     let listed = view.prices.lookup(&model).map(|p| p.id.clone());
                     if let Err(scope) = view.check_policy(&principal, &model, listed.as_deref()) {
-                        return Err(
-                            self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}"))
-                        );
+                        return Err(EdgeError::Forbidden(format!(
+                            "Tollgate: model {model} is not allowed by the policy of {scope}"
+                        )));
                     }
                     self.model = model;
                 }
@@ -313,7 +310,7 @@ impl Ctx {
                 .await
                 {
                     Ok(Ok(b)) => b.to_bytes(),
-                    _ => return Err(self.err(502, "Tollgate: the upstream response could not be read")),
+                    _ => return Err(EdgeError::Upstream("Tollgate: the upstream response could not be read".into())),
                 };
                 self.overhead += t.elapsed();
                 Ok(self.client_response(head, full(body), true))
@@ -343,7 +340,7 @@ impl Ctx {
         &mut self,
         parts: &hyper::http::request::Parts,
         body: Bytes,
-    ) -> Result<Response<Incoming>, ErrorResponse> {
+    ) -> Result<Response<Incoming>, EdgeError> {
         let upstream = match self.api {
             Api::Anthropic => &self.s.settings.anthropic,
             Api::OpenAi => &self.s.settings.openai,
@@ -368,17 +365,17 @@ impl Ctx {
         let req = b
             .header("accept-encoding", "identity")
             .body(Full::new(body))
-            .map_err(|e| self.err(500, format!("Tollgate: building the upstream request: {e}")))?;
+            .map_err(|e| EdgeError::Internal(format!("Tollgate: building the upstream request: {e}")))?;
         self.overhead += self.t0.elapsed();
         let sent = Instant::now();
         let result = tokio::time::timeout(self.s.settings.upstream_timeout, self.s.http.request(req)).await;
         self.s.metrics.upstream(sent.elapsed());
         match result {
-            Err(_) => Err(self.err(504, "Tollgate: the upstream did not answer in time")),
+            Err(_) => Err(EdgeError::UpstreamTimeout("Tollgate: the upstream did not answer in time".into())),
             Ok(Err(e)) => {
                 // The details name internal addresses: for the log, not the client.
                 tracing::warn!(upstream = %upstream.url, error = %e, "could not reach the upstream");
-                Err(self.err(502, "Tollgate: could not reach the model provider; try again shortly"))
+                Err(EdgeError::Upstream("Tollgate: could not reach the model provider; try again shortly".into()))
             }
             Ok(Ok(r)) if matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
                 // The client's key was fine (it got this far): the provider
@@ -388,16 +385,11 @@ impl Ctx {
                     upstream = %upstream.url, status = %r.status(),
                     "the provider refused the gateway's credential; check ANTHROPIC_API_KEY / OPENAI_API_KEY"
                 );
-                Err(self
-                    .err(
-                        502,
-                        format!(
-                            "Tollgate: the model provider refused this gateway's own credential (HTTP {}); the \
-                             gateway is misconfigured: tell its operator",
-                            r.status().as_u16()
-                        ),
-                    )
-                    .retryable(false))
+                Err(EdgeError::UpstreamRefusedCredential(format!(
+                    "Tollgate: the model provider refused this gateway's own credential (HTTP {}); the gateway is \
+                     misconfigured: tell its operator",
+                    r.status().as_u16()
+                )))
             }
             Ok(Ok(r)) => Ok(r),
         }
@@ -431,42 +423,35 @@ impl Ctx {
         parts: &hyper::http::request::Parts,
         body: &'b Bytes,
         principal: Principal,
-    ) -> Result<(Admitted, Head<'b>, Option<Bytes>), ErrorResponse> {
+    ) -> Result<(Admitted, Head<'b>, Option<Bytes>), EdgeError> {
         let head = Head::parse(body).map_err(|e| match e {
-            BodyError::Json(_) | BodyError::NotObject => self.err(400, format!("Tollgate: {e}")),
-            BodyError::Field { .. } => self.err(400, e.to_string()),
+            BodyError::Json(_) | BodyError::NotObject => EdgeError::BadRequest(format!("Tollgate: {e}")),
+            BodyError::Field { .. } => EdgeError::BadRequest(e.to_string()),
         })?;
         let Some(model) = head.model.as_deref().map(str::to_string) else {
-            return Err(self.err(400, "model: Field required (a string)"));
+            return Err(EdgeError::BadRequest("model: Field required (a string)".into()));
         };
         if !valid_model_id(&model) {
-            return Err(self.err(400, invalid_model_message(&model)));
+            return Err(EdgeError::BadRequest(invalid_model_message(&model)));
         }
         self.model = model.clone();
         let view = self.s.config.current();
         let provider = if self.api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
-        let price = view
-            .prices
-            .resolve(&model, provider)
-            .map_err(|_| {
-                self.err(
-                    400,
-                    format!(
-                        "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
+        let price = view.prices.resolve(&model, provider).map_err(|_| {
+            EdgeError::BadRequest(format!(
+                "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
                      operator can add one with `tollgate admin price set {model} --input-usd-per-mtok … \
                      --output-usd-per-mtok …` (or set unknown_model = \"dearest\")"
-                    ),
-                )
-            })
-            .map_err(|e| e.retryable(false))?;
+            ))
+        })?;
         let strict = self.s.settings.estimate == EstimateMode::Strict;
         let limit = price.max_output_tokens;
         let per_choice = match self.api {
-            Api::Anthropic => head.max_tokens.ok_or_else(|| self.err(400, "max_tokens: Field required"))?,
+            Api::Anthropic => head.max_tokens.ok_or_else(|| EdgeError::BadRequest("max_tokens: Field required".into()))?,
             Api::OpenAi => match head.max_completion_tokens.or(head.max_tokens) {
                 Some(n) => n,
                 None if strict => {
-                    return Err(self.err(400, "Tollgate (strict admission): set max_completion_tokens or max_tokens so the request's cost is bounded"))
+                    return Err(EdgeError::BadRequest("Tollgate (strict admission): set max_completion_tokens or max_tokens so the request's cost is bounded".into()))
                 }
                 None => limit.map_or(self.s.settings.openai_default_max_tokens, |l| l.min(self.s.settings.openai_default_max_tokens)),
             },
@@ -477,18 +462,22 @@ impl Ctx {
             } else {
                 "max_completion_tokens"
             };
-            return Err(
-                self.err(400, format!("{field}: {per_choice} is above the maximum of {max} output tokens for {model}"))
-            );
+            return Err(EdgeError::BadRequest(format!(
+                "{field}: {per_choice} is above the maximum of {max} output tokens for {model}"
+            )));
         }
         let label = view.prices.label(&model).to_string();
         // The resolved price names the listed model (an unlisted one priced
         // by `unknown_model` carries the request's own name).
         if let Err(scope) = view.check_policy(&principal, &model, Some(price.id.as_str())) {
-            return Err(self.err(403, format!("Tollgate: model {model} is not allowed by the policy of {scope}")));
+            return Err(EdgeError::Forbidden(format!(
+                "Tollgate: model {model} is not allowed by the policy of {scope}"
+            )));
         }
         if self.s.outbox.depth() >= self.s.settings.max_outbox {
-            return Err(self.err(503, "Tollgate: too many settlements are waiting for the ledger; try again shortly"));
+            return Err(EdgeError::Unavailable(
+                ("Tollgate: too many settlements are waiting for the ledger; try again shortly").into(),
+            ));
         }
         let input_estimate = if strict {
             body.len() as u64
@@ -507,13 +496,10 @@ impl Ctx {
         let mut amount = cost_of(per_choice);
         let ledger_max = NanoUsd(view.max_request_nano_usd);
         if ledger_max != NanoUsd::ZERO && amount > ledger_max {
-            return Err(self.err(
-                400,
-                format!(
-                    "Tollgate: this request could cost up to {amount}, above the per-request maximum of {ledger_max}; \
+            return Err(EdgeError::BadRequest(format!(
+                "Tollgate: this request could cost up to {amount}, above the per-request maximum of {ledger_max}; \
                      lower max_tokens or send less input"
-                ),
-            ));
+            )));
         }
         let mut hold = hold_id();
         let ttl = self.s.settings.hold_ttl;
@@ -580,7 +566,7 @@ impl Ctx {
                     tracing::error!("outbox: {e}");
                 }
             });
-            this.err(503, format!("Tollgate cannot reach its budget ledger, {refusal}: {why}"))
+            EdgeError::Unavailable(format!("Tollgate cannot reach its budget ledger, {refusal}: {why}"))
         };
         let why = match outcome {
             Ok(pb::ReserveResult { outcome: Some(Outcome::GrantedExpiresAtMs(_)) }) => {
@@ -591,17 +577,19 @@ impl Ctx {
             Ok(pb::ReserveResult { outcome: Some(Outcome::Denied(d)) }) => {
                 self.s.fail_open.ledger_answered();
                 self.s.metrics.admission("denied");
-                return Err(errors::budget_denied(self.api, &denial_from_pb(&d)));
+                return Err(EdgeError::BudgetDenied(Box::new(denial_from_pb(&d))));
             }
             Ok(pb::ReserveResult { outcome: Some(Outcome::Error(e)) }) => {
                 self.s.metrics.admission("error");
                 return Err(match e.code.as_str() {
                     // The edge's copy of the keys is behind the ledger's.
                     "not_found" | "failed_precondition" => {
-                        self.err(401, format!("Tollgate: this API key is not valid ({})", e.message))
+                        EdgeError::Unauthorized(format!("Tollgate: this API key is not valid ({})", e.message))
                     }
-                    _ => self
-                        .err(500, format!("Tollgate: the ledger refused the reservation ({}): {}", e.code, e.message)),
+                    _ => EdgeError::Internal(format!(
+                        "Tollgate: the ledger refused the reservation ({}): {}",
+                        e.code, e.message
+                    )),
                 });
             }
             Ok(pb::ReserveResult { outcome: None }) => Some("an empty answer".to_string()),
@@ -648,7 +636,7 @@ impl Ctx {
         parts: hyper::http::request::Parts,
         body: Bytes,
         principal: Principal,
-    ) -> Result<Response<Body>, ErrorResponse> {
+    ) -> Result<Response<Body>, EdgeError> {
         let (adm, head, clamped_body) = self.admit(&parts, &body, principal).await?;
         // OpenAI streams report usage only when asked: ask, and hide the
         // extra chunk from a client that did not.
@@ -708,7 +696,7 @@ impl Ctx {
             _ => {
                 // The provider may have done the work: charge the estimate.
                 settler.settle_estimate();
-                return Err(self.err(502, "Tollgate: the upstream response was cut short or too large"));
+                return Err(EdgeError::Upstream("Tollgate: the upstream response was cut short or too large".into()));
             }
         };
         settler.settle_json(&bytes);
