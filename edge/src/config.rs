@@ -64,17 +64,23 @@ pub enum EstimateMode {
     /// Worst case: one token per body byte, every input token at its
     /// dearest rate, output = `max_tokens`. Hard caps are never exceeded.
     Strict,
-    /// Characters / 3.5 at the input rate, output = `max_tokens`.
+    /// Characters / 3.5 at the input rate; output = a high percentile of
+    /// this user's recent outputs for the model, within a floor and
+    /// `max_tokens` (`edge::sizing`).
     Estimate,
+}
+
+/// A lowercase enum value as its serde name says (the one definition the
+/// config file, the environment and the flags share).
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, choices: &str, s: &str) -> Result<T, String> {
+    use serde::de::IntoDeserializer;
+    let d: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = s.into_deserializer();
+    T::deserialize(d).map_err(|_| format!("{what} must be {choices}, not {s:?}"))
 }
 
 impl EstimateMode {
     pub fn parse(s: &str) -> Result<EstimateMode, String> {
-        match s {
-            "strict" => Ok(EstimateMode::Strict),
-            "estimate" => Ok(EstimateMode::Estimate),
-            _ => Err(format!("estimate must be strict or estimate, not {s:?}")),
-        }
+        parse_enum("estimate", "strict or estimate", s)
     }
 }
 
@@ -91,11 +97,7 @@ pub enum FailMode {
 
 impl FailMode {
     pub fn parse(s: &str) -> Result<FailMode, String> {
-        match s {
-            "closed" => Ok(FailMode::Closed),
-            "open" => Ok(FailMode::Open),
-            _ => Err(format!("fail_mode must be closed or open, not {s:?}")),
-        }
+        parse_enum("fail_mode", "closed or open", s)
     }
 }
 
@@ -655,6 +657,10 @@ mod tests {
         let empty = FileConfig { version: 1, ..Default::default() };
         let err = EdgeSettings::resolve(&empty, &Overrides::default(), None).unwrap_err();
         assert!(err.contains("ledger"), "{err}");
+        // The environment's spelling is the file's (serde's names, once).
+        assert_eq!(EstimateMode::parse("strict"), Ok(EstimateMode::Strict));
+        assert_eq!(FailMode::parse("open"), Ok(FailMode::Open));
+        assert_eq!(FailMode::parse("Open"), Err("fail_mode must be closed or open, not \"Open\"".to_string()));
     }
 
     #[test]

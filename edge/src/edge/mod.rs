@@ -18,7 +18,7 @@ pub mod watch;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tollgate_client::coalesce::{Coalescer, CoalescerConfig};
 use tollgate_client::LedgerClient;
 use tollgate_tls::http::HttpTls;
@@ -41,41 +41,9 @@ use metrics::Metrics;
 use outbox::Outbox;
 use watch::ConfigCache;
 
+use tokio_util::task::TaskTracker;
+
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, http_body_util::Full<bytes::Bytes>>;
-
-/// Counts work that must finish before shutdown (settlements being written).
-#[derive(Default)]
-pub(crate) struct Pending {
-    n: AtomicUsize,
-    idle: Notify,
-}
-
-pub(crate) struct PendingGuard(Arc<Pending>);
-
-impl Pending {
-    pub(crate) fn enter(self: &Arc<Self>) -> PendingGuard {
-        self.n.fetch_add(1, Ordering::AcqRel);
-        PendingGuard(self.clone())
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.n.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
 
 /// Shared state of one edge.
 pub(crate) struct Shared {
@@ -86,7 +54,9 @@ pub(crate) struct Shared {
     pub(crate) outbox: Outbox,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) http: UpstreamClient,
-    pub(crate) pending: Arc<Pending>,
+    /// Work that must finish before shutdown (settlement records being
+    /// written): each holds a token of this tracker.
+    pub(crate) pending: TaskTracker,
     pub(crate) fail_open: Arc<FailOpen>,
     /// More metrics `/metrics` includes: those of the ledger running in the
     /// same process (`tollgate up`). The edge knows nothing of the ledger.
@@ -185,7 +155,7 @@ impl Edge {
             coalescer,
             outbox,
             metrics,
-            pending: Arc::new(Pending::default()),
+            pending: TaskTracker::new(),
             fail_open,
             embedded,
             per_key: Limiter::new(settings_max_per_key),
@@ -227,7 +197,8 @@ impl Edge {
         let _ = self.stop.send(true);
         let _ = self.server.await;
         let grace = self.shared.settings.shutdown_grace;
-        if tokio::time::timeout(grace, self.shared.pending.wait_idle()).await.is_err() {
+        self.shared.pending.close();
+        if tokio::time::timeout(grace, self.shared.pending.wait()).await.is_err() {
             tracing::warn!("settlements still being written after the grace period");
         }
         let left = self.shared.outbox.flush(Duration::from_secs(10)).await;

@@ -557,7 +557,7 @@ impl Ctx {
             };
             let hold = hold.clone();
             let outbox = this.s.outbox.clone();
-            let guard = this.s.pending.enter();
+            let guard = this.s.pending.token();
             // The reserve may still commit: release its id so it cannot
             // hold budget, then refuse (fail_mode = closed).
             tokio::spawn(async move {

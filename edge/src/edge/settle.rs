@@ -121,7 +121,7 @@ impl Settler {
             self.s.fail_open.give_back(amount);
         }
         let outbox = self.s.outbox.clone();
-        let guard = self.s.pending.enter();
+        let guard = self.s.pending.token();
         let hold = self.adm.hold.clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -179,7 +179,7 @@ impl Settler {
             ttl_ms: if open { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
         }));
         let outbox = s.outbox.clone();
-        let guard = s.pending.enter();
+        let guard = s.pending.token();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!("no runtime to write a settle record on; {cost} for {} is not recorded", self.adm.model);
             return;
