@@ -5,17 +5,11 @@
 //! Budget denials are **402**: Claude Code shows a 402's message at once,
 //! while a 429 would make it retry for a minute.
 
-use serde_json::json;
 use tollgate_types::domain::Denial;
 use tollgate_types::money::NanoUsd;
 use tollgate_types::period::utc_rfc3339;
 
-/// Which provider's wire format a route speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    Anthropic,
-    OpenAi,
-}
+pub use crate::provider::Api;
 
 /// An error response: HTTP status and JSON body, and what it tells the
 /// client about retrying (Claude Code reads `x-should-retry` and
@@ -139,36 +133,9 @@ fn retry_policy(status: u16) -> (bool, Option<u64>) {
     }
 }
 
-/// The error `type` each provider uses for a status.
-fn kind(api: Api, status: u16) -> &'static str {
-    match (api, status) {
-        (Api::Anthropic, 400) => "invalid_request_error",
-        (Api::Anthropic, 401) => "authentication_error",
-        (Api::Anthropic, 402) => "billing_error",
-        (Api::Anthropic, 403) => "permission_error",
-        (Api::Anthropic, 404) => "not_found_error",
-        (Api::Anthropic, 413) => "request_too_large",
-        (Api::Anthropic, 429) => "rate_limit_error",
-        (Api::Anthropic, 504) => "timeout_error",
-        (Api::Anthropic, 529) => "overloaded_error",
-        (Api::Anthropic, _) => "api_error",
-        (Api::OpenAi, 400 | 404 | 413) => "invalid_request_error",
-        (Api::OpenAi, 401) => "authentication_error",
-        (Api::OpenAi, 402) => "insufficient_quota",
-        (Api::OpenAi, 403) => "permission_error",
-        (Api::OpenAi, 429) => "rate_limit_error",
-        (Api::OpenAi, _) => "server_error",
-    }
-}
-
 /// An error of `status` with `message`, in `api`'s shape.
 fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorResponse {
-    let body = match api {
-        Api::Anthropic => json!({"type": "error", "error": {"type": kind(api, status), "message": message}}),
-        Api::OpenAi => {
-            json!({"error": {"message": message, "type": kind(api, status), "param": null, "code": code}})
-        }
-    };
+    let body = api.error_body(status, message, code);
     let (should_retry, retry_after_secs) = retry_policy(status);
     ErrorResponse { status, body: body.to_string(), should_retry, retry_after_secs }
 }

@@ -3,13 +3,12 @@
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::Value;
 
 use super::proxy::{plain, Body};
 use super::watch::{ConfigView, Principal};
 use super::Shared;
 use crate::errors::Api;
-use crate::pricing::{Price, Provider};
+use crate::pricing::Price;
 
 /// `/healthz`, `/readyz` and `/metrics`, if `req` asks for one.
 pub(super) fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
@@ -56,7 +55,7 @@ pub(crate) fn ops_only(s: &Shared, req: &Request<Incoming>) -> Response<Body> {
 /// `GET /v1/models` in `api`'s shape: the listed models of that provider
 /// that every policy on the caller's chain allows.
 pub(super) fn models_list(api: Api, view: &ConfigView, principal: &Principal) -> Response<Body> {
-    let provider = if api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
+    let provider = api.provider();
     let allowed: Vec<&Price> = view
         .prices
         .models()
@@ -64,26 +63,5 @@ pub(super) fn models_list(api: Api, view: &ConfigView, principal: &Principal) ->
         .filter(|m| view.check_policy(principal, &m.id, Some(&m.id)).is_ok())
         .map(|m| m.as_ref())
         .collect();
-    let body = match api {
-        Api::Anthropic => {
-            let data: Vec<Value> = allowed
-                .iter()
-                .map(|m| serde_json::json!({"type": "model", "id": m.id, "display_name": m.display_name}))
-                .collect();
-            serde_json::json!({
-                "data": data,
-                "has_more": false,
-                "first_id": allowed.first().map(|m| m.id.as_str()),
-                "last_id": allowed.last().map(|m| m.id.as_str()),
-            })
-        }
-        Api::OpenAi => {
-            let data: Vec<Value> = allowed
-                .iter()
-                .map(|m| serde_json::json!({"object": "model", "id": m.id, "owned_by": "openai"}))
-                .collect();
-            serde_json::json!({"object": "list", "data": data})
-        }
-    };
-    plain(StatusCode::OK, "application/json", body.to_string())
+    plain(StatusCode::OK, "application/json", api.models_list(&allowed).to_string())
 }

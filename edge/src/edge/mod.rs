@@ -10,7 +10,7 @@ mod local;
 pub mod metrics;
 pub mod outbox;
 mod proxy;
-mod request;
+pub(crate) mod request;
 mod settle;
 pub mod sizing;
 pub use request::valid_model_id;

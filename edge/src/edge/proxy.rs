@@ -26,7 +26,7 @@ use super::watch::Principal;
 use super::{KeySlot, Shared};
 use crate::config::{EstimateMode, FailMode};
 use crate::errors::{Api, EdgeError, ErrorResponse};
-use crate::pricing::Provider;
+use crate::provider::OutputLimit;
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -272,13 +272,9 @@ impl Ctx {
             // Code's gateway model discovery waits 3 s and takes no redirect).
             return Ok(models_list(api, &view, &principal));
         }
-        let upstream = match self.api {
-            Api::Anthropic => &self.s.settings.anthropic,
-            Api::OpenAi => &self.s.settings.openai,
-        };
-        if upstream.api_key.is_none() {
+        if self.api.upstream(&self.s.settings).api_key.is_none() {
             // A configuration problem no retry fixes: say so at once.
-            let var = if self.api == Api::Anthropic { "ANTHROPIC_API_KEY" } else { "OPENAI_API_KEY" };
+            let var = self.api.credential_var();
             return Err(EdgeError::Misconfigured(format!(
                 "Tollgate has no credential for this provider: the gateway's operator must set {var} in its \
                      environment or config"
@@ -341,10 +337,7 @@ impl Ctx {
         parts: &hyper::http::request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, EdgeError> {
-        let upstream = match self.api {
-            Api::Anthropic => &self.s.settings.anthropic,
-            Api::OpenAi => &self.s.settings.openai,
-        };
+        let upstream = self.api.upstream(&self.s.settings);
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri = format!("{}{pq}", upstream.url);
         let mut b = Request::builder().method(parts.method.clone()).uri(&uri);
@@ -358,10 +351,8 @@ impl Ctx {
         // a pooled connection would desynchronise it.
         let body = if parts.method == Method::GET || parts.method == Method::HEAD { Bytes::new() } else { body };
         let key = upstream.api_key.as_deref().unwrap_or_default();
-        b = match self.api {
-            Api::Anthropic => b.header("x-api-key", key),
-            Api::OpenAi => b.header("authorization", format!("Bearer {key}")),
-        };
+        let (name, value) = self.api.credential_header(key);
+        b = b.header(name, value);
         let req = b
             .header("accept-encoding", "identity")
             .body(Full::new(body))
@@ -436,8 +427,7 @@ impl Ctx {
         }
         self.model = model.clone();
         let view = self.s.config.current();
-        let provider = if self.api == Api::Anthropic { Provider::Anthropic } else { Provider::OpenAi };
-        let price = view.prices.resolve(&model, provider).map_err(|_| {
+        let price = view.prices.resolve(&model, self.api.provider()).map_err(|_| {
             EdgeError::BadRequest(format!(
                 "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
                      operator can add one with `tollgate admin price set {model} --input-usd-per-mtok … \
@@ -446,22 +436,12 @@ impl Ctx {
         })?;
         let strict = self.s.settings.estimate == EstimateMode::Strict;
         let limit = price.max_output_tokens;
-        let per_choice = match self.api {
-            Api::Anthropic => head.max_tokens.ok_or_else(|| EdgeError::BadRequest("max_tokens: Field required".into()))?,
-            Api::OpenAi => match head.max_completion_tokens.or(head.max_tokens) {
-                Some(n) => n,
-                None if strict => {
-                    return Err(EdgeError::BadRequest("Tollgate (strict admission): set max_completion_tokens or max_tokens so the request's cost is bounded".into()))
-                }
-                None => limit.map_or(self.s.settings.openai_default_max_tokens, |l| l.min(self.s.settings.openai_default_max_tokens)),
-            },
-        };
+        // Where the API allows no limit (OpenAI), estimate mode reserves a
+        // default, no more than the model's own maximum.
+        let default = limit
+            .map_or(self.s.settings.openai_default_max_tokens, |l| l.min(self.s.settings.openai_default_max_tokens));
+        let OutputLimit { per_choice, field } = self.api.output_limit(&head, strict, default)?;
         if let Some(max) = limit.filter(|max| per_choice > *max) {
-            let field = if self.api == Api::Anthropic || head.max_completion_tokens.is_none() {
-                "max_tokens"
-            } else {
-                "max_completion_tokens"
-            };
             return Err(EdgeError::BadRequest(format!(
                 "{field}: {per_choice} is above the maximum of {max} output tokens for {model}"
             )));
@@ -535,7 +515,7 @@ impl Ctx {
             // Only a request that states its output limit can have it
             // lowered (an OpenAI request without one is reserved at the
             // default, which nothing upstream would enforce).
-            let Some(lowered) = head.with_output_limit(n, self.api == Api::OpenAi) else {
+            let Some(lowered) = head.with_output_limit(n, field) else {
                 break;
             };
             clamps += 1;
@@ -640,7 +620,7 @@ impl Ctx {
         let (adm, head, clamped_body) = self.admit(&parts, &body, principal).await?;
         // OpenAI streams report usage only when asked: ask, and hide the
         // extra chunk from a client that did not.
-        let ask_usage = self.api == Api::OpenAi && head.stream && !head.includes_usage();
+        let ask_usage = self.api.must_ask_for_usage(&head);
         let rewritten = match (&clamped_body, ask_usage) {
             (_, false) => None,
             (None, true) => head.with_include_usage(),

@@ -137,17 +137,16 @@ impl<'a> Head<'a> {
         })
     }
 
-    /// The body with its output limit lowered to `n`, every other byte as
-    /// the client sent it: the field admission sized the request from
-    /// (Anthropic: `max_tokens`; OpenAI: `max_completion_tokens` if set,
-    /// else `max_tokens`); `None` when the request did not set it.
-    pub fn with_output_limit(&self, n: u64, openai: bool) -> Option<Bytes> {
-        let set = |r: &Option<&'a RawValue>| r.filter(|r| r.get() != "null");
-        let raw = if openai {
-            set(&self.max_completion_tokens_raw).or(set(&self.max_tokens_raw))
-        } else {
-            set(&self.max_tokens_raw)
-        }?;
+    /// The body with its output limit `field` (`max_tokens` or
+    /// `max_completion_tokens`: the one admission sized the request from)
+    /// lowered to `n`, every other byte as the client sent it; `None` when
+    /// the request did not set that field.
+    pub fn with_output_limit(&self, n: u64, field: &str) -> Option<Bytes> {
+        let raw = match field {
+            "max_completion_tokens" => self.max_completion_tokens_raw,
+            _ => self.max_tokens_raw,
+        }
+        .filter(|r| r.get() != "null")?;
         let start = (raw.get().as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
         let end = start + raw.get().len();
         Some(Bytes::from(format!("{}{n}{}", self.text.get(..start)?, self.text.get(end..)?)))
@@ -267,23 +266,26 @@ mod tests {
             Head::parse(br#"{"model":"m","max_tokens" : 32000,"thinking":{"type":"enabled","budget_tokens":4000}}"#)
                 .unwrap();
         assert_eq!(h.thinking_budget, Some(4000));
-        let out = h.with_output_limit(5000, false).unwrap();
+        let out = h.with_output_limit(5000, "max_tokens").unwrap();
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"model":"m","max_tokens" : 5000,"thinking":{"type":"enabled","budget_tokens":4000}}"#
         );
         let h = Head::parse(br#"{"max_tokens":10,"max_completion_tokens":99,"model":"m"}"#).unwrap();
         assert_eq!(
-            &h.with_output_limit(7, true).unwrap()[..],
+            &h.with_output_limit(7, "max_completion_tokens").unwrap()[..],
             br#"{"max_tokens":10,"max_completion_tokens":7,"model":"m"}"#
         );
         // Anthropic sizes from max_tokens: that is the field lowered.
         assert_eq!(
-            &h.with_output_limit(7, false).unwrap()[..],
+            &h.with_output_limit(7, "max_tokens").unwrap()[..],
             br#"{"max_tokens":7,"max_completion_tokens":99,"model":"m"}"#
         );
-        assert!(Head::parse(br#"{"model":"m"}"#).unwrap().with_output_limit(7, true).is_none());
-        assert!(Head::parse(br#"{"model":"m","max_tokens":null}"#).unwrap().with_output_limit(7, false).is_none());
+        assert!(Head::parse(br#"{"model":"m"}"#).unwrap().with_output_limit(7, "max_tokens").is_none());
+        assert!(Head::parse(br#"{"model":"m","max_tokens":null}"#)
+            .unwrap()
+            .with_output_limit(7, "max_tokens")
+            .is_none());
         assert!(Head::parse(br#"{"model":"m","thinking":3}"#).is_err());
     }
 

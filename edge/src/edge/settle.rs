@@ -21,7 +21,7 @@ use super::outbox::Record;
 use super::watch::Principal;
 use super::{KeySlot, Shared};
 use crate::errors::Api;
-use crate::meter::{read_anthropic_usage, read_openai_usage, Reported, SseParser, StreamMeter};
+use crate::meter::{Reported, SseParser, StreamMeter};
 use crate::pricing::{Modifiers, Price};
 
 /// The `x-claude-code-*` headers a settle records (empty: not sent).
@@ -204,30 +204,9 @@ impl Settler {
     }
 
     pub(super) fn settle_json(self, body: &[u8]) {
-        /// Only `usage` and the tier are kept; the rest is skipped.
-        #[derive(serde::Deserialize)]
-        struct WithUsage {
-            usage: Option<Value>,
-            service_tier: Option<String>,
-        }
-        let v: Option<WithUsage> = serde_json::from_slice(body).ok();
-        let usage = v.as_ref().and_then(|v| v.usage.as_ref()).filter(|u| u.is_object());
-        let mut reported = Reported::default();
-        match (usage, self.api) {
-            (Some(u), Api::Anthropic) => {
-                let mut usage = Usage::default();
-                read_anthropic_usage(u, &mut usage);
-                reported.read_anthropic(u);
-                self.settle(usage, reported, false);
-            }
-            (Some(u), Api::OpenAi) => {
-                let usage = read_openai_usage(u);
-                if let Some(tier) = v.as_ref().and_then(|v| v.service_tier.as_deref()) {
-                    reported.read_openai_tier(tier);
-                }
-                self.settle(usage, reported, false);
-            }
-            (None, _) => self.settle_estimate(),
+        match self.api.json_usage(body) {
+            Some((usage, reported)) => self.settle(usage, reported, false),
+            None => self.settle_estimate(),
         }
     }
 
@@ -257,10 +236,7 @@ impl Settler {
                     Ok(Some(Err(_))) => break StreamEnd::UpstreamFailed,
                     Ok(Some(Ok(frame))) => {
                         let Ok(data) = frame.into_data() else { continue };
-                        parser.feed(&data, |name, d| match api {
-                            Api::Anthropic => meter.anthropic_event(name, d),
-                            Api::OpenAi => meter.openai_event(d),
-                        });
+                        parser.feed(&data, |name, d| api.meter_event(&mut meter, name, d));
                         let out = if strip_usage { strip_usage_chunks(&mut pending_event, &data) } else { data };
                         if out.is_empty() {
                             continue;
@@ -347,18 +323,7 @@ impl StreamEnd {
 
 /// An SSE error event in the client's protocol, for a stream the edge ends.
 fn stream_error_event(api: Api, why: &str) -> Bytes {
-    let msg = format!("Tollgate: {why}");
-    let text = match api {
-        Api::Anthropic => {
-            let v = serde_json::json!({"type": "error", "error": {"type": "api_error", "message": msg}});
-            format!("event: error\ndata: {v}\n\n")
-        }
-        Api::OpenAi => {
-            let v = serde_json::json!({"error": {"message": msg, "type": "server_error", "param": null, "code": null}});
-            format!("data: {v}\n\n")
-        }
-    };
-    Bytes::from(text)
+    api.stream_error_event(&format!("Tollgate: {why}"))
 }
 
 /// Passes whole SSE events through, dropping OpenAI's usage-only chunk
