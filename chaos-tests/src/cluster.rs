@@ -26,6 +26,17 @@ pub fn sibling_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The `tollgate` and `mock-upstream` binaries beside this executable (the
+/// benchmarks run both).
+pub fn sibling_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let bin = sibling_binary()?;
+    let mock = bin.with_file_name("mock-upstream");
+    if !mock.exists() {
+        bail!("{} not found: build it first (cargo build --release -p tollgate-chaos)", mock.display());
+    }
+    Ok((bin, mock))
+}
+
 /// A loopback port for a child process to bind.
 ///
 /// Ports come from 20000..32000, below Linux's ephemeral range

@@ -16,6 +16,8 @@ use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
 
+mod common;
+
 const UPSTREAM_KEY: &str = "sk-upstream-test";
 
 /// The Python with the SDKs: $TOLLGATE_PYTHON (set by ./test.sh), else the
@@ -115,14 +117,7 @@ impl Setup {
     }
 
     async fn budget(&self, scope: &str, usd: &str) {
-        let req = pb::SetBudgetRequest {
-            scope: scope.into(),
-            model: String::new(),
-            limit_usd: usd.into(),
-            period: "monthly".into(),
-            mode: "hard".into(),
-        };
-        self.admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await.unwrap();
+        common::set_budget(&self.admin, scope, usd).await;
     }
 
     async fn usage(&self, by: &str) -> Vec<pb::UsageRow> {

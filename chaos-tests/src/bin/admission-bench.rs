@@ -31,7 +31,7 @@ use hyper::Request;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tollgate_chaos::cluster::{sibling_binary, EdgeProc, LedgerCluster, MockProc, Transport};
+use tollgate_chaos::cluster::{sibling_binaries, EdgeProc, LedgerCluster, MockProc, Transport};
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
 
@@ -258,11 +258,7 @@ async fn futures_join(tasks: impl Iterator<Item = tokio::task::JoinHandle<(u16, 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = sibling_binary()?;
-    let mock_bin = bin.with_file_name("mock-upstream");
-    if !mock_bin.exists() {
-        bail!("{} not found: build it first (cargo build --release -p tollgate-chaos)", mock_bin.display());
-    }
+    let (bin, mock_bin) = sibling_binaries()?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().to_path_buf();
     let cluster = LedgerCluster::start_with(&bin, &path, 1, Transport::Tls)?;

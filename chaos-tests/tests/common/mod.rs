@@ -272,14 +272,7 @@ impl Setup {
 
     /// Sets a monthly hard budget.
     pub async fn budget(&self, scope: &str, usd: &str) {
-        let req = pb::SetBudgetRequest {
-            scope: scope.into(),
-            model: String::new(),
-            limit_usd: usd.into(),
-            period: "monthly".into(),
-            mode: "hard".into(),
-        };
-        self.admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await.unwrap();
+        set_budget(&self.admin, scope, usd).await;
     }
 }
 
@@ -300,4 +293,16 @@ pub async fn config_at_least(addr: &str, index: u64) {
 pub fn printed_index(out: &str) -> u64 {
     let i = out.rfind("(index ").unwrap_or_else(|| panic!("no index in {out:?}"));
     out[i + 7..].split(')').next().unwrap().parse().unwrap()
+}
+
+/// Sets a monthly hard budget of `usd` dollars on `scope`.
+pub async fn set_budget(admin: &AdminClient, scope: &str, usd: &str) {
+    let req = pb::SetBudgetRequest {
+        scope: scope.into(),
+        model: String::new(),
+        limit_usd: usd.into(),
+        period: "monthly".into(),
+        mode: "hard".into(),
+    };
+    admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await.unwrap();
 }

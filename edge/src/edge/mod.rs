@@ -4,6 +4,7 @@
 //! response (JSON or SSE, streamed through without buffering) and settles
 //! through a durable outbox. See ARCHITECTURE.md, "The edge request path".
 
+mod admission;
 pub mod fail_open;
 mod headers;
 mod local;

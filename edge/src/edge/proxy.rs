@@ -11,22 +11,15 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
-use tollgate_client::retryable;
-use tollgate_proto::v1 as pb;
-use tollgate_types::domain::{Denial, Scope};
 use tollgate_types::money::NanoUsd;
-use tollgate_types::period::Period;
 
 use super::headers::{connection_named, skip_request_header, skip_response_header};
 use super::local::{models_list, ops};
-use super::outbox::Record;
-use super::request::{valid_model_id, BodyError, Head};
-use super::settle::{Admitted, Attribution, Settler};
+use super::request::{valid_model_id, Head};
+use super::settle::Settler;
 use super::watch::Principal;
 use super::{KeySlot, Shared};
-use crate::config::{EstimateMode, FailMode};
 use crate::errors::{Api, EdgeError, ErrorResponse};
-use crate::provider::OutputLimit;
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -121,7 +114,7 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
 }
 
 /// The 400 for an implausible model id (its echo is bounded and escaped).
-fn invalid_model_message(model: &str) -> String {
+pub(super) fn invalid_model_message(model: &str) -> String {
     let shown: String = model.chars().take(40).collect();
     format!(
         "model: {shown:?}{} is not a valid model id (1-128 characters, no spaces or control characters)",
@@ -165,23 +158,17 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
     resp
 }
 
-struct Ctx {
-    s: Arc<Shared>,
+pub(super) struct Ctx {
+    pub(super) s: Arc<Shared>,
     route: Route,
-    api: Api,
+    pub(super) api: Api,
     t0: Instant,
-    model: String,
+    pub(super) model: String,
     /// Time spent in the edge, upstream excluded (set once known).
     overhead: Duration,
     /// This request's place in its key's concurrency limit; a metered
     /// request hands it to its settler, which keeps it until the end.
     slot: Option<KeySlot>,
-}
-
-fn hold_id() -> pb::HoldId {
-    let mut id = vec![0u8; 16];
-    getrandom::fill(&mut id).expect("the OS random source failed");
-    pb::HoldId { id }
 }
 
 /// Tells the client what admission reserved for its request and, when
@@ -194,37 +181,6 @@ fn tag(mut r: Response<Body>, reserved: NanoUsd, clamped: Option<u64>) -> Respon
         h.insert("x-tollgate-max-tokens-clamped", HeaderValue::from(n));
     }
     r
-}
-
-/// The largest `n` in `lo..=hi` with `fits(n)`, for a `fits` that holds
-/// up to some point and not after (a cost that grows with `n`).
-fn largest_within(lo: u64, hi: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
-    if lo > hi || !fits(lo) {
-        return None;
-    }
-    let (mut ok, mut bad) = (lo, hi.saturating_add(1));
-    while bad - ok > 1 {
-        let mid = ok + (bad - ok) / 2;
-        if fits(mid) {
-            ok = mid;
-        } else {
-            bad = mid;
-        }
-    }
-    Some(ok)
-}
-
-fn denial_from_pb(d: &pb::Denial) -> Denial {
-    Denial {
-        scope: Scope::parse(&d.scope).unwrap_or(Scope::Org),
-        model: (!d.model.is_empty()).then(|| d.model.clone()),
-        limit: NanoUsd(d.limit_nano_usd),
-        spent: NanoUsd(d.spent_nano_usd),
-        held: NanoUsd(d.held_nano_usd),
-        requested: NanoUsd(d.requested_nano_usd),
-        period: Period::parse(&d.period).unwrap_or(Period::Total),
-        resets_at_ms: (d.resets_at_ms != 0).then_some(d.resets_at_ms),
-    }
 }
 
 impl Ctx {
@@ -384,231 +340,6 @@ impl Ctx {
             }
             Ok(Ok(r)) => Ok(r),
         }
-    }
-
-    /// One Reserve, retried while the ledger is certainly not reached, for
-    /// at most the admission timeout.
-    async fn reserve_once(&self, req: &pb::ReserveRequest) -> Result<pb::ReserveResult, String> {
-        // The whole timeout even while the ledger is known to be out of
-        // reach: a shorter probe would let a slow but working ledger (whose
-        // acknowledgements refill the allowance) be bypassed without bound.
-        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
-                Ok(Err(st)) if retryable(&st) && tokio::time::Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Ok(r) => return r.map_err(|st| st.message().to_string()),
-                Err(_) => return Err("no answer in time".to_string()),
-            }
-        }
-    }
-
-    /// Admission: parse, policy, estimate, reserve. Returns the body to
-    /// forward instead of the client's when `clamp_max_tokens` lowered its
-    /// output limit.
-    async fn admit<'b>(
-        &mut self,
-        parts: &hyper::http::request::Parts,
-        body: &'b Bytes,
-        principal: Principal,
-    ) -> Result<(Admitted, Head<'b>, Option<Bytes>), EdgeError> {
-        let head = Head::parse(body).map_err(|e| match e {
-            BodyError::Json(_) | BodyError::NotObject => EdgeError::BadRequest(format!("Tollgate: {e}")),
-            BodyError::Field { .. } => EdgeError::BadRequest(e.to_string()),
-        })?;
-        let Some(model) = head.model.as_deref().map(str::to_string) else {
-            return Err(EdgeError::BadRequest("model: Field required (a string)".into()));
-        };
-        if !valid_model_id(&model) {
-            return Err(EdgeError::BadRequest(invalid_model_message(&model)));
-        }
-        self.model = model.clone();
-        let view = self.s.config.current();
-        let price = view.prices.resolve(&model, self.api.provider()).map_err(|_| {
-            EdgeError::BadRequest(format!(
-                "Tollgate: model {model} has no price in this gateway's price book, so it is not admitted; an \
-                     operator can add one with `tollgate admin price set {model} --input-usd-per-mtok … \
-                     --output-usd-per-mtok …` (or set unknown_model = \"dearest\")"
-            ))
-        })?;
-        let strict = self.s.settings.estimate == EstimateMode::Strict;
-        let limit = price.max_output_tokens;
-        // Where the API allows no limit (OpenAI), estimate mode reserves a
-        // default, no more than the model's own maximum.
-        let default = limit
-            .map_or(self.s.settings.openai_default_max_tokens, |l| l.min(self.s.settings.openai_default_max_tokens));
-        let OutputLimit { per_choice, field } = self.api.output_limit(&head, strict, default)?;
-        if let Some(max) = limit.filter(|max| per_choice > *max) {
-            return Err(EdgeError::BadRequest(format!(
-                "{field}: {per_choice} is above the maximum of {max} output tokens for {model}"
-            )));
-        }
-        let label = view.prices.label(&model).to_string();
-        // The resolved price names the listed model (an unlisted one priced
-        // by `unknown_model` carries the request's own name).
-        if let Err(scope) = view.check_policy(&principal, &model, Some(price.id.as_str())) {
-            return Err(EdgeError::Forbidden(format!(
-                "Tollgate: model {model} is not allowed by the policy of {scope}"
-            )));
-        }
-        if self.s.outbox.depth() >= self.s.settings.max_outbox {
-            return Err(EdgeError::Unavailable(
-                ("Tollgate: too many settlements are waiting for the ledger; try again shortly").into(),
-            ));
-        }
-        let input_estimate = if strict {
-            body.len() as u64
-        } else {
-            let chars = std::str::from_utf8(body).map(|t| t.chars().count()).unwrap_or(body.len()) as u64;
-            (chars * 2).div_ceil(7)
-        };
-        // Output: strict reserves every token asked for; estimate a high
-        // percentile of what this user's requests for this model produced.
-        let per_choice_reserved =
-            if strict { per_choice } else { self.s.output_history.reserve(&principal.user, &label, per_choice) };
-        let asked = head.modifiers;
-        let cost_of = |out_per_choice: u64| {
-            price.reserve(input_estimate, out_per_choice.min(per_choice_reserved).saturating_mul(head.n), strict, asked)
-        };
-        let mut amount = cost_of(per_choice);
-        let ledger_max = NanoUsd(view.max_request_nano_usd);
-        if ledger_max != NanoUsd::ZERO && amount > ledger_max {
-            return Err(EdgeError::BadRequest(format!(
-                "Tollgate: this request could cost up to {amount}, above the per-request maximum of {ledger_max}; \
-                     lower max_tokens or send less input"
-            )));
-        }
-        let mut hold = hold_id();
-        let ttl = self.s.settings.hold_ttl;
-        let mut clamped: Option<(u64, Bytes)> = None;
-        let mut clamps = 0;
-        let mut outcome;
-        loop {
-            let req = pb::ReserveRequest {
-                hold_id: Some(hold.clone()),
-                key_id: principal.key_id.clone(),
-                model: model.clone(),
-                amount_nano_usd: amount.0,
-                ttl_ms: ttl.as_millis() as u64,
-            };
-            outcome = self.reserve_once(&req).await;
-            // clamp_max_tokens: a hard budget with room, but less than the
-            // reservation, gets the request with a lower output limit
-            // instead of a 402 (at most twice: another budget of the chain
-            // may be the tighter one).
-            let Ok(pb::ReserveResult { outcome: Some(pb::reserve_result::Outcome::Denied(d)) }) = &outcome else {
-                break;
-            };
-            if !self.s.settings.clamp_max_tokens || head.n != 1 || clamps == 2 {
-                break;
-            }
-            let room = NanoUsd(d.limit_nano_usd.saturating_sub(d.spent_nano_usd).saturating_sub(d.held_nano_usd));
-            let floor =
-                self.s.settings.sizing.floor_tokens.max(head.thinking_budget.map_or(0, |b| b.saturating_add(1)));
-            let below = clamped.as_ref().map_or(per_choice, |(n, _)| *n).saturating_sub(1);
-            let Some(n) = largest_within(floor, below, |n| cost_of(n) <= room) else {
-                break;
-            };
-            // Only a request that states its output limit can have it
-            // lowered (an OpenAI request without one is reserved at the
-            // default, which nothing upstream would enforce).
-            let Some(lowered) = head.with_output_limit(n, field) else {
-                break;
-            };
-            clamps += 1;
-            clamped = Some((n, lowered));
-            amount = cost_of(n);
-            // A denied reserve holds nothing; the new amount gets a new id.
-            hold = hold_id();
-        }
-        use pb::reserve_result::Outcome;
-        let unreachable = |why: String, this: &Self| {
-            this.s.metrics.admission("error");
-            let refusal = match this.s.settings.fail_mode {
-                FailMode::Closed => "so it refuses requests (fail_mode = closed)".to_string(),
-                FailMode::Open => format!(
-                    "and this edge has admitted its whole fail-open allowance ({}) without it; it refuses \
-                     requests until the ledger is back",
-                    this.s.settings.fail_open_allowance
-                ),
-            };
-            let hold = hold.clone();
-            let outbox = this.s.outbox.clone();
-            let guard = this.s.pending.token();
-            // The reserve may still commit: release its id so it cannot
-            // hold budget, then refuse (fail_mode = closed).
-            tokio::spawn(async move {
-                let _guard = guard;
-                if let Err(e) = outbox.push(Record::Release(hold)).await {
-                    tracing::error!("outbox: {e}");
-                }
-            });
-            EdgeError::Unavailable(format!("Tollgate cannot reach its budget ledger, {refusal}: {why}"))
-        };
-        let why = match outcome {
-            Ok(pb::ReserveResult { outcome: Some(Outcome::GrantedExpiresAtMs(_)) }) => {
-                self.s.fail_open.ledger_answered();
-                self.s.metrics.admission("granted");
-                None
-            }
-            Ok(pb::ReserveResult { outcome: Some(Outcome::Denied(d)) }) => {
-                self.s.fail_open.ledger_answered();
-                self.s.metrics.admission("denied");
-                return Err(EdgeError::BudgetDenied(Box::new(denial_from_pb(&d))));
-            }
-            Ok(pb::ReserveResult { outcome: Some(Outcome::Error(e)) }) => {
-                self.s.metrics.admission("error");
-                return Err(match e.code.as_str() {
-                    // The edge's copy of the keys is behind the ledger's.
-                    "not_found" | "failed_precondition" => {
-                        EdgeError::Unauthorized(format!("Tollgate: this API key is not valid ({})", e.message))
-                    }
-                    _ => EdgeError::Internal(format!(
-                        "Tollgate: the ledger refused the reservation ({}): {}",
-                        e.code, e.message
-                    )),
-                });
-            }
-            Ok(pb::ReserveResult { outcome: None }) => Some("an empty answer".to_string()),
-            Err(why) => Some(why),
-        };
-        let mut fail_open = None;
-        if let Some(why) = why {
-            self.s.fail_open.ledger_unreachable();
-            if self.s.settings.fail_mode != FailMode::Open || !self.s.fail_open.take(amount) {
-                return Err(unreachable(why, self));
-            }
-            // The reserve may still have landed: no release is sent; the
-            // settle (a Charge) settles that hold, or charges the key.
-            self.s.metrics.admission("fail_open");
-            tracing::warn!(
-                key = %principal.key_id, model = %model, amount = %amount,
-                "admitted without the ledger (fail_mode = open): {why}"
-            );
-            fail_open = Some(amount);
-        }
-        if clamped.is_some() {
-            self.s.metrics.admission("clamped");
-        }
-        let attribution = Attribution::from_headers(&parts.headers);
-        let (clamped, body) = clamped.map_or((None, None), |(n, b)| (Some(n), Some(b)));
-        let adm = Admitted {
-            hold,
-            principal,
-            model,
-            price,
-            asked,
-            input_estimate,
-            reserved: amount,
-            clamped,
-            label,
-            attribution,
-            fail_open,
-        };
-        Ok((adm, head, body))
     }
 
     async fn metered(

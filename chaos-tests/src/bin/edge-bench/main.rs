@@ -37,7 +37,7 @@ use hyper::{Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tollgate_chaos::cluster::{sibling_binary, EdgeProc, LedgerCluster, MockProc, Transport};
+use tollgate_chaos::cluster::{sibling_binaries, EdgeProc, LedgerCluster, MockProc, Transport};
 use tollgate_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -410,11 +410,7 @@ async fn principals(cluster: &LedgerCluster) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bin = sibling_binary()?;
-    let mock_bin = bin.with_file_name("mock-upstream");
-    if !mock_bin.exists() {
-        bail!("{} not found: build it first (cargo build --release -p tollgate-chaos)", mock_bin.display());
-    }
+    let (bin, mock_bin) = sibling_binaries()?;
     let (soft, hard) = open_files_limit().unwrap_or_else(|| ("?".into(), "?".into()));
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
