@@ -6,7 +6,7 @@ use tonic::{Code, Status};
 
 use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
-use crate::state::{AttribKind, AttribRec, BudgetRec, Denial, ErrorCode, HoldId, LedgerState, Rejection, Usage};
+use crate::state::{AttribKind, AttribRec, BudgetRec, ErrorCode, HoldId, LedgerState, Rejection};
 
 pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
     let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
@@ -17,31 +17,6 @@ pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
 
 pub fn hold_id_to_pb(h: HoldId) -> pb::HoldId {
     pb::HoldId { id: h.0.to_be_bytes().to_vec() }
-}
-
-pub fn usage_from_pb(u: Option<&pb::Usage>) -> Usage {
-    let u = u.cloned().unwrap_or_default();
-    Usage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-        cache_write_5m_tokens: u.cache_write_5m_tokens,
-        cache_write_1h_tokens: u.cache_write_1h_tokens,
-        cache_read_tokens: u.cache_read_tokens,
-        web_search_requests: u.web_search_requests,
-    }
-}
-
-pub fn denial_to_pb(d: &Denial) -> pb::Denial {
-    pb::Denial {
-        scope: d.scope.to_string(),
-        model: d.model.clone().unwrap_or_default(),
-        limit_nano_usd: d.limit.0,
-        spent_nano_usd: d.spent.0,
-        held_nano_usd: d.held.0,
-        requested_nano_usd: d.requested.0,
-        period: d.period.as_str().to_string(),
-        resets_at_ms: d.resets_at_ms.unwrap_or(0),
-    }
 }
 
 pub fn item_error(r: &Rejection) -> pb::ItemError {

@@ -11,9 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tollgate_client::retryable;
 use tollgate_proto::v1 as pb;
-use tollgate_types::domain::{Denial, Scope};
+use tollgate_types::domain::Denial;
 use tollgate_types::money::NanoUsd;
-use tollgate_types::period::Period;
 
 use super::outbox::Record;
 use super::proxy::{invalid_model_message, Ctx};
@@ -77,19 +76,6 @@ fn largest_within(lo: u64, hi: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
         }
     }
     Some(ok)
-}
-
-fn denial_from_pb(d: &pb::Denial) -> Denial {
-    Denial {
-        scope: Scope::parse(&d.scope).unwrap_or(Scope::Org),
-        model: (!d.model.is_empty()).then(|| d.model.clone()),
-        limit: NanoUsd(d.limit_nano_usd),
-        spent: NanoUsd(d.spent_nano_usd),
-        held: NanoUsd(d.held_nano_usd),
-        requested: NanoUsd(d.requested_nano_usd),
-        period: Period::parse(&d.period).unwrap_or(Period::Total),
-        resets_at_ms: (d.resets_at_ms != 0).then_some(d.resets_at_ms),
-    }
 }
 
 impl Ctx {
@@ -293,7 +279,7 @@ impl Ctx {
             Ok(pb::ReserveResult { outcome: Some(Outcome::Denied(d)) }) => {
                 self.s.fail_open.ledger_answered();
                 self.s.metrics.admission("denied");
-                return Err(EdgeError::BudgetDenied(Box::new(denial_from_pb(&d))));
+                return Err(EdgeError::BudgetDenied(Box::new(Denial::from(&d))));
             }
             Ok(pb::ReserveResult { outcome: Some(Outcome::Error(e)) }) => {
                 self.s.metrics.admission("error");

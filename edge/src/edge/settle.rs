@@ -160,14 +160,7 @@ impl Settler {
         let record = Record::Settle(Box::new(pb::SettleRequest {
             hold_id: Some(self.adm.hold.clone()),
             cost_nano_usd: cost.0,
-            usage: Some(pb::Usage {
-                input_tokens: usage.input_tokens,
-                output_tokens: usage.output_tokens,
-                cache_write_5m_tokens: usage.cache_write_5m_tokens,
-                cache_write_1h_tokens: usage.cache_write_1h_tokens,
-                cache_read_tokens: usage.cache_read_tokens,
-                web_search_requests: usage.web_search_requests,
-            }),
+            usage: Some(pb::Usage::from(&usage)),
             estimated,
             session_id: std::mem::take(&mut self.adm.attribution.session),
             agent_id: std::mem::take(&mut self.adm.attribution.agent),

@@ -12,7 +12,7 @@ use crate::convert::*;
 use crate::money::NanoUsd;
 use crate::probe::LedgerProbe;
 use crate::proposer::Proposer;
-use crate::state::{Attribution, Command, Outcome, MAX_ATTRIBUTION_ID_BYTES};
+use crate::state::{Attribution, Command, Outcome, Usage, MAX_ATTRIBUTION_ID_BYTES};
 use crate::store::StateMachineStore;
 
 fn check_items(n: usize) -> Result<(), Status> {
@@ -100,7 +100,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             },
             |o| match o {
                 Outcome::Granted { expires_at_ms } => R::GrantedExpiresAtMs(*expires_at_ms),
-                Outcome::Denied(d) => R::Denied(denial_to_pb(d)),
+                Outcome::Denied(d) => R::Denied(pb::Denial::from(d)),
                 Outcome::Rejected(r) => R::Error(item_error(r)),
                 other => R::Error(unexpected(other)),
             },
@@ -128,8 +128,11 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                 if let Some((name, _)) = ids.iter().find(|(_, v)| v.len() > MAX_ATTRIBUTION_ID_BYTES) {
                     return Err(format!("{name} is longer than {MAX_ATTRIBUTION_ID_BYTES} bytes"));
                 }
-                let (hold, cost, usage) =
-                    (hold_id(r.hold_id.as_ref())?, NanoUsd(r.cost_nano_usd), usage_from_pb(r.usage.as_ref()));
+                let (hold, cost, usage) = (
+                    hold_id(r.hold_id.as_ref())?,
+                    NanoUsd(r.cost_nano_usd),
+                    r.usage.as_ref().map(Usage::from).unwrap_or_default(),
+                );
                 let some = |v: &String| (!v.is_empty()).then(|| v.clone());
                 let attribution = Attribution {
                     session: some(&r.session_id),
