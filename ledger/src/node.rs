@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tollgate_proto::v1::admin_service_server::AdminServiceServer;
 use tollgate_proto::v1::ledger_service_server::LedgerServiceServer;
 use tollgate_proto::v1::raft_service_server::RaftServiceServer;
@@ -123,7 +124,9 @@ pub struct LedgerNode {
     pub sm: StateMachineStore,
     pub admin_token_path: PathBuf,
     probe: LedgerProbe,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
+    /// Stops the node's tasks if it is dropped without `shutdown`.
+    _stop_on_drop: DropGuard,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// Set when the node cannot go on (its admin token is not the
     /// cluster's): the process should exit with this message.
@@ -177,7 +180,8 @@ impl LedgerNode {
             .await
             .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
         let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_else(|| cfg.grpc_addr.to_string());
-        let (shutdown, mut shutdown_rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let shutdown_rx = shutdown.clone();
         let gate = Gate::new(cfg.tls.is_some(), raft.clone(), cfg.peers.keys().copied().collect());
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
@@ -186,7 +190,7 @@ impl LedgerNode {
         // refused caller gets PERMISSION_DENIED before any handler runs.
         let raft_rpc = RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone(), gate: gate.clone() };
         let ledger_api =
-            LedgerApi { proposer: proposer.clone(), sm: sm.clone(), probe: probe.clone(), stop: shutdown.subscribe() };
+            LedgerApi { proposer: proposer.clone(), sm: sm.clone(), probe: probe.clone(), stop: shutdown.clone() };
         let admin_api = AdminApi {
             id: cfg.id,
             addr: advertised,
@@ -215,7 +219,7 @@ impl LedgerNode {
             .add_service(InterceptedService::new(reflection, gate.interceptor(Audience::Anyone)));
         let incoming = tollgate_tls::incoming(listener, cfg.tls.clone());
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown_rx.wait_for(|s| *s).await;
+            shutdown_rx.cancelled().await;
         }));
         let transport = if cfg.tls.is_some() { "mutual TLS" } else { "plaintext" };
         tracing::info!(id = cfg.id, addr = %cfg.grpc_addr, transport, "ledger node serving gRPC");
@@ -239,10 +243,22 @@ impl LedgerNode {
                 register: cfg.bootstrap,
                 fail,
             };
-            tokio::spawn(registrar.run(shutdown.subscribe()));
+            tokio::spawn(registrar.run(shutdown.clone()));
         }
-        tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.subscribe()));
-        Ok(LedgerNode { id: cfg.id, raft, proposer, sm, admin_token_path, probe, shutdown, server, fatal })
+        tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.clone()));
+        let _stop_on_drop = shutdown.clone().drop_guard();
+        Ok(LedgerNode {
+            id: cfg.id,
+            raft,
+            proposer,
+            sm,
+            admin_token_path,
+            probe,
+            shutdown,
+            _stop_on_drop,
+            server,
+            fatal,
+        })
     }
 
     /// Resolves when the node cannot go on, with the reason; the process
@@ -278,7 +294,7 @@ impl LedgerNode {
 
     /// Stops serving and shuts Raft down.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = self.raft.shutdown().await;
     }
@@ -361,11 +377,11 @@ impl TokenRegistrar {
     /// election now and then, which this node wins once caught up (nothing
     /// but this registration can change config before it). Then checks the
     /// registered hash is this node's token, and stops the node if not.
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(self, stop: CancellationToken) {
         let mut pause = Duration::from_millis(100);
         let mut last_elect = std::time::Instant::now();
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 return;
             }
             match self.sm.read(|a| a.state.admin_token_sha256.clone()) {
@@ -388,7 +404,7 @@ impl TokenRegistrar {
             }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
             // While no leader is known yet (an election under way) keep
             // looking often: registering is what makes the admin API usable.
@@ -421,11 +437,11 @@ impl TokenRegistrar {
 
 /// On the leader, proposes a tick when holds are due to expire and no other
 /// traffic would advance the state machine's clock.
-async fn ticker(raft: Raft, proposer: Proposer, sm: StateMachineStore, mut stop: watch::Receiver<bool>) {
+async fn ticker(raft: Raft, proposer: Proposer, sm: StateMachineStore, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         if raft.metrics().borrow().state != ServerState::Leader {
             continue;

@@ -438,7 +438,8 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (stop_http, stopped) = tokio::sync::watch::channel(false);
+    let stop_http = tokio_util::sync::CancellationToken::new();
+    let stopped = stop_http.clone();
     let http = match a.http {
         Some(addr) => match tollgate_node::ops_http::start(addr, node.probe(), stopped).await {
             Ok((_, task)) => Some(task),
@@ -457,7 +458,7 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
     };
     reload.abort();
     tracing::info!("shutting down");
-    let _ = stop_http.send(true);
+    stop_http.cancel();
     if let Some(task) = http {
         let _ = task.await;
     }

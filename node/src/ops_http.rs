@@ -23,11 +23,11 @@ use tollgate_ledger::probe::LedgerProbe;
 /// Scrapers and probes need few connections; more wait for a slot.
 const MAX_CONNECTIONS: usize = 64;
 
-/// Binds `addr` and serves until `stop` turns true.
+/// Binds `addr` and serves until `stop` is cancelled.
 pub async fn start(
     addr: SocketAddr,
     probe: LedgerProbe,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener =
         TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding the HTTP address {addr}: {e}"))?;
@@ -38,7 +38,7 @@ pub async fn start(
         loop {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             };
             let (stream, _) = tokio::select! {
                 a = listener.accept() => match a {
@@ -49,7 +49,7 @@ pub async fn start(
                         continue;
                     }
                 },
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             };
             let probe = probe.clone();
             let service = service_fn(move |req| {

@@ -42,6 +42,7 @@ use metrics::Metrics;
 use outbox::Outbox;
 use watch::ConfigCache;
 
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, http_body_util::Full<bytes::Bytes>>;
@@ -78,7 +79,8 @@ pub struct Edge {
     pub ops_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     http_tls: Option<Arc<HttpTls>>,
-    stop: tokio::sync::watch::Sender<bool>,
+    /// Stops the listeners: on `shutdown`, or when the edge is dropped.
+    stop: DropGuard,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -162,7 +164,8 @@ impl Edge {
             per_key: Limiter::new(settings_max_per_key),
             output_history: sizing::OutputHistory::new(settings_sizing),
         });
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         if let Some(l) = ops_listener {
             tokio::spawn(serve(l, shared.clone(), stopped.clone(), None, Listener::Ops));
         }
@@ -172,7 +175,7 @@ impl Edge {
         if let Some(a) = ops_addr {
             tracing::info!("edge operations endpoints on http://{a} (/healthz, /readyz, /metrics)");
         }
-        Ok(Edge { local_addr, ops_addr, shared, stop, server, http_tls })
+        Ok(Edge { local_addr, ops_addr, shared, stop: stop.drop_guard(), server, http_tls })
     }
 
     /// The HTTPS certificate of the listener, for reloading on SIGHUP.
@@ -195,7 +198,7 @@ impl Edge {
     /// Graceful shutdown: stop accepting, let in-flight requests and
     /// streams finish within the grace period, then flush the outbox.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        drop(self.stop);
         let _ = self.server.await;
         let grace = self.shared.settings.shutdown_grace;
         self.shared.pending.close();
@@ -265,7 +268,7 @@ enum Listener {
 async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
+    stopped: CancellationToken,
     http_tls: Option<Arc<HttpTls>>,
     kind: Listener,
 ) {
@@ -281,11 +284,11 @@ async fn serve(
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped.changed() => break,
+            _ = stopped.cancelled() => break,
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stopped.changed() => break,
+            _ = stopped.cancelled() => break,
         };
         let (stream, remote) = match accepted {
             Ok(s) => s,

@@ -75,7 +75,7 @@ pub struct LedgerApi {
     pub probe: LedgerProbe,
     /// Set when the node shuts down: config streams end, so the server's
     /// graceful shutdown is not held up by watchers that never hang up.
-    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 type ConfigStream = Pin<Box<dyn Stream<Item = Result<pb::ConfigSnapshot, Status>> + Send>>;
@@ -230,7 +230,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
         let mut changes = sm.watch_config();
         // One slot: a slow watcher gets the newest config, not a backlog.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let mut stop = self.stop.clone();
+        let stop = self.stop.clone();
         tokio::spawn(async move {
             let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -253,7 +253,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                     })
                 };
                 if let Some(msg) = msg {
-                    if *stop.borrow() || tx.send(Ok(msg)).await.is_err() {
+                    if stop.is_cancelled() || tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
                 }
@@ -265,7 +265,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                     _ = beat.tick(), if heartbeat.is_some() => send_config = false,
                     // A watcher that hung up while this node was quiet.
                     _ = tx.closed() => return,
-                    _ = stop.changed() => return,
+                    _ = stop.cancelled() => return,
                 }
             }
         });
