@@ -402,3 +402,17 @@ impl Drop for EdgeProc {
         self.kill9();
     }
 }
+
+/// Sets (or replaces) a monthly hard budget of `limit_usd` dollars on
+/// `scope`, as the harnesses and benchmarks do.
+pub async fn set_budget(admin: &AdminClient, scope: &str, limit_usd: &str) -> anyhow::Result<()> {
+    let req = tollgate_proto::v1::SetBudgetRequest {
+        scope: scope.into(),
+        model: String::new(),
+        limit_usd: limit_usd.into(),
+        period: "monthly".into(),
+        mode: "hard".into(),
+    };
+    admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+    Ok(())
+}

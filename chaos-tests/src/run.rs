@@ -333,14 +333,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             .call(pb::CreateTeamRequest { name: team.clone() }, |mut c, r| async move { c.create_team(r).await })
             .await?;
         let limit_usd = format!("{}.{:09}", per_team / 1_000_000_000, per_team % 1_000_000_000);
-        let req = pb::SetBudgetRequest {
-            scope: format!("team:{team}"),
-            model: String::new(),
-            limit_usd,
-            period: "monthly".into(),
-            mode: "hard".into(),
-        };
-        admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+        crate::cluster::set_budget(&admin, &format!("team:{team}"), &limit_usd).await?;
     }
     for u in 0..cfg.users {
         let team = format!("team{}", u % cfg.teams);

@@ -49,7 +49,7 @@ use serde::Deserialize;
 use tollgate_tls::TlsFiles;
 use tollgate_types::money::NanoUsd;
 
-use crate::pricing::{Price, PriceTable, Rate, Rates, UnknownModel};
+use crate::pricing::{PriceEntry, PriceTable, UnknownModel};
 
 /// `fail_open_allowance_usd` unless set: $10 per edge per outage.
 pub const DEFAULT_FAIL_OPEN_ALLOWANCE_NANO: u64 = 10_000_000_000;
@@ -201,51 +201,6 @@ pub struct PricingSection {
     /// Models added to (or replacing in) the shipped book, by exact id.
     #[serde(default)]
     pub models: std::collections::BTreeMap<String, PriceEntry>,
-}
-
-/// A price in nano-USD per token (per search for `web_search`). Cache
-/// rates default to Anthropic's multiples of `input` (1.25×, 2×, 0.1×).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceEntry {
-    pub input: u64,
-    pub output: u64,
-    pub cache_write_5m: Option<u64>,
-    pub cache_write_1h: Option<u64>,
-    pub cache_read: Option<u64>,
-    pub web_search: Option<u64>,
-    /// The most output tokens one request may ask for.
-    pub max_output_tokens: Option<u64>,
-}
-
-/// $10 per 1,000 web searches, in nano-USD per search.
-const WEB_SEARCH_NANO: u64 = 10_000_000;
-
-impl PriceEntry {
-    fn price(&self, id: &str) -> Price {
-        let nano = Rate::from_nano_per_token;
-        Price {
-            id: id.to_string(),
-            provider: None,
-            display_name: id.to_string(),
-            aliases: vec![],
-            rates: Rates {
-                input: nano(self.input),
-                output: nano(self.output),
-                cache_write_5m: nano(self.cache_write_5m.unwrap_or(self.input * 5 / 4)),
-                cache_write_1h: nano(self.cache_write_1h.unwrap_or(self.input * 2)),
-                cache_read: nano(self.cache_read.unwrap_or(self.input / 10)),
-            },
-            fast: None,
-            flex: None,
-            long_context: None,
-            geo_us_percent: None,
-            web_search: self.web_search.unwrap_or(WEB_SEARCH_NANO).saturating_mul(1_000),
-            max_output_tokens: self.max_output_tokens,
-            source: "the edge's config file".to_string(),
-            discount_bp: 0,
-        }
-    }
 }
 
 impl FileConfig {
@@ -606,7 +561,7 @@ mod tests {
         // Exact ids only: `my-model-v2` is not `my-model`.
         assert!(s.prices.lookup("my-model-v2").is_none());
         let p = s.prices.lookup("my-model").unwrap();
-        let nano = Rate::from_nano_per_token;
+        let nano = crate::pricing::Rate::from_nano_per_token;
         assert_eq!(
             (p.rates.input, p.rates.output, p.rates.cache_read, p.rates.cache_write_5m),
             (nano(10), nano(20), nano(3), nano(12))

@@ -128,15 +128,8 @@ async fn usage(admin: &AdminClient, user: &str) -> anyhow::Result<(u64, u64, u64
 }
 
 async fn set_budget(admin: &AdminClient, user: &str, nano: u64) -> anyhow::Result<()> {
-    let req = pb::SetBudgetRequest {
-        scope: format!("user:{user}"),
-        model: String::new(),
-        limit_usd: format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000),
-        period: "monthly".into(),
-        mode: "hard".into(),
-    };
-    admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
-    Ok(())
+    let usd = format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000);
+    tollgate_chaos::cluster::set_budget(admin, &format!("user:{user}"), &usd).await
 }
 
 /// A user in team `eng` with a key and a hard budget of `nano` nano-USD; the key's secret.

@@ -123,14 +123,7 @@ async fn main() -> anyhow::Result<()> {
         keys.push(admin.call(req, |mut c, r| async move { c.create_key(r).await }).await?.id);
     }
     for scope in ["org", "team:bench", "user:bench@corp.io"] {
-        let req = pb::SetBudgetRequest {
-            scope: scope.into(),
-            model: String::new(),
-            limit_usd: "1000000".into(),
-            period: "monthly".into(),
-            mode: "hard".into(),
-        };
-        admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+        tollgate_chaos::cluster::set_budget(&admin, scope, "1000000").await?;
     }
     // Load starts once every node follows the leader: a node that started
     // after the first election learns of it only from the next append, and

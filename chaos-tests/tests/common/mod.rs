@@ -297,12 +297,5 @@ pub fn printed_index(out: &str) -> u64 {
 
 /// Sets a monthly hard budget of `usd` dollars on `scope`.
 pub async fn set_budget(admin: &AdminClient, scope: &str, usd: &str) {
-    let req = pb::SetBudgetRequest {
-        scope: scope.into(),
-        model: String::new(),
-        limit_usd: usd.into(),
-        period: "monthly".into(),
-        mode: "hard".into(),
-    };
-    admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await.unwrap();
+    tollgate_chaos::cluster::set_budget(admin, scope, usd).await.unwrap();
 }

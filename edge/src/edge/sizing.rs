@@ -83,13 +83,10 @@ impl OutputHistory {
         learned.unwrap_or(self.sizing.seed_tokens).max(self.sizing.floor_tokens).min(max_tokens)
     }
 
-    /// Pairs remembered (for tests and metrics).
-    pub fn len(&self) -> usize {
+    /// Pairs remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.pairs.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

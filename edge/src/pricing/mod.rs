@@ -17,13 +17,19 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 mod book;
+mod entry;
 mod overrides;
+pub use entry::PriceEntry;
 pub use overrides::listing;
 use tollgate_types::domain::Usage;
 use tollgate_types::money::NanoUsd;
 
 /// The price book shipped with this binary.
 pub const BUILTIN: &str = include_str!("../../prices.toml");
+
+/// $10 per 1,000 web searches, in pico-USD per search: what a model priced
+/// outside the shipped book pays unless told otherwise.
+pub const DEFAULT_WEB_SEARCH: u64 = 10_000_000_000;
 
 /// Pico-USD per nano-USD.
 const PICO_PER_NANO: u128 = 1_000;

@@ -4,10 +4,7 @@
 
 use tollgate_types::domain::ModelPrice;
 
-use super::{Price, PriceTable, Provider, Rate, Rates};
-
-/// $10 per 1,000 web searches, in pico-USD per search.
-const WEB_SEARCH_PICO: u64 = 10_000_000_000;
+use super::{Price, PriceTable, Provider, Rate, Rates, DEFAULT_WEB_SEARCH};
 
 impl PriceTable {
     /// This table with the ledger's overrides and discount applied (a
@@ -92,7 +89,7 @@ fn overridden(base: Option<&Price>, o: &ModelPrice, discount_bp: u32, index: u64
             flex: None,
             long_context: None,
             geo_us_percent: None,
-            web_search: WEB_SEARCH_PICO,
+            web_search: DEFAULT_WEB_SEARCH,
             max_output_tokens: None,
             source,
             discount_bp,

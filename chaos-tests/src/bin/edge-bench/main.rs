@@ -395,14 +395,7 @@ async fn principals(cluster: &LedgerCluster) -> anyhow::Result<String> {
     let key = pb::CreateKeyRequest { user: "bench@corp.io".into(), name: "edge-bench".into() };
     let secret = admin.call(key, |mut c, r| async move { c.create_key(r).await }).await?.secret;
     for scope in ["org", "team:bench", "user:bench@corp.io"] {
-        let req = pb::SetBudgetRequest {
-            scope: scope.into(),
-            model: String::new(),
-            limit_usd: "1000000".into(),
-            period: "monthly".into(),
-            mode: "hard".into(),
-        };
-        admin.call(req, |mut c, r| async move { c.set_budget(r).await }).await?;
+        tollgate_chaos::cluster::set_budget(&admin, scope, "1000000").await?;
     }
     Ok(secret)
 }
