@@ -247,7 +247,7 @@ impl Ctx {
         let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
-            match tokio::time::timeout_at(deadline, self.s.coalescer.reserve(req.clone())).await {
+            match tokio::time::timeout_at(deadline, self.s.ledger.reserve(req.clone())).await {
                 Ok(Err(st)) if retryable(&st) && tokio::time::Instant::now() + pause < deadline => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
@@ -333,3 +333,6 @@ impl Ctx {
         EdgeError::Unavailable(format!("Tollgate cannot reach its budget ledger, {refusal}: {why}"))
     }
 }
+
+#[cfg(test)]
+mod tests;

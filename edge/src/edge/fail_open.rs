@@ -69,6 +69,7 @@ impl FailOpen {
     }
 
     /// The last admission found the ledger out of reach.
+    #[cfg(test)]
     pub fn ledger_out_of_reach(&self) -> bool {
         self.unreachable.load(Ordering::Acquire)
     }

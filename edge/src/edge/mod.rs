@@ -5,17 +5,18 @@
 //! through a durable outbox. See ARCHITECTURE.md, "The edge request path".
 
 mod admission;
-pub mod fail_open;
+mod fail_open;
 mod headers;
+mod ledger;
 mod local;
-pub mod metrics;
-pub mod outbox;
+mod metrics;
+mod outbox;
 mod proxy;
 pub(crate) mod request;
 mod settle;
 pub mod sizing;
 pub use request::valid_model_id;
-pub mod watch;
+mod watch;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -36,6 +37,7 @@ use tollgate_tls::http::HttpTls;
 use tollgate_tls::ClusterTls;
 
 use fail_open::FailOpen;
+use ledger::Ledger;
 
 use crate::config::EdgeSettings;
 use metrics::Metrics;
@@ -51,8 +53,10 @@ type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, http_b
 pub(crate) struct Shared {
     pub(crate) settings: EdgeSettings,
     pub(crate) config: Arc<ConfigCache>,
-    pub(crate) ledger: LedgerClient,
-    pub(crate) coalescer: Coalescer,
+    /// Reserve, settle and release: batched gRPC to the cluster.
+    pub(crate) ledger: Arc<dyn Ledger>,
+    /// The cluster's nodes one by one: the config stream, hold extension.
+    pub(crate) nodes: LedgerClient,
     pub(crate) outbox: Outbox,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) http: UpstreamClient,
@@ -82,6 +86,40 @@ pub struct Edge {
     /// Stops the listeners: on `shutdown`, or when the edge is dropped.
     stop: DropGuard,
     server: tokio::task::JoinHandle<()>,
+}
+
+impl Shared {
+    /// The edge's state over `ledger`; opens the outbox (replaying what an
+    /// earlier run left).
+    fn new(
+        settings: EdgeSettings,
+        ledger: Arc<dyn Ledger>,
+        nodes: LedgerClient,
+        config: Arc<ConfigCache>,
+        metrics: Arc<Metrics>,
+        embedded: Option<ExtraMetrics>,
+    ) -> anyhow::Result<Arc<Shared>> {
+        let (outbox, fail_open) = Outbox::open(
+            &settings.data_dir.join("outbox"),
+            ledger.clone(),
+            metrics.clone(),
+            settings.fail_open_allowance,
+        )?;
+        Ok(Arc::new(Shared {
+            http: upstream_client()?,
+            per_key: Limiter::new(settings.max_concurrent_per_key),
+            output_history: sizing::OutputHistory::new(settings.sizing),
+            settings,
+            config,
+            ledger,
+            nodes,
+            outbox,
+            metrics,
+            pending: TaskTracker::new(),
+            fail_open,
+            embedded,
+        }))
+    }
 }
 
 fn upstream_client() -> anyhow::Result<UpstreamClient> {
@@ -125,18 +163,10 @@ impl Edge {
             }
         }
         let metrics = Arc::new(Metrics::default());
-        let ledger = LedgerClient::new(&settings.ledger, Duration::from_secs(10), tls)
+        let nodes = LedgerClient::new(&settings.ledger, Duration::from_secs(10), tls)
             .map_err(|s| anyhow::anyhow!("ledger addresses: {}", s.message()))?;
-        let coalescer = Coalescer::start(ledger.clone(), CoalescerConfig::default());
-        let (outbox, fail_open) = Outbox::open(
-            &settings.data_dir.join("outbox"),
-            coalescer.clone(),
-            metrics.clone(),
-            settings.fail_open_allowance,
-        )?;
         let config = ConfigCache::new(Arc::new(settings.prices.clone()));
-        let m = metrics.clone();
-        tokio::spawn(config.clone().follow(ledger.clone(), move |i| m.config_index.store(i, Ordering::Relaxed)));
+        let coalescer = Arc::new(Coalescer::start(nodes.clone(), CoalescerConfig::default()));
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", settings.listen))?;
@@ -148,22 +178,10 @@ impl Edge {
             None => None,
         };
         let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
-        let settings_max_per_key = settings.max_concurrent_per_key;
-        let settings_sizing = settings.sizing;
-        let shared = Arc::new(Shared {
-            http: upstream_client()?,
-            settings,
-            config,
-            ledger,
-            coalescer,
-            outbox,
-            metrics,
-            pending: TaskTracker::new(),
-            fail_open,
-            embedded,
-            per_key: Limiter::new(settings_max_per_key),
-            output_history: sizing::OutputHistory::new(settings_sizing),
-        });
+        let m = metrics.clone();
+        let follow = config.clone().follow(nodes.clone(), move |i| m.config_index.store(i, Ordering::Relaxed));
+        let shared = Shared::new(settings, coalescer, nodes, config, metrics, embedded)?;
+        tokio::spawn(follow);
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         if let Some(l) = ops_listener {

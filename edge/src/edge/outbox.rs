@@ -2,7 +2,8 @@
 //! flushed to disk before it is sent, removed when the ledger acknowledges
 //! it, and replayed after a restart. Writes are group-committed (one fsync
 //! for everything that arrived meanwhile); sends go through the
-//! [`Coalescer`], so a backlog drains in batched calls.
+//! [`Ledger`] (the edge runs it over the `Coalescer`, so a backlog drains
+//! in batched calls).
 //!
 //! Replays are safe: the ledger applies a settle exactly once and answers a
 //! repeat with the first charge, and a release is idempotent.
@@ -15,12 +16,12 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tollgate_client::coalesce::Coalescer;
 use tollgate_proto::v1 as pb;
 
 use tollgate_types::money::NanoUsd;
 
 use super::fail_open::FailOpen;
+use super::ledger::Ledger;
 use super::metrics::Metrics;
 
 /// One durable record, keyed by its hold id.
@@ -85,7 +86,7 @@ impl Outbox {
     /// fail-open charges still waiting here until the ledger acknowledges them.
     pub fn open(
         dir: &Path,
-        coalescer: Coalescer,
+        ledger: Arc<dyn Ledger>,
         metrics: Arc<Metrics>,
         allowance: NanoUsd,
     ) -> anyhow::Result<(Outbox, Arc<FailOpen>)> {
@@ -110,7 +111,7 @@ impl Outbox {
         let wake = Arc::new(Notify::new());
         let outbox = Outbox { tree, writes, wake, metrics, fail_open: fail_open.clone() };
         tokio::spawn(writer(db, outbox.clone(), rx));
-        tokio::spawn(drain(outbox.clone(), coalescer));
+        tokio::spawn(drain(outbox.clone(), ledger));
         outbox.wake.notify_one();
         Ok((outbox, fail_open))
     }
@@ -192,7 +193,7 @@ enum Sent {
     Retry,
 }
 
-async fn send(c: &Coalescer, outbox: &Outbox, record: Record) -> Sent {
+async fn send(c: &dyn Ledger, outbox: &Outbox, record: Record) -> Sent {
     match record {
         Record::Settle(s) => {
             let fail_open_cost = (!s.fail_open_key_id.is_empty()).then_some(NanoUsd(s.cost_nano_usd));
@@ -218,7 +219,7 @@ async fn send(c: &Coalescer, outbox: &Outbox, record: Record) -> Sent {
     }
 }
 
-async fn settle(c: &Coalescer, outbox: &Outbox, s: pb::SettleRequest) -> Sent {
+async fn settle(c: &dyn Ledger, outbox: &Outbox, s: pb::SettleRequest) -> Sent {
     match c.settle(s).await {
         Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Settled(_)) }) => Sent::Done,
         Ok(pb::SettleResult { outcome: Some(pb::settle_result::Outcome::Error(e)) }) => {
@@ -236,7 +237,7 @@ async fn settle(c: &Coalescer, outbox: &Outbox, s: pb::SettleRequest) -> Sent {
 
 /// Sends what is on disk, pass after pass; backs off while the ledger does
 /// not acknowledge, and sleeps until woken when there is nothing to send.
-async fn drain(outbox: Outbox, coalescer: Coalescer) {
+async fn drain(outbox: Outbox, ledger: Arc<dyn Ledger>) {
     let mut backoff = Duration::ZERO;
     loop {
         if backoff.is_zero() {
@@ -252,7 +253,7 @@ async fn drain(outbox: Outbox, coalescer: Coalescer) {
             let Ok((key, value)) = item else { continue };
             match Record::decode(&value) {
                 Some(record) => {
-                    let (c, o) = (&coalescer, &outbox);
+                    let (c, o) = (&*ledger, &outbox);
                     pass.push(async move { (key, send(c, o, record).await) });
                 }
                 None => {

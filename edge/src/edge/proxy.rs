@@ -53,7 +53,7 @@ pub(super) fn plain(status: StatusCode, content_type: &'static str, body: String
 
 /// What a route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub(super) enum Route {
     /// Metered: a hold is reserved and settled.
     Messages,
     ChatCompletions,
@@ -140,8 +140,7 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             return respond_error(&e);
         }
     };
-    let mut ctx =
-        Ctx { s: s.clone(), route, api: route.api(), t0, model: String::new(), overhead: Duration::ZERO, slot: None };
+    let mut ctx = Ctx::new(s.clone(), route, t0);
     let resp = match ctx.run(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -184,6 +183,10 @@ fn tag(mut r: Response<Body>, reserved: NanoUsd, clamped: Option<u64>) -> Respon
 }
 
 impl Ctx {
+    pub(super) fn new(s: Arc<Shared>, route: Route, t0: Instant) -> Ctx {
+        Ctx { s, route, api: route.api(), t0, model: String::new(), overhead: Duration::ZERO, slot: None }
+    }
+
     async fn run(&mut self, req: Request<Incoming>) -> Result<Response<Body>, EdgeError> {
         let (parts, body) = req.into_parts();
         let Some(secret) = presented_key(&parts.headers) else {

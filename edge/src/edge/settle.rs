@@ -243,7 +243,7 @@ impl Settler {
                 _ = extend.tick() => {
                     // Any ledger node will do; take a different one each time.
                     extends += 1;
-                    let mut ledger = s.ledger.at(extends);
+                    let mut ledger = s.nodes.at(extends);
                     let hold = self.adm.hold.clone();
                     let req = pb::ExtendBatch { requests: vec![pb::ExtendRequest { hold_id: Some(hold), ttl_ms: ttl.as_millis() as u64 }] };
                     tokio::spawn(async move {
