@@ -10,6 +10,7 @@ use tollgate_proto::v1 as pb;
 use tollgate_types::money::NanoUsd;
 use tonic::Status;
 
+use crate::table::{self, Col};
 use crate::AdminClient;
 
 #[derive(Debug, Args)]
@@ -285,18 +286,26 @@ pub async fn run(args: AdminArgs, lister: crate::price_cli::PriceLister) -> anyh
                     .collect();
                 println!("{}", json!({ "budgets": budgets }));
             } else {
-                println!("{:<40} {:<24} {:>16} {:<8} {:<5}", "SCOPE", "MODEL", "LIMIT", "PERIOD", "MODE");
-                for b in &r.budgets {
-                    let model = if b.model.is_empty() { "*" } else { &b.model };
-                    println!(
-                        "{:<40} {:<24} {:>16} {:<8} {:<5}",
-                        b.scope,
-                        model,
-                        usd(b.limit_nano_usd),
-                        b.period,
-                        b.mode
-                    );
-                }
+                let cols = [
+                    Col("SCOPE", false),
+                    Col("MODEL", false),
+                    Col("LIMIT", true),
+                    Col("PERIOD", false),
+                    Col("MODE", false),
+                ];
+                table::print(
+                    &cols,
+                    r.budgets.iter().map(|b| {
+                        let model = if b.model.is_empty() { "*" } else { &b.model };
+                        vec![
+                            b.scope.clone(),
+                            model.to_string(),
+                            usd(b.limit_nano_usd),
+                            b.period.clone(),
+                            b.mode.clone(),
+                        ]
+                    }),
+                );
             }
             Ok(())
         }
@@ -335,10 +344,13 @@ pub async fn run(args: AdminArgs, lister: crate::price_cli::PriceLister) -> anyh
                     .collect();
                 println!("{}", json!({ "entries": entries }));
             } else {
-                println!("{:>8} {:>15} {:<16} WHAT", "INDEX", "TIME_MS", "ACTOR");
-                for e in &r.entries {
-                    println!("{:>8} {:>15} {:<16} {}", e.index, e.time_ms, e.actor, e.what);
-                }
+                let cols = [Col("INDEX", true), Col("TIME_MS", true), Col("ACTOR", false), Col("WHAT", false)];
+                table::print(
+                    &cols,
+                    r.entries
+                        .iter()
+                        .map(|e| vec![e.index.to_string(), e.time_ms.to_string(), e.actor.clone(), e.what.clone()]),
+                );
             }
             Ok(())
         }
@@ -375,48 +387,63 @@ pub async fn run(args: AdminArgs, lister: crate::price_cli::PriceLister) -> anyh
             } else {
                 if r.rows.iter().any(|u| u.last_ms != 0) {
                     // By session, agent, request class or prompt.
-                    println!(
-                        "{:<48} {:<28} {:>16} {:>16} {:>9} {:>12} {:>12}  PARENT",
-                        "SCOPE", "USER", "SPENT", "EXCESS", "REQUESTS", "INPUT", "OUTPUT"
+                    let cols = [
+                        Col("SCOPE", false),
+                        Col("USER", false),
+                        Col("SPENT", true),
+                        Col("EXCESS", true),
+                        Col("REQUESTS", true),
+                        Col("INPUT", true),
+                        Col("OUTPUT", true),
+                        Col("PARENT", false),
+                    ];
+                    table::print(
+                        &cols,
+                        r.rows.iter().map(|u| {
+                            vec![
+                                u.scope.clone(),
+                                u.user.clone(),
+                                usd(u.spent_nano_usd),
+                                usd(u.excess_nano_usd),
+                                u.requests.to_string(),
+                                u.input_tokens.to_string(),
+                                u.output_tokens.to_string(),
+                                if u.parent_agent.is_empty() { "-".to_string() } else { u.parent_agent.clone() },
+                            ]
+                        }),
                     );
-                    for u in &r.rows {
-                        println!(
-                            "{:<48} {:<28} {:>16} {:>16} {:>9} {:>12} {:>12}  {}",
-                            u.scope,
-                            u.user,
-                            usd(u.spent_nano_usd),
-                            usd(u.excess_nano_usd),
-                            u.requests,
-                            u.input_tokens,
-                            u.output_tokens,
-                            if u.parent_agent.is_empty() { "-" } else { &u.parent_agent }
-                        );
-                    }
                     return Ok(());
                 }
-                println!(
-                    "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9} {:>16}",
-                    "SCOPE", "PERIOD", "SPENT", "HELD", "UNSETTLED", "LIMIT", "REQUESTS", "EXCESS"
+                let cols = [
+                    Col("SCOPE", false),
+                    Col("PERIOD", false),
+                    Col("SPENT", true),
+                    Col("HELD", true),
+                    Col("UNSETTLED", true),
+                    Col("LIMIT", true),
+                    Col("REQUESTS", true),
+                    Col("EXCESS", true),
+                ];
+                table::print(
+                    &cols,
+                    r.rows.iter().map(|u| {
+                        let scope = if u.model.is_empty() || u.scope.starts_with("model:") {
+                            u.scope.clone()
+                        } else {
+                            format!("{} [{}]", u.scope, u.model)
+                        };
+                        vec![
+                            scope,
+                            u.period.clone(),
+                            usd(u.spent_nano_usd),
+                            usd(u.held_nano_usd),
+                            usd(u.unsettled_nano_usd),
+                            u.limit_nano_usd.map(usd).unwrap_or_else(|| "-".to_string()),
+                            u.requests.to_string(),
+                            usd(u.excess_nano_usd),
+                        ]
+                    }),
                 );
-                for u in &r.rows {
-                    let scope = if u.model.is_empty() || u.scope.starts_with("model:") {
-                        u.scope.clone()
-                    } else {
-                        format!("{} [{}]", u.scope, u.model)
-                    };
-                    let limit = u.limit_nano_usd.map(usd).unwrap_or_else(|| "-".to_string());
-                    println!(
-                        "{:<40} {:<8} {:>16} {:>16} {:>16} {:>16} {:>9} {:>16}",
-                        scope,
-                        u.period,
-                        usd(u.spent_nano_usd),
-                        usd(u.held_nano_usd),
-                        usd(u.unsettled_nano_usd),
-                        limit,
-                        u.requests,
-                        usd(u.excess_nano_usd)
-                    );
-                }
             }
             Ok(())
         }
@@ -474,25 +501,27 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
         return Ok(());
     }
     println!("leader: {}", leader.map(|l| l.to_string()).unwrap_or_else(|| "none".to_string()));
-    println!("{:<4} {:<22} {:<10} {:<6} {:>10}  DIGEST", "ID", "ADDR", "ROLE", "TERM", "APPLIED");
-    for m in &members {
-        let s = |k: &str| match &m[k] {
-            Value::Null => "-".to_string(),
-            Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
-        let role = if m["reachable"] == json!(true) { s("role") } else { "unreachable".to_string() };
-        let digest = s("state_digest");
-        let digest = if digest.len() > 16 { &digest[..16] } else { &digest };
-        println!(
-            "{:<4} {:<22} {:<10} {:<6} {:>10}  {}",
-            s("id"),
-            s("addr"),
-            role,
-            s("term"),
-            s("applied_index"),
-            digest
-        );
-    }
+    let cols = [
+        Col("ID", false),
+        Col("ADDR", false),
+        Col("ROLE", false),
+        Col("TERM", false),
+        Col("APPLIED", true),
+        Col("DIGEST", false),
+    ];
+    table::print(
+        &cols,
+        members.iter().map(|m| {
+            let s = |k: &str| match &m[k] {
+                Value::Null => "-".to_string(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let role = if m["reachable"] == json!(true) { s("role") } else { "unreachable".to_string() };
+            let mut digest = s("state_digest");
+            digest.truncate(16);
+            vec![s("id"), s("addr"), role, s("term"), s("applied_index"), digest]
+        }),
+    );
     Ok(())
 }

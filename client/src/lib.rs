@@ -5,10 +5,13 @@
 pub mod cli;
 pub mod coalesce;
 pub mod price_cli;
+mod table;
 pub mod tls_args;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
 
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
@@ -18,7 +21,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// How many rounds over the server list a call makes before giving up.
-const ROUNDS: u32 = 5;
+const ROUNDS: usize = 5;
 
 /// A lazily connected channel to a ledger node at `addr` (`host:port`),
 /// over the cluster's mutual TLS when `tls` is set.
@@ -37,6 +40,13 @@ pub fn channel(addr: &str, timeout: Duration, tls: Option<Arc<ClusterTls>>) -> R
 /// not retried.
 pub fn retryable(s: &Status) -> bool {
     s.metadata().get("x-tollgate-retry-safe").is_some() || tollgate_tls::never_connected(s)
+}
+
+/// How a round over the servers failed: every server was out of reach
+/// (try another round), or one answered with an error.
+enum Round {
+    Retry(Status),
+    Fatal(Status),
 }
 
 /// The operator's client: tries each server in turn, and retries a few
@@ -77,27 +87,34 @@ impl AdminClient {
     }
 
     /// Calls `f` on each server until one answers with something other than
-    /// a retryable error, for a bounded number of rounds.
+    /// a retryable error, for a bounded number of rounds over the list
+    /// (pausing 200 ms, then longer, between rounds).
     pub async fn call<T, R, F, Fut>(&self, msg: T, f: F) -> Result<R, Status>
     where
         T: Clone,
         F: Fn(AdminServiceClient<Channel>, Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, Status>>,
     {
-        let mut last = Status::unavailable("no server answered");
-        for round in 0..ROUNDS {
+        let round = || async {
+            let mut last = Round::Retry(Status::unavailable("no server answered"));
             for (addr, client) in &self.servers {
-                match f(client.clone(), self.request(msg.clone())?).await {
+                match f(client.clone(), self.request(msg.clone()).map_err(Round::Fatal)?).await {
                     Ok(r) => return Ok(r.into_inner()),
                     Err(s) if retryable(&s) => {
-                        last = Status::new(s.code(), format!("{addr}: {}", s.message()));
+                        last = Round::Retry(Status::new(s.code(), format!("{addr}: {}", s.message())))
                     }
-                    Err(s) => return Err(s),
+                    Err(s) => return Err(Round::Fatal(s)),
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(round + 1))).await;
-        }
-        Err(last)
+            Err(last)
+        };
+        let pauses = ExponentialBuilder::new().with_min_delay(Duration::from_millis(200)).with_max_times(ROUNDS - 1);
+        round
+            .retry(pauses)
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, Round::Retry(_)))
+            .await
+            .map_err(|(Round::Retry(s) | Round::Fatal(s))| s)
     }
 
     /// Asks one server (not the list) for its own status.

@@ -17,6 +17,7 @@ use tollgate_proto::v1 as pb;
 use tollgate_types::domain::{ModelPrice, MAX_PRICE_OVERRIDES};
 use tollgate_types::money::NanoUsd;
 
+use crate::table::{self, Col};
 use crate::AdminClient;
 
 #[derive(Debug, Subcommand)]
@@ -387,19 +388,25 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
                 cfg.discount_bp / 100,
                 cfg.discount_bp % 100
             );
-            println!(
-                "{:<34} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9}  SOURCE",
-                "MODEL", "PROVIDER", "INPUT", "OUTPUT", "WRITE5M", "WRITE1H", "READ"
+            let cols = [
+                Col("MODEL", false),
+                Col("PROVIDER", false),
+                Col("INPUT", true),
+                Col("OUTPUT", true),
+                Col("WRITE5M", true),
+                Col("WRITE1H", true),
+                Col("READ", true),
+                Col("SOURCE", false),
+            ];
+            table::print(
+                &cols,
+                rows.iter().map(|p| {
+                    let [input, output, w5, w1, read] = p.rates.map(usd_per_mtok);
+                    let provider = if p.provider.is_empty() { "any" } else { &p.provider };
+                    let source = if p.overridden { "override" } else { "book" };
+                    vec![p.id.clone(), provider.to_string(), input, output, w5, w1, read, source.to_string()]
+                }),
             );
-            for p in &rows {
-                let r = p.rates.map(usd_per_mtok);
-                let provider = if p.provider.is_empty() { "any" } else { &p.provider };
-                let source = if p.overridden { "override" } else { "book" };
-                println!(
-                    "{:<34} {:<9} {:>9} {:>9} {:>9} {:>9} {:>9}  {source}",
-                    p.id, provider, r[0], r[1], r[2], r[3], r[4]
-                );
-            }
         }
     }
     Ok(())

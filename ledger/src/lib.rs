@@ -7,7 +7,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | 0 | `money`, `prom` |
+//! | 0 | `money` |
 //! | 1 | `state` (pure: no IO, no clock) |
 //! | 2 | `codec` |
 //! | 3 | `raft_types` |
@@ -27,7 +27,6 @@ pub mod money;
 pub mod network;
 pub mod node;
 pub mod probe;
-pub mod prom;
 pub mod proposer;
 pub mod raft_types;
 pub mod service;
@@ -37,9 +36,8 @@ pub mod store;
 #[cfg(test)]
 mod layering {
     /// Each module's layer, as the crate documentation lists them.
-    const LAYERS: [(&str, u32); 15] = [
+    const LAYERS: [(&str, u32); 14] = [
         ("money", 0),
-        ("prom", 0),
         ("state", 1),
         ("codec", 2),
         ("raft_types", 3),

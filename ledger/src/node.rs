@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
@@ -378,7 +379,14 @@ impl TokenRegistrar {
     /// but this registration can change config before it). Then checks the
     /// registered hash is this node's token, and stops the node if not.
     async fn run(self, stop: CancellationToken) {
-        let mut pause = Duration::from_millis(100);
+        let pauses = || {
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = pauses();
         let mut last_elect = std::time::Instant::now();
         loop {
             if stop.is_cancelled() {
@@ -403,13 +411,15 @@ impl TokenRegistrar {
                 None => self.try_register(&mut last_elect).await,
             }
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(2))) => {}
                 _ = stop.cancelled() => return,
             }
             // While no leader is known yet (an election under way) keep
             // looking often: registering is what makes the admin API usable.
             let leaderless = self.raft.metrics().borrow().current_leader.is_none();
-            pause = if leaderless { Duration::from_millis(100) } else { (pause * 2).min(Duration::from_secs(2)) };
+            if leaderless {
+                backoff = pauses();
+            }
         }
     }
 

@@ -3,13 +3,13 @@
 //! of `metrics`, and the budgets as this node applied them. Reads only.
 
 use crate::metrics::LedgerMetrics;
-use crate::prom::{gauge, gauge_family};
 use crate::proposer::Proposer;
 use crate::raft_types::{NodeId, Raft};
 use crate::store::StateMachineStore;
 use std::sync::Arc;
 
 use openraft::ServerState;
+use tollgate_types::prom::{Registry, MAX_SERIES};
 
 /// What `/healthz`, `/readyz` and `/metrics` of a ledger node read.
 #[derive(Clone)]
@@ -63,7 +63,10 @@ pub fn in_touch(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, bound_ms
     }
 }
 
-/// The whole exposition for a node. `queued` is the proposer's queue depth.
+/// The whole exposition for a node: its counters and histograms, then
+/// gauges read now from Raft, the proposer and the state machine, set on a
+/// registry made for this scrape (so a deleted budget is not rendered).
+/// `queued` is the proposer's queue depth.
 fn render(
     metrics: &LedgerMetrics,
     raft: &Raft,
@@ -71,101 +74,67 @@ fn render(
     queued: usize,
     quorum_ack_bound_ms: u64,
 ) -> String {
-    let mut out = String::with_capacity(16 * 1024);
+    let now = Registry::new();
+    let gauge = |name, help, v: u64| now.gauge(name, help).set(v as f64);
     let m = raft.metrics().borrow().clone();
     let leading = m.state == openraft::ServerState::Leader;
-    gauge(&mut out, "tollgate_raft_node_id", "This node's id.", m.id);
-    gauge(&mut out, "tollgate_raft_term", "Current Raft term.", m.current_term);
-    gauge(&mut out, "tollgate_raft_is_leader", "1 while this node leads.", u8::from(leading));
-    gauge(&mut out, "tollgate_raft_leader_id", "The leader this node knows of (0: none).", {
-        m.current_leader.unwrap_or(0)
-    });
+    gauge("tollgate_raft_node_id", "This node's id.", m.id);
+    gauge("tollgate_raft_term", "Current Raft term.", m.current_term);
+    gauge("tollgate_raft_is_leader", "1 while this node leads.", u64::from(leading));
+    gauge("tollgate_raft_leader_id", "The leader this node knows of (0: none).", m.current_leader.unwrap_or(0));
     gauge(
-        &mut out,
         "tollgate_raft_in_touch",
         "1 while the node leads with a quorum's recent ack, or follows a known leader (what /readyz reports).",
-        u8::from(in_touch(&m, quorum_ack_bound_ms)),
+        u64::from(in_touch(&m, quorum_ack_bound_ms)),
     );
-    gauge(&mut out, "tollgate_raft_last_log_index", "Last log index on this node.", m.last_log_index.unwrap_or(0));
+    gauge("tollgate_raft_last_log_index", "Last log index on this node.", m.last_log_index.unwrap_or(0));
     let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
-    gauge(&mut out, "tollgate_raft_applied_index", "Last log index applied to the state machine.", applied);
-    gauge(&mut out, "tollgate_raft_snapshot_index", "Last log index in the newest snapshot.", {
+    gauge("tollgate_raft_applied_index", "Last log index applied to the state machine.", applied);
+    gauge("tollgate_raft_snapshot_index", "Last log index in the newest snapshot.", {
         m.snapshot.map(|l| l.index).unwrap_or(0)
     });
-    gauge(&mut out, "tollgate_raft_purged_index", "Log entries up to this index have been purged.", {
+    gauge("tollgate_raft_purged_index", "Log entries up to this index have been purged.", {
         m.purged.map(|l| l.index).unwrap_or(0)
     });
-    gauge(&mut out, "tollgate_raft_voters", "Voters in the current membership.", {
-        m.membership_config.membership().voter_ids().count()
+    gauge("tollgate_raft_voters", "Voters in the current membership.", {
+        m.membership_config.membership().voter_ids().count() as u64
     });
     if leading {
         if let Some(ms) = m.millis_since_quorum_ack {
-            gauge(&mut out, "tollgate_raft_millis_since_quorum_ack", "Leader only: time since a quorum acked.", ms);
+            gauge("tollgate_raft_millis_since_quorum_ack", "Leader only: time since a quorum acked.", ms);
         }
         if let Some(rep) = &m.replication {
             let last = m.last_log_index.unwrap_or(0);
-            gauge_family(
-                &mut out,
+            now.gauges(
                 "tollgate_raft_replication_lag_entries",
                 "Leader only: log entries each follower has not yet matched.",
-                &["peer"],
-                rep.iter()
-                    .filter(|(id, _)| **id != m.id)
-                    .map(|(id, matched)| (vec![id.to_string()], last.saturating_sub(matched.map_or(0, |l| l.index)))),
+                ["peer"],
+                rep.iter().filter(|(id, _)| **id != m.id).map(|(id, matched)| {
+                    ([id.to_string()], last.saturating_sub(matched.map_or(0, |l| l.index)) as f64)
+                }),
             );
         }
     }
-
-    metrics.commit.render(
-        &mut out,
-        "tollgate_ledger_commit_seconds",
-        "Leader only: time from proposing a batch to its commit and apply.",
-    );
-    metrics.log_flush.render(&mut out, "tollgate_ledger_log_flush_seconds", "Time to write and fsync a log append.");
-    metrics.proposals.render(
-        &mut out,
-        "tollgate_ledger_proposals_total",
-        "Batches this node proposed as leader, by result (committed, no_leader, unknown).",
-        &["result"],
-    );
-    metrics.commands.render(
-        &mut out,
-        "tollgate_ledger_commands_total",
-        "Commands applied through this node's proposals, by outcome.",
-        &["outcome"],
-    );
-    metrics.forwards.render(
-        &mut out,
-        "tollgate_ledger_forwards_total",
-        "Batches this node forwarded to the leader, by result.",
-        &["result"],
-    );
-    gauge(&mut out, "tollgate_ledger_queued_commands", "Commands waiting for a batch on this node.", queued);
-    metrics.overloaded.render(
-        &mut out,
-        "tollgate_ledger_overloaded_total",
-        "Submissions refused because the queue was full.",
-        &[],
-    );
+    gauge("tollgate_ledger_queued_commands", "Commands waiting for a batch on this node.", queued as u64);
 
     // The budgets as this node has applied them (read under the lock,
     // rendered after it).
-    type Row = (Vec<String>, u64);
-    let (clock, holds, limits, spent, held): (u64, usize, Vec<Row>, Vec<Row>, Vec<Row>) = sm.read(|a| {
+    type Row = ([String; 4], f64);
+    let (clock, holds, limits, spent, held, total): (u64, usize, Vec<Row>, Vec<Row>, Vec<Row>, usize) = sm.read(|a| {
         let s = &a.state;
         let labels = |b: &crate::state::BudgetRec| {
-            vec![
+            [
                 b.scope.to_string(),
                 b.model.clone().unwrap_or_default(),
                 b.period.as_str().to_string(),
                 b.mode.as_str().to_string(),
             ]
         };
-        let budgets = s.budgets.values().take(crate::prom::MAX_SERIES);
+        let budgets = s.budgets.values().take(MAX_SERIES);
         (
             s.clock_ms,
             s.active_holds(),
-            budgets.clone().map(|b| (labels(b), b.limit.0)).collect(),
+            budgets.clone().map(|b| (labels(b), b.limit.0 as f64)).collect(),
             // Periods roll over lazily (on the next command that touches
             // the budget): past its period's end, as of the state clock,
             // nothing is spent yet in the new one.
@@ -173,25 +142,31 @@ fn render(
                 .clone()
                 .map(|b| {
                     let current = b.period.start_ms(s.clock_ms) == b.period_start_ms;
-                    (labels(b), if current { b.spent().0 } else { 0 })
+                    (labels(b), if current { b.spent().0 as f64 } else { 0.0 })
                 })
                 .collect(),
-            budgets.map(|b| (labels(b), b.held.0)).collect(),
+            budgets.map(|b| (labels(b), b.held.0 as f64)).collect(),
+            s.budgets.len(),
         )
     });
-    gauge(&mut out, "tollgate_ledger_clock_ms", "The state machine's clock (from the last applied entry).", clock);
-    gauge(&mut out, "tollgate_ledger_active_holds", "Holds reserved and not yet settled, released or expired.", {
-        holds
-    });
+    gauge("tollgate_ledger_clock_ms", "The state machine's clock (from the last applied entry).", clock);
+    gauge("tollgate_ledger_active_holds", "Holds reserved and not yet settled, released or expired.", holds as u64);
     let names = ["scope", "model", "period", "mode"];
-    gauge_family(&mut out, "tollgate_budget_limit_nano_usd", "Budget limit.", &names, limits);
-    gauge_family(
-        &mut out,
+    now.gauges("tollgate_budget_limit_nano_usd", "Budget limit.", names, limits);
+    now.gauges(
         "tollgate_budget_spent_nano_usd",
         "Spent in the current period, as of the state clock (settled + unsettled).",
-        &names,
+        names,
         spent,
     );
-    gauge_family(&mut out, "tollgate_budget_held_nano_usd", "Held by live holds.", &names, held);
+    now.gauges("tollgate_budget_held_nano_usd", "Held by live holds.", names, held);
+    let mut out = metrics.registry.render();
+    out.push_str(&now.render());
+    if total > MAX_SERIES {
+        out.push_str(&format!(
+            "# {} more budgets left out of the tollgate_budget_* series (limit {MAX_SERIES})\n",
+            total - MAX_SERIES
+        ));
+    }
     out
 }

@@ -1,7 +1,7 @@
 //! Tollgate's shared types, a leaf crate: money ([`money`]), UTC periods
 //! ([`period`]), scopes, modes, usage, denials and model prices
-//! ([`domain`]), their wire conversions ([`wire`]), and the Prometheus text
-//! helpers the ledger's and the edge's `/metrics` share ([`prom`]). The
+//! ([`domain`]), their wire conversions ([`wire`]), and the metrics registry
+//! the ledger's and the edge's `/metrics` render ([`prom`]). The
 //! edge and the admin client use these without depending on the ledger
 //! (openraft, sled).
 #![forbid(unsafe_code)]

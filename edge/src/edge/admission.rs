@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use tollgate_client::retryable;
 use tollgate_proto::v1 as pb;
@@ -244,17 +245,16 @@ impl Ctx {
         // The whole timeout even while the ledger is known to be out of
         // reach: a shorter probe would let a slow but working ledger (whose
         // acknowledgements refill the allowance) be bypassed without bound.
-        let deadline = tokio::time::Instant::now() + self.s.settings.admission_timeout;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match tokio::time::timeout_at(deadline, self.s.ledger.reserve(req.clone())).await {
-                Ok(Err(st)) if retryable(&st) && tokio::time::Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Ok(r) => return r.map_err(|st| st.message().to_string()),
-                Err(_) => return Err("no answer in time".to_string()),
-            }
+        let timeout = self.s.settings.admission_timeout;
+        let pauses = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_millis(500))
+            .without_max_times()
+            .with_total_delay(Some(timeout));
+        let reserve = (|| self.s.ledger.reserve(req.clone())).retry(pauses).sleep(tokio::time::sleep).when(retryable);
+        match tokio::time::timeout(timeout, reserve).await {
+            Ok(r) => r.map_err(|st| st.message().to_string()),
+            Err(_) => Err("no answer in time".to_string()),
         }
     }
 

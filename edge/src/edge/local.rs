@@ -25,13 +25,7 @@ pub(super) fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>>
             plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the config watch is not current\n".into())
         }
         "/metrics" => {
-            let mut text = s.metrics.render();
-            tollgate_types::prom::gauge(
-                &mut text,
-                "tollgate_fail_open_outstanding_nano_usd",
-                "Admitted without the ledger (fail_mode = open) and not yet acknowledged by it.",
-                s.fail_open.outstanding(),
-            );
+            let mut text = s.metrics.render(s.outbox.depth(), s.fail_open.outstanding());
             if let Some(more) = &s.embedded {
                 text.push_str(&more());
             }

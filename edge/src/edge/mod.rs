@@ -20,7 +20,6 @@ mod watch;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +178,7 @@ impl Edge {
         };
         let ops_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
         let m = metrics.clone();
-        let follow = config.clone().follow(nodes.clone(), move |i| m.config_index.store(i, Ordering::Relaxed));
+        let follow = config.clone().follow(nodes.clone(), move |i| m.config_index.set(i as f64));
         let shared = Shared::new(settings, coalescer, nodes, config, metrics, embedded)?;
         tokio::spawn(follow);
         let stop = CancellationToken::new();

@@ -9,10 +9,11 @@
 //! repeat with the first charge, and a release is idempotent.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -75,6 +76,8 @@ pub struct Outbox {
     tree: sled::Tree,
     writes: mpsc::Sender<Write>,
     wake: Arc<Notify>,
+    /// Records written and not yet acknowledged (`tree.len()` walks the tree).
+    depth: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
     fail_open: Arc<FailOpen>,
 }
@@ -94,7 +97,6 @@ impl Outbox {
             anyhow::anyhow!("opening the settle outbox in {} (is another edge using it?): {e}", dir.display())
         })?;
         let tree = db.open_tree("outbox")?;
-        metrics.outbox_depth.store(tree.len() as i64, Ordering::Relaxed);
         if !tree.is_empty() {
             tracing::info!("outbox: {} records from an earlier run will be replayed", tree.len());
         }
@@ -109,7 +111,8 @@ impl Outbox {
         let fail_open = Arc::new(FailOpen::new(allowance, waiting));
         let (writes, rx) = mpsc::channel(COMMIT * 4);
         let wake = Arc::new(Notify::new());
-        let outbox = Outbox { tree, writes, wake, metrics, fail_open: fail_open.clone() };
+        let depth = Arc::new(AtomicI64::new(tree.len() as i64));
+        let outbox = Outbox { tree, writes, wake, depth, metrics, fail_open: fail_open.clone() };
         tokio::spawn(writer(db, outbox.clone(), rx));
         tokio::spawn(drain(outbox.clone(), ledger));
         outbox.wake.notify_one();
@@ -126,7 +129,7 @@ impl Outbox {
 
     /// Records not yet acknowledged by the ledger.
     pub fn depth(&self) -> usize {
-        self.metrics.outbox_depth.load(Ordering::Relaxed).max(0) as usize
+        self.depth.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// Waits until everything is acknowledged or `within` passes; returns
@@ -143,7 +146,7 @@ impl Outbox {
     fn remove(&self, key: &[u8]) {
         match self.tree.remove(key) {
             Ok(Some(_)) => {
-                self.metrics.outbox_depth.fetch_sub(1, Ordering::Relaxed);
+                self.depth.fetch_sub(1, Ordering::Relaxed);
             }
             Ok(None) => {}
             Err(e) => tracing::error!("outbox: removing an acknowledged record: {e}"),
@@ -175,7 +178,7 @@ async fn writer(db: sled::Db, outbox: Outbox, mut rx: mpsc::Receiver<Write>) {
                 result = Err(format!("flushing the outbox: {e}"));
             }
         }
-        outbox.metrics.outbox_depth.fetch_add(added, Ordering::Relaxed);
+        outbox.depth.fetch_add(added, Ordering::Relaxed);
         if let Err(e) = &result {
             tracing::error!("outbox: {e}");
         }
@@ -238,15 +241,25 @@ async fn settle(c: &dyn Ledger, outbox: &Outbox, s: pb::SettleRequest) -> Sent {
 /// Sends what is on disk, pass after pass; backs off while the ledger does
 /// not acknowledge, and sleeps until woken when there is nothing to send.
 async fn drain(outbox: Outbox, ledger: Arc<dyn Ledger>) {
-    let mut backoff = Duration::ZERO;
+    // While the ledger does not acknowledge: 100 ms, doubling to 5 s,
+    // jittered (every edge's outbox retries when the ledger comes back).
+    let pauses = || {
+        ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = pauses();
+    let mut pause = None;
     loop {
-        if backoff.is_zero() {
-            tokio::select! {
+        match pause {
+            None => tokio::select! {
                 _ = outbox.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        } else {
-            tokio::time::sleep(backoff).await;
+            },
+            Some(p) => tokio::time::sleep(p).await,
         }
         let mut pass = FuturesUnordered::new();
         for item in outbox.tree.iter().take(PASS) {
@@ -272,10 +285,11 @@ async fn drain(outbox: Outbox, ledger: Arc<dyn Ledger>) {
                 Sent::Retry => failed += 1,
             }
         }
-        backoff = if failed > 0 {
-            (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        pause = if failed > 0 {
+            Some(backoff.next().unwrap_or(Duration::from_secs(5)))
         } else {
-            Duration::ZERO
+            backoff = pauses();
+            None
         };
         if failed == 0 && sent > 0 && !outbox.tree.is_empty() {
             // More may be waiting beyond this pass: go again at once.

@@ -4,7 +4,6 @@
 //! released when the provider billed nothing. A stream is relayed frame by
 //! frame while its hold is extended.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -213,7 +212,7 @@ impl Settler {
         idle: Duration,
     ) {
         let s = self.s.clone();
-        s.metrics.open_streams.fetch_add(1, Ordering::Relaxed);
+        s.metrics.open_streams.increment(1.0);
         let mut parser = SseParser::default();
         let mut meter = StreamMeter::default();
         let mut pending_event = BytesMut::new();
@@ -271,7 +270,7 @@ impl Settler {
                 let _ = tx.send(Ok(Frame::data(stream_error_event(api, why)))).await;
             }
         }
-        s.metrics.open_streams.fetch_sub(1, Ordering::Relaxed);
+        s.metrics.open_streams.decrement(1.0);
         // Settle (which registers with shutdown's pending count) before the
         // client's body ends, so a shutdown cannot slip in between.
         if complete {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tollgate_client::LedgerClient;
@@ -185,7 +186,17 @@ impl ConfigCache {
     /// server delivers the config again.
     pub async fn follow(self: Arc<Self>, ledger: LedgerClient, on_index: impl Fn(u64) + Send + 'static) {
         let mut i = 0usize;
-        let mut failures = 0u32;
+        // After each failure a longer pause, up to a second; jittered, so
+        // edges cut off together do not come back in step.
+        let pauses = || {
+            ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_delay(Duration::from_secs(1))
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut backoff = pauses();
         let request = pb::WatchConfigRequest { heartbeat_ms: WATCH_HEARTBEAT.as_millis() as u32 };
         loop {
             let mut client = ledger.at(i);
@@ -201,7 +212,7 @@ impl ConfigCache {
                         match tokio::time::timeout(WATCH_STALE_AFTER, stream.message()).await {
                             Ok(Ok(Some(snap))) => {
                                 if snap.in_touch {
-                                    failures = 0;
+                                    backoff = pauses();
                                     self.heard();
                                 }
                                 if !snap.heartbeat {
@@ -230,9 +241,7 @@ impl ConfigCache {
                 }
             }
             self.live.store(false, Ordering::Release);
-            failures = failures.saturating_add(1);
-            let pause = Duration::from_millis(50 * u64::from(failures.min(20)));
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;
         }
     }
 }

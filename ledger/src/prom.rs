@@ -1,3 +1,0 @@
-//! The Prometheus text helpers: [`tollgate_types::prom`], re-exported.
-
-pub use tollgate_types::prom::*;
