@@ -18,7 +18,7 @@ use tollgate_proto::v1 as pb;
 use tollgate_tls::{ClusterTls, Role};
 
 use crate::checker::{self, BudgetFigures, ClientRecord, Fault, History, MemberState, Verdict};
-use crate::load::{http_client, http_get, user_loop, Load, User};
+use crate::load::{http_client, http_get, user_loop, Http, Load, User};
 use crate::netns::Net;
 use crate::pki::{host_of, Pki};
 use crate::procs::{kill, KillOnDrop, Procs};
@@ -192,23 +192,21 @@ async fn wait_leader(admin_addrs: &[String], tls: &Option<Arc<ClusterTls>>, with
 }
 
 /// Runs one scenario and checks it.
+/// A run's processes and where they listen.
+struct World {
+    p: Procs,
+    _mock: KillOnDrop,
+    dir: PathBuf,
+    truth_log: PathBuf,
+    ledger_addrs: BTreeMap<u64, String>,
+    /// The ledger nodes' gRPC addresses, for the admin client.
+    admin_addrs: Vec<String>,
+    edge_addrs: Vec<String>,
+    admin_tls: Option<Arc<ClusterTls>>,
+}
+
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
-    if !SCENARIOS.contains(&cfg.scenario.as_str()) {
-        bail!("unknown scenario {:?}; one of: {}", cfg.scenario, SCENARIOS.join(", "));
-    }
-    if cfg.nodes < 3 || cfg.edges < 1 || cfg.users == 0 || cfg.teams == 0 {
-        bail!("need at least 3 ledger nodes, 1 edge, 1 team and 1 user");
-    }
-    let bin = cfg.bin_dir.join("tollgate");
-    let mock_bin = cfg.bin_dir.join("mock-upstream");
-    for b in [&bin, &mock_bin] {
-        if !b.exists() {
-            bail!(
-                "{} not found: build it first (cargo build --release -p tollgate-node -p tollgate-chaos)",
-                b.display()
-            );
-        }
-    }
+    check(&cfg)?;
     let tmp;
     let dir: PathBuf = match &cfg.keep {
         Some(d) => {
@@ -221,6 +219,77 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         }
     };
     let mut rng = Rng::new(cfg.seed);
+    let mut w = start(&cfg, &dir)?;
+    let (admin, users) = provision(&cfg, &w).await?;
+    let http = http_client();
+    wait_edges_ready(&http, &w).await?;
+    // The edges' config must include every key before load starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let t0 = Instant::now();
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let shared = Load {
+        client: http.clone(),
+        edges: Arc::new(w.edge_addrs.clone()),
+        rate: cfg.rate,
+        t0,
+        until: t0 + cfg.duration,
+        out: records.clone(),
+    };
+    let load: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| tokio::spawn(user_loop(shared.clone(), u.clone(), cfg.seed ^ ((i as u64 + 1) << 32))))
+        .collect();
+    let faults = inject_faults(&cfg, &mut w, &mut rng, t0).await?;
+    for h in load {
+        let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
+    }
+    heal(&cfg, &mut w, &http).await?;
+    wait_holds_ended(&admin).await;
+    let members = members(&w).await;
+
+    let history = History {
+        strict: cfg.strict,
+        fail_open_allowance: cfg.fail_open_allowance,
+        edges: cfg.edges,
+        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        truth: if w.truth_log.exists() { crate::mock::read_log(&w.truth_log)? } else { vec![] },
+        clients: std::mem::take(&mut *records.lock().await),
+        budgets: budgets(&admin).await?,
+        key_spend: key_spend(&admin).await?,
+        members,
+        faults,
+    };
+    drop(w);
+    if cfg.keep.is_some() {
+        let clients: Vec<&ClientRecord> = history.clients.iter().collect();
+        std::fs::write(dir.join("clients.json"), serde_json::to_vec(&clients)?)?;
+    }
+    Ok(report(&cfg, &history, checker::check(&history)))
+}
+
+fn check(cfg: &RunConfig) -> anyhow::Result<()> {
+    if !SCENARIOS.contains(&cfg.scenario.as_str()) {
+        bail!("unknown scenario {:?}; one of: {}", cfg.scenario, SCENARIOS.join(", "));
+    }
+    if cfg.nodes < 3 || cfg.edges < 1 || cfg.users == 0 || cfg.teams == 0 {
+        bail!("need at least 3 ledger nodes, 1 edge, 1 team and 1 user");
+    }
+    for b in ["tollgate", "mock-upstream"].map(|b| cfg.bin_dir.join(b)) {
+        if !b.exists() {
+            bail!(
+                "{} not found: build it first (cargo build --release -p tollgate-node -p tollgate-chaos)",
+                b.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The network, the mock upstream, the ledger nodes and the edges.
+fn start(cfg: &RunConfig, dir: &Path) -> anyhow::Result<World> {
+    let bin = cfg.bin_dir.join("tollgate");
     let mut hosts: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
     hosts.extend((0..cfg.edges).map(|k| format!("e{k}")));
     let net = Net::create(&hosts.iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -230,14 +299,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let admin_addrs: Vec<String> = ledger_addrs.values().cloned().collect();
 
     // The mock upstream, in the root namespace on the bridge's address.
-    let mock_port = {
-        let l = std::net::TcpListener::bind((net.gateway_ip.as_str(), 0))?;
-        l.local_addr()?.port()
-    };
+    let mock_port = std::net::TcpListener::bind((net.gateway_ip.as_str(), 0))?.local_addr()?.port();
     let mock_url = format!("http://{}:{mock_port}", net.gateway_ip);
     let truth_log = dir.join("truth.jsonl");
     let mock = KillOnDrop(
-        Command::new(&mock_bin)
+        Command::new(cfg.bin_dir.join("mock-upstream"))
             .args(["--listen", &format!("{}:{mock_port}", net.gateway_ip), "--event-delay-ms", "25"])
             .args(["--expect-key", UPSTREAM_KEY, "--log"])
             .arg(&truth_log)
@@ -246,26 +312,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             .spawn()
             .context("starting mock-upstream")?,
     );
-
-    let edge_cfg = dir.join("edge.toml");
-    let fail_open = match cfg.fail_open_allowance {
-        Some(n) => format!(
-            "fail_mode = \"open\"\nfail_open_allowance_usd = \"{}.{:09}\"\n",
-            n / 1_000_000_000,
-            n % 1_000_000_000
-        ),
-        None => String::new(),
-    };
-    // Estimate mode sizes output reservations from each user's recent
-    // outputs: seed and floor scaled to the load's small max_tokens, so the
-    // percentile (and what it misses) is exercised.
-    let sizing = if cfg.strict { "" } else { "output_seed_tokens = 64\noutput_floor_tokens = 16\n" };
-    std::fs::write(
-        &edge_cfg,
-        format!(
-            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}{sizing}"
-        ),
-    )?;
+    let edge_cfg = write_edge_config(cfg, dir)?;
     // Every process gets its own certificate from a CA made for this run.
     let pki = if cfg.tls { Some(Pki::create(&dir.join("pki"))?) } else { None };
     let transport = |role: &Role, hosts: Vec<String>| -> anyhow::Result<Vec<String>> {
@@ -280,8 +327,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let admin_tls = pki.as_ref().map(|p| p.client(&Role::Admin("chaos".into()))).transpose()?;
     let mut p = Procs {
-        bin: bin.clone(),
-        dir: dir.clone(),
+        bin,
+        dir: dir.to_path_buf(),
         net,
         ledger_peers,
         node_flags,
@@ -306,27 +353,52 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         p.edge_args.insert(k, args);
         p.spawn_edge(k)?;
     }
+    Ok(World { p, _mock: mock, dir: dir.to_path_buf(), truth_log, ledger_addrs, admin_addrs, edge_addrs, admin_tls })
+}
 
-    // Principals and budgets.
-    let token_path = dir.join("n1").join("admin.token");
+/// The edges' config file: short holds, fail-open when asked, and estimate
+/// mode's seed and floor scaled to the load's small `max_tokens`, so the
+/// percentile (and what it misses) is exercised.
+fn write_edge_config(cfg: &RunConfig, dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("edge.toml");
+    let fail_open = match cfg.fail_open_allowance {
+        Some(n) => format!(
+            "fail_mode = \"open\"\nfail_open_allowance_usd = \"{}.{:09}\"\n",
+            n / 1_000_000_000,
+            n % 1_000_000_000
+        ),
+        None => String::new(),
+    };
+    let sizing = if cfg.strict { "" } else { "output_seed_tokens = 64\noutput_floor_tokens = 16\n" };
+    std::fs::write(
+        &path,
+        format!(
+            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}{sizing}"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Waits for the admin API, then creates the teams (each with a hard
+/// budget sized to run out during the run: about 30% of the expected
+/// spend, ~$0.00066 a request on average), the users and their keys.
+async fn provision(cfg: &RunConfig, w: &World) -> anyhow::Result<(AdminClient, Vec<User>)> {
+    let token_path = w.dir.join("n1").join("admin.token");
     let deadline = Instant::now() + Duration::from_secs(60);
     let admin = loop {
         if let Ok(t) = std::fs::read_to_string(&token_path) {
-            let a = AdminClient::new(&admin_addrs, Some(t.trim().to_string()), admin_tls.clone())?;
+            let a = AdminClient::new(&w.admin_addrs, Some(t.trim().to_string()), w.admin_tls.clone())?;
             if a.call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await }).await.is_ok() {
                 break a;
             }
         }
         if Instant::now() > deadline {
-            bail!("the ledger never became ready; logs in {}", dir.display());
+            bail!("the ledger never became ready; logs in {}", w.dir.display());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Budgets sized to run out during the run: about 30% of the expected
-    // spend (~$0.00066 per request on average) spread over the teams.
     let expected = cfg.users as f64 * cfg.rate * cfg.duration.as_secs_f64() * 660_000.0;
     let per_team = (expected * 0.3 / cfg.teams as f64).max(20_000_000.0) as u64;
-    let mut users = Vec::new();
     for t in 0..cfg.teams {
         let team = format!("team{t}");
         admin
@@ -335,6 +407,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let limit_usd = format!("{}.{:09}", per_team / 1_000_000_000, per_team % 1_000_000_000);
         crate::cluster::set_budget(&admin, &format!("team:{team}"), &limit_usd).await?;
     }
+    let mut users = Vec::new();
     for u in 0..cfg.users {
         let team = format!("team{}", u % cfg.teams);
         let email = format!("user{u}@chaos.io");
@@ -344,39 +417,25 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let k = admin.call(req, |mut c, r| async move { c.create_key(r).await }).await?;
         users.push(User { key_id: k.id, secret: k.secret, team });
     }
-    let http = http_client();
+    Ok((admin, users))
+}
+
+async fn wait_edges_ready(http: &Http, w: &World) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for addr in &edge_addrs {
-        while http_get(&http, &format!("http://{addr}/readyz")).await.is_none() {
+    for addr in &w.edge_addrs {
+        while http_get(http, &format!("http://{addr}/readyz")).await.is_none() {
             if Instant::now() > deadline {
-                bail!("edge {addr} never became ready; logs in {}", dir.display());
+                bail!("edge {addr} never became ready; logs in {}", w.dir.display());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // The edges' config must include every key before load starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
 
-    // Load.
-    let t0 = Instant::now();
-    let until = t0 + cfg.duration;
-    let records = Arc::new(Mutex::new(Vec::new()));
-    let shared = Load {
-        client: http.clone(),
-        edges: Arc::new(edge_addrs.clone()),
-        rate: cfg.rate,
-        t0,
-        until,
-        out: records.clone(),
-    };
-    let load: Vec<_> = users
-        .iter()
-        .enumerate()
-        .map(|(i, u)| tokio::spawn(user_loop(shared.clone(), u.clone(), cfg.seed ^ ((i as u64 + 1) << 32))))
-        .collect();
-
-    // Faults, on a schedule from the seed: the first at 20–40% of the run,
-    // then every 15–25 s while there is time to heal before the end.
+/// Faults on a schedule from the seed: the first at 20–40% of the run,
+/// then every 15–25 s while there is time to heal before the end.
+async fn inject_faults(cfg: &RunConfig, w: &mut World, rng: &mut Rng, t0: Instant) -> anyhow::Result<Vec<Fault>> {
     let mut faults: Vec<Fault> = Vec::new();
     let mut at = cfg.duration.mul_f64(0.2 + 0.2 * rng.unit());
     let ms = |t: Instant| t.duration_since(t0).as_millis() as u64;
@@ -386,139 +445,159 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         }
         tokio::time::sleep_until((t0 + at).into()).await;
         let mut f = Fault { kind: cfg.scenario.clone(), at_ms: ms(Instant::now()), ..Default::default() };
-        match cfg.scenario.as_str() {
-            "leader-kill" | "follower-kill" => {
-                let l = wait_leader(&admin_addrs, &admin_tls, Duration::from_secs(10)).await.context("no leader")?;
-                let target = if cfg.scenario == "leader-kill" {
-                    l
-                } else {
-                    let others: Vec<u64> = (1..=cfg.nodes).filter(|i| *i != l).collect();
-                    others[rng.below(others.len() as u64) as usize]
-                };
-                f.target = format!("n{target}");
-                f.at_ms = ms(Instant::now());
-                p.kill_node(target);
-                tokio::time::sleep(Duration::from_millis(2_000 + rng.below(2_000))).await;
-                p.spawn_node(target)?;
-            }
-            "edge-kill" => {
-                let k = rng.below(cfg.edges as u64) as usize;
-                f.target = format!("e{k}");
-                f.edge = Some(k);
-                f.at_ms = ms(Instant::now());
-                p.kill_edge(k);
-                tokio::time::sleep(Duration::from_millis(1_000 + rng.below(2_000))).await;
-                p.spawn_edge(k)?;
-            }
-            "leader-pause" => {
-                let l = wait_leader(&admin_addrs, &admin_tls, Duration::from_secs(10)).await.context("no leader")?;
-                f.target = format!("n{l}");
-                let pid = p.node_pid(l).context("leader not running")?;
-                f.at_ms = ms(Instant::now());
-                kill(pid, "-STOP");
-                // Longer than the largest election timeout (2 × the minimum).
-                tokio::time::sleep(Duration::from_millis(2 * 2 * ELECTION_TIMEOUT_MS + rng.below(1_000))).await;
-                kill(pid, "-CONT");
-            }
-            "leader-partition" => {
-                let l = wait_leader(&admin_addrs, &admin_tls, Duration::from_secs(10)).await.context("no leader")?;
-                f.target = format!("n{l}");
-                let others: Vec<String> = (1..=cfg.nodes).filter(|i| *i != l).map(|i| format!("n{i}")).collect();
-                f.at_ms = ms(Instant::now());
-                p.net.isolate(&format!("n{l}"), &others)?;
-                tokio::time::sleep(Duration::from_millis(3_000 + rng.below(3_000))).await;
-                p.net.heal()?;
-            }
-            "edge-partition" => {
-                let k = rng.below(cfg.edges as u64) as usize;
-                f.target = format!("e{k}");
-                let ledger: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
-                f.at_ms = ms(Instant::now());
-                p.net.isolate(&format!("e{k}"), &ledger)?;
-                tokio::time::sleep(Duration::from_millis(3_000 + rng.below(3_000))).await;
-                p.net.heal()?;
-            }
-            "rolling-restart" => {
-                f.target = "all".into();
-                for id in 1..=cfg.nodes {
-                    p.stop_node(id, Duration::from_secs(10));
-                    p.spawn_node(id)?;
-                    // Wait for it to rejoin before the next one goes.
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    loop {
-                        let s = AdminClient::node_status_at(
-                            &ledger_addrs[&id],
-                            Duration::from_millis(500),
-                            admin_tls.clone(),
-                        )
-                        .await;
-                        if s.is_ok_and(|s| s.has_leader && s.applied_index > 0) {
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            bail!("node {id} did not rejoin after its restart");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-            _ => unreachable!(),
-        }
+        inject(cfg, w, rng, &mut f, || ms(Instant::now())).await?;
         f.healed_ms = ms(Instant::now());
         faults.push(f);
         at = Duration::from_millis(ms(Instant::now())) + Duration::from_millis(15_000 + rng.below(10_000));
     }
-    for h in load {
-        let _ = tokio::time::timeout(Duration::from_secs(60), h).await;
-    }
+    Ok(faults)
+}
 
-    // Heal everything, then let the outboxes drain and every hold end.
-    p.net.heal()?;
-    for c in p.nodes.values() {
+/// One fault of the run's scenario, healed before it returns; `f` gets its
+/// target and the moment it struck (`now`, ms into the run).
+async fn inject(
+    cfg: &RunConfig,
+    w: &mut World,
+    rng: &mut Rng,
+    f: &mut Fault,
+    now: impl Fn() -> u64,
+) -> anyhow::Result<()> {
+    let leader = || wait_leader(&w.admin_addrs, &w.admin_tls, Duration::from_secs(10));
+    match cfg.scenario.as_str() {
+        "leader-kill" | "follower-kill" => {
+            let l = leader().await.context("no leader")?;
+            let target = if cfg.scenario == "leader-kill" {
+                l
+            } else {
+                let others: Vec<u64> = (1..=cfg.nodes).filter(|i| *i != l).collect();
+                others[rng.below(others.len() as u64) as usize]
+            };
+            f.target = format!("n{target}");
+            f.at_ms = now();
+            w.p.kill_node(target);
+            tokio::time::sleep(Duration::from_millis(2_000 + rng.below(2_000))).await;
+            w.p.spawn_node(target)?;
+        }
+        "edge-kill" => {
+            let k = rng.below(cfg.edges as u64) as usize;
+            f.target = format!("e{k}");
+            f.edge = Some(k);
+            f.at_ms = now();
+            w.p.kill_edge(k);
+            tokio::time::sleep(Duration::from_millis(1_000 + rng.below(2_000))).await;
+            w.p.spawn_edge(k)?;
+        }
+        "leader-pause" => {
+            let l = leader().await.context("no leader")?;
+            f.target = format!("n{l}");
+            let pid = w.p.node_pid(l).context("leader not running")?;
+            f.at_ms = now();
+            kill(pid, "-STOP");
+            // Longer than the largest election timeout (2 × the minimum).
+            tokio::time::sleep(Duration::from_millis(2 * 2 * ELECTION_TIMEOUT_MS + rng.below(1_000))).await;
+            kill(pid, "-CONT");
+        }
+        "leader-partition" => {
+            let l = leader().await.context("no leader")?;
+            f.target = format!("n{l}");
+            let others: Vec<String> = (1..=cfg.nodes).filter(|i| *i != l).map(|i| format!("n{i}")).collect();
+            f.at_ms = now();
+            w.p.net.isolate(&format!("n{l}"), &others)?;
+            tokio::time::sleep(Duration::from_millis(3_000 + rng.below(3_000))).await;
+            w.p.net.heal()?;
+        }
+        "edge-partition" => {
+            let k = rng.below(cfg.edges as u64) as usize;
+            f.target = format!("e{k}");
+            let ledger: Vec<String> = (1..=cfg.nodes).map(|i| format!("n{i}")).collect();
+            f.at_ms = now();
+            w.p.net.isolate(&format!("e{k}"), &ledger)?;
+            tokio::time::sleep(Duration::from_millis(3_000 + rng.below(3_000))).await;
+            w.p.net.heal()?;
+        }
+        "rolling-restart" => {
+            f.target = "all".into();
+            for id in 1..=cfg.nodes {
+                w.p.stop_node(id, Duration::from_secs(10));
+                w.p.spawn_node(id)?;
+                wait_rejoined(w, id).await?;
+            }
+        }
+        _ => unreachable!(),
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until restarted node `id` knows a leader and has applied entries.
+async fn wait_rejoined(w: &World, id: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s =
+            AdminClient::node_status_at(&w.ledger_addrs[&id], Duration::from_millis(500), w.admin_tls.clone()).await;
+        if s.is_ok_and(|s| s.has_leader && s.applied_index > 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {id} did not rejoin after its restart");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Heals the network, resumes and restarts every process, and lets the
+/// edges' outboxes drain (bounded: the checker reports what is missing).
+async fn heal(cfg: &RunConfig, w: &mut World, http: &Http) -> anyhow::Result<()> {
+    w.p.net.heal()?;
+    for c in w.p.nodes.values() {
         kill(c.id(), "-CONT");
     }
     for id in 1..=cfg.nodes {
-        if !p.nodes.contains_key(&id) {
-            p.spawn_node(id)?;
+        if !w.p.nodes.contains_key(&id) {
+            w.p.spawn_node(id)?;
         }
     }
     for k in 0..cfg.edges {
-        if !p.edges.contains_key(&k) {
-            p.spawn_edge(k)?;
+        if !w.p.edges.contains_key(&k) {
+            w.p.spawn_edge(k)?;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    for addr in &edge_addrs {
+    for addr in &w.edge_addrs {
         loop {
-            let m = http_get(&http, &format!("http://{addr}/metrics")).await.unwrap_or_default();
-            if m.lines().any(|l| l == "tollgate_outbox_depth 0") {
+            let m = http_get(http, &format!("http://{addr}/metrics")).await.unwrap_or_default();
+            if m.lines().any(|l| l == "tollgate_outbox_depth 0") || Instant::now() > deadline {
                 break;
-            }
-            if Instant::now() > deadline {
-                break; // the checker will report what is missing
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let usage = |by: &'static str| {
-        let admin = admin.clone();
-        async move { admin.call(pb::UsageRequest { by: by.into() }, |mut c, r| async move { c.usage(r).await }).await }
-    };
-    // Holds of requests whose edge died end by expiry, one ttl after their last extension.
+    Ok(())
+}
+
+async fn usage(admin: &AdminClient, by: &str) -> Result<pb::UsageResponse, tonic::Status> {
+    admin.call(pb::UsageRequest { by: by.into() }, |mut c, r| async move { c.usage(r).await }).await
+}
+
+/// Holds of requests whose edge died end by expiry, one ttl after their
+/// last extension: waits (bounded) until nothing is held.
+async fn wait_holds_ended(admin: &AdminClient) {
     let deadline = Instant::now() + Duration::from_secs(HOLD_TTL_SECS * 3 + 20);
     loop {
-        let held: u64 = usage("key").await.map(|r| r.rows.iter().map(|r| r.held_nano_usd).sum()).unwrap_or(1);
+        let held: u64 = usage(admin, "key").await.map(|r| r.rows.iter().map(|r| r.held_nano_usd).sum()).unwrap_or(1);
         if held == 0 || Instant::now() > deadline {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Agreement: every member at the same index with the same digest.
+}
+
+/// Every member's applied index and digest, once they agree (or after 30 s).
+async fn members(w: &World) -> Vec<MemberState> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let members = loop {
+    loop {
         let mut ms = Vec::new();
-        for (id, addr) in &ledger_addrs {
-            match AdminClient::node_status_at(addr, Duration::from_secs(2), admin_tls.clone()).await {
+        for (id, addr) in &w.ledger_addrs {
+            match AdminClient::node_status_at(addr, Duration::from_secs(2), w.admin_tls.clone()).await {
                 Ok(s) => ms.push(MemberState {
                     id: *id,
                     reachable: true,
@@ -531,11 +610,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         let agree =
             ms.iter().all(|m| m.reachable && m.applied_index == ms[0].applied_index && m.digest == ms[0].digest);
         if agree || Instant::now() > deadline {
-            break ms;
+            return ms;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
 
+/// Each budget's figures as the ledger reports them.
+async fn budgets(admin: &AdminClient) -> anyhow::Result<Vec<BudgetFigures>> {
     let modes: BTreeMap<String, bool> = admin
         .call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
         .await?
@@ -543,7 +625,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         .into_iter()
         .map(|b| (b.scope, b.mode == "hard"))
         .collect();
-    let budgets: Vec<BudgetFigures> = usage("")
+    Ok(usage(admin, "")
         .await?
         .rows
         .into_iter()
@@ -555,37 +637,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
             held: r.held_nano_usd,
             unsettled: r.unsettled_nano_usd,
         })
-        .collect();
-    let key_spend: BTreeMap<String, (u64, u64)> = usage("key")
+        .collect())
+}
+
+/// Spent and held per key id.
+async fn key_spend(admin: &AdminClient) -> anyhow::Result<BTreeMap<String, (u64, u64)>> {
+    Ok(usage(admin, "key")
         .await?
         .rows
         .into_iter()
         .filter_map(|r| r.scope.strip_prefix("key:").map(|k| (k.to_string(), (r.spent_nano_usd, r.held_nano_usd))))
-        .collect();
-    let truth = if truth_log.exists() { crate::mock::read_log(&truth_log)? } else { vec![] };
-    let clients = std::mem::take(&mut *records.lock().await);
-    drop(mock);
-    drop(p);
+        .collect())
+}
 
-    let history = History {
-        strict: cfg.strict,
-        fail_open_allowance: cfg.fail_open_allowance,
-        edges: cfg.edges,
-        election_timeout_ms: ELECTION_TIMEOUT_MS,
-        truth,
-        clients,
-        budgets,
-        key_spend,
-        members,
-        faults: faults.clone(),
-    };
-    if cfg.keep.is_some() {
-        let clients: Vec<&ClientRecord> = history.clients.iter().collect();
-        std::fs::write(dir.join("clients.json"), serde_json::to_vec(&clients)?)?;
-    }
-    let v: Verdict = checker::check(&history);
-    let spent = history.key_spend.values().map(|(s, _)| s).sum();
-    Ok(Report {
+fn report(cfg: &RunConfig, history: &History, v: Verdict) -> Report {
+    Report {
         scenario: cfg.scenario.clone(),
         seed: cfg.seed,
         duration_secs: cfg.duration.as_secs(),
@@ -593,7 +659,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         edges: cfg.edges,
         estimate: if cfg.strict { "strict" } else { "estimate" }.into(),
         tls: cfg.tls,
-        faults,
+        faults: history.faults.clone(),
         requests: v.requests.clone(),
         overspend_nano_usd: v.overspend_nano_usd,
         estimate_overshoot_nano_usd: v.estimate_overshoot_nano_usd,
@@ -609,10 +675,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
         unavailability_by_fault: v.unavailability_by_fault.clone(),
         election_timeout_ms: ELECTION_TIMEOUT_MS,
         upstream_responses: history.truth.iter().filter(|t| t.status == 200).count(),
-        spent_nano_usd: spent,
+        spent_nano_usd: history.key_spend.values().map(|(s, _)| s).sum(),
         passed: v.violations.is_empty(),
         violations: v.violations,
-    })
+    }
 }
 
 /// Writes the report as JSON to `path`.

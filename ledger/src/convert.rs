@@ -1,5 +1,7 @@
 //! Conversions between the state machine's domain types and the wire types
-//! of `tollgate-proto`, in one place per type.
+//! of `tollgate-proto`: `From`/`TryFrom` impls next to each other (the types
+//! this crate shares with the edge convert in `tollgate_types::wire`), and
+//! the usage query's rows.
 
 use tollgate_proto::v1 as pb;
 use tonic::{Code, Status};
@@ -8,67 +10,89 @@ use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
 use crate::state::{AttribKind, AttribRec, BudgetRec, ErrorCode, HoldId, LedgerState, Rejection};
 
-pub fn hold_id(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
-    let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
-    let arr: [u8; 16] =
-        bytes.try_into().map_err(|_| format!("hold_id must be exactly 16 bytes, got {}", bytes.len()))?;
-    Ok(HoldId(u128::from_be_bytes(arr)))
+/// A hold id off the wire (absent counts as empty): exactly 16 bytes.
+impl TryFrom<Option<&pb::HoldId>> for HoldId {
+    type Error = String;
+
+    fn try_from(h: Option<&pb::HoldId>) -> Result<HoldId, String> {
+        let bytes = h.map(|h| h.id.as_slice()).unwrap_or_default();
+        let arr: [u8; 16] =
+            bytes.try_into().map_err(|_| format!("hold_id must be exactly 16 bytes, got {}", bytes.len()))?;
+        Ok(HoldId(u128::from_be_bytes(arr)))
+    }
 }
 
-pub fn hold_id_to_pb(h: HoldId) -> pb::HoldId {
-    pb::HoldId { id: h.0.to_be_bytes().to_vec() }
+impl From<HoldId> for pb::HoldId {
+    fn from(h: HoldId) -> pb::HoldId {
+        pb::HoldId { id: h.0.to_be_bytes().to_vec() }
+    }
 }
 
-pub fn item_error(r: &Rejection) -> pb::ItemError {
-    pb::ItemError { code: r.code.as_str().to_string(), message: r.message.clone() }
+/// A command the state machine rejected, as one item of a batch's answer.
+impl From<&Rejection> for pb::ItemError {
+    fn from(r: &Rejection) -> pb::ItemError {
+        pb::ItemError { code: r.code.as_str().to_string(), message: r.message.clone() }
+    }
 }
 
-pub fn rejection_status(r: &Rejection) -> Status {
-    let code = match r.code {
-        ErrorCode::InvalidArgument => Code::InvalidArgument,
-        ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::AlreadyExists => Code::AlreadyExists,
-        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
-    };
-    Status::new(code, r.message.clone())
+/// A rejected admin command, as the call's status.
+impl From<&Rejection> for Status {
+    fn from(r: &Rejection) -> Status {
+        let code = match r.code {
+            ErrorCode::InvalidArgument => Code::InvalidArgument,
+            ErrorCode::NotFound => Code::NotFound,
+            ErrorCode::AlreadyExists => Code::AlreadyExists,
+            ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        };
+        Status::new(code, r.message.clone())
+    }
 }
 
 /// Metadata on a status that says the request was certainly not applied,
 /// so a client may send it again (to this node or another).
 pub const RETRY_SAFE_HEADER: &str = "x-tollgate-retry-safe";
 
-pub fn propose_status(e: &ProposeError) -> Status {
-    let mut status = propose_status_inner(e);
-    if !matches!(e, ProposeError::Unknown(_)) {
-        status.metadata_mut().insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
-    }
-    status
-}
-
-fn propose_status_inner(e: &ProposeError) -> Status {
-    match e {
-        ProposeError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
-        ProposeError::NotMember(_) => Status::failed_precondition(format!(
-            "{e}: start one node with --bootstrap, or point at a member of the cluster"
-        )),
-        // Maybe applied: the caller must not blindly retry (an edge releases the hold).
-        ProposeError::Unknown(_) => Status::unknown(e.to_string()),
-        // Not applied: safe to retry, here or on another node.
-        ProposeError::NoLeader | ProposeError::ShuttingDown => Status::unavailable(e.to_string()),
-    }
-}
-
-pub fn budget_to_pb(b: &BudgetRec) -> pb::Budget {
-    pb::Budget {
-        scope: b.scope.to_string(),
-        model: b.model.clone().unwrap_or_default(),
-        limit_nano_usd: b.limit.0,
-        period: b.period.as_str().to_string(),
-        mode: b.mode.as_str().to_string(),
+/// A proposal that failed, as the call's status: marked retry safe unless
+/// it may have been applied.
+impl From<&ProposeError> for Status {
+    fn from(e: &ProposeError) -> Status {
+        let mut status = match e {
+            ProposeError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
+            ProposeError::NotMember(_) => Status::failed_precondition(format!(
+                "{e}: start one node with --bootstrap, or point at a member of the cluster"
+            )),
+            // Maybe applied: the caller must not blindly retry (an edge releases the hold).
+            ProposeError::Unknown(_) => Status::unknown(e.to_string()),
+            // Not applied: safe to retry, here or on another node.
+            ProposeError::NoLeader | ProposeError::ShuttingDown => Status::unavailable(e.to_string()),
+        };
+        if !matches!(e, ProposeError::Unknown(_)) {
+            status.metadata_mut().insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        status
     }
 }
 
-pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
+impl From<&BudgetRec> for pb::Budget {
+    fn from(b: &BudgetRec) -> pb::Budget {
+        pb::Budget {
+            scope: b.scope.to_string(),
+            model: b.model.clone().unwrap_or_default(),
+            limit_nano_usd: b.limit.0,
+            period: b.period.as_str().to_string(),
+            mode: b.mode.as_str().to_string(),
+        }
+    }
+}
+
+/// The config edges follow: keys, policies, budgets, limits and prices.
+impl From<&LedgerState> for pb::ConfigSnapshot {
+    fn from(s: &LedgerState) -> pb::ConfigSnapshot {
+        config_snapshot(s)
+    }
+}
+
+fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
     pb::ConfigSnapshot {
         index: s.config_index,
         teams: s.teams.keys().map(|name| pb::Team { name: name.clone() }).collect(),
@@ -84,7 +108,7 @@ pub fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
                 revoked: k.revoked,
             })
             .collect(),
-        budgets: s.budgets.values().map(budget_to_pb).collect(),
+        budgets: s.budgets.values().map(pb::Budget::from).collect(),
         policies: s
             .policies
             .iter()

@@ -9,7 +9,7 @@ use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{random_token, sha256_hex, token_matches, Audience, Gate};
-use crate::convert::*;
+use crate::convert::{usage_rows, RETRY_SAFE_HEADER};
 use crate::money::NanoUsd;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::{NodeId, Raft};
@@ -36,7 +36,7 @@ impl AdminApi {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         if membership.voter_ids().next().is_none() {
-            return Err(propose_status(&ProposeError::NotMember(self.id)));
+            return Err(Status::from(&ProposeError::NotMember(self.id)));
         }
         if membership.get_node(&self.id).is_none() {
             return Err(Status::failed_precondition(format!("node {} is not a member of this cluster", self.id)));
@@ -73,10 +73,10 @@ impl AdminApi {
     async fn admin(&self, (token, actor): &(String, String), op: AdminOp) -> Result<u64, Status> {
         let cmds = vec![Command::Admin { actor: actor.clone(), op }];
         let (index, outcomes) =
-            self.proposer.submit_admin(cmds, token.to_string()).await.map_err(|e| propose_status(&e))?;
+            self.proposer.submit_admin(cmds, token.to_string()).await.map_err(|e| Status::from(&e))?;
         match outcomes.first() {
             Some(Outcome::Done) => Ok(index),
-            Some(Outcome::Rejected(r)) => Err(rejection_status(r)),
+            Some(Outcome::Rejected(r)) => Err(Status::from(r)),
             other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
         }
     }
@@ -94,13 +94,13 @@ impl AdminApi {
             })?;
             return Ok(None);
         }
-        let leader = m.current_leader.ok_or_else(|| propose_status(&ProposeError::NoLeader))?;
+        let leader = m.current_leader.ok_or_else(|| Status::from(&ProposeError::NoLeader))?;
         let addr = m
             .membership_config
             .membership()
             .get_node(&leader)
             .map(|n| n.addr.clone())
-            .ok_or_else(|| propose_status(&ProposeError::NoLeader))?;
+            .ok_or_else(|| Status::from(&ProposeError::NoLeader))?;
         let ch = crate::network::channel(&addr, self.tls.clone()).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Some(AdminServiceClient::new(ch)))
     }
@@ -237,7 +237,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         if let Some(mut leader) = self.read_at_leader().await? {
             return leader.list_budgets(forwarded(&req, pb::ListBudgetsRequest {})).await;
         }
-        let budgets = self.sm.read(|a| a.state.budgets.values().map(budget_to_pb).collect());
+        let budgets = self.sm.read(|a| a.state.budgets.values().map(pb::Budget::from).collect());
         Ok(Response::new(pb::ListBudgetsResponse { budgets }))
     }
 
@@ -246,7 +246,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         if let Some(mut leader) = self.read_at_leader().await? {
             return leader.get_config(forwarded(&req, pb::GetConfigRequest {})).await;
         }
-        Ok(Response::new(self.sm.read(|a| config_snapshot(&a.state))))
+        Ok(Response::new(self.sm.read(|a| pb::ConfigSnapshot::from(&a.state))))
     }
 
     async fn usage(&self, req: Request<pb::UsageRequest>) -> Result<Response<pb::UsageResponse>, Status> {

@@ -8,11 +8,10 @@ use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{unexpected, MAX_ITEMS_PER_CALL};
-use crate::convert::*;
 use crate::money::NanoUsd;
 use crate::probe::LedgerProbe;
 use crate::proposer::Proposer;
-use crate::state::{Attribution, Command, Outcome, Usage, MAX_ATTRIBUTION_ID_BYTES};
+use crate::state::{Attribution, Command, HoldId, Outcome, Usage, MAX_ATTRIBUTION_ID_BYTES};
 use crate::store::StateMachineStore;
 
 fn check_items(n: usize) -> Result<(), Status> {
@@ -57,7 +56,7 @@ async fn propose_items<T, R>(
         }
     }
     if !cmds.is_empty() {
-        let (_, outcomes) = proposer.submit(cmds).await.map_err(|e| propose_status(&e))?;
+        let (_, outcomes) = proposer.submit(cmds).await.map_err(|e| Status::from(&e))?;
         let mut outcomes = outcomes.iter();
         for slot in results.iter_mut().filter(|r| r.is_none()) {
             let o = outcomes.next().ok_or_else(|| Status::internal("fewer outcomes than commands"))?;
@@ -91,7 +90,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             |r| {
                 check_key_model(&r.key_id, &r.model)?;
                 Ok(Command::Reserve {
-                    hold: hold_id(r.hold_id.as_ref())?,
+                    hold: HoldId::try_from(r.hold_id.as_ref())?,
                     key: r.key_id.clone(),
                     model: r.model.clone(),
                     amount: NanoUsd(r.amount_nano_usd),
@@ -101,7 +100,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
             |o| match o {
                 Outcome::Granted { expires_at_ms } => R::GrantedExpiresAtMs(*expires_at_ms),
                 Outcome::Denied(d) => R::Denied(pb::Denial::from(d)),
-                Outcome::Rejected(r) => R::Error(item_error(r)),
+                Outcome::Rejected(r) => R::Error(r.into()),
                 other => R::Error(unexpected(other)),
             },
             R::Error,
@@ -129,7 +128,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                     return Err(format!("{name} is longer than {MAX_ATTRIBUTION_ID_BYTES} bytes"));
                 }
                 let (hold, cost, usage) = (
-                    hold_id(r.hold_id.as_ref())?,
+                    HoldId::try_from(r.hold_id.as_ref())?,
                     NanoUsd(r.cost_nano_usd),
                     r.usage.as_ref().map(Usage::from).unwrap_or_default(),
                 );
@@ -166,7 +165,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                 Outcome::Settled { charged, duplicate } => {
                     R::Settled(pb::Settled { charged_nano_usd: charged.0, duplicate: *duplicate })
                 }
-                Outcome::Rejected(r) => R::Error(item_error(r)),
+                Outcome::Rejected(r) => R::Error(r.into()),
                 other => R::Error(unexpected(other)),
             },
             R::Error,
@@ -186,10 +185,10 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
         let results = propose_items(
             &self.proposer,
             &batch.hold_ids,
-            |h| Ok(Command::ReleaseBy { hold: hold_id(Some(h))?, caller: caller.clone() }),
+            |h| Ok(Command::ReleaseBy { hold: HoldId::try_from(Some(h))?, caller: caller.clone() }),
             |o| match o {
                 Outcome::Released => None,
-                Outcome::Rejected(r) => Some(item_error(r)),
+                Outcome::Rejected(r) => Some(r.into()),
                 other => Some(unexpected(other)),
             },
             Some,
@@ -205,10 +204,10 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
         let results = propose_items(
             &self.proposer,
             &batch.requests,
-            |r| Ok(Command::Extend { hold: hold_id(r.hold_id.as_ref())?, ttl_ms: r.ttl_ms }),
+            |r| Ok(Command::Extend { hold: HoldId::try_from(r.hold_id.as_ref())?, ttl_ms: r.ttl_ms }),
             |o| match o {
                 Outcome::Extended { expires_at_ms } => R::ExpiresAtMs(*expires_at_ms),
-                Outcome::Rejected(r) => R::Error(item_error(r)),
+                Outcome::Rejected(r) => R::Error(r.into()),
                 other => R::Error(unexpected(other)),
             },
             R::Error,
@@ -240,7 +239,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                 let touch = probe.in_touch();
                 let msg = if send_config {
                     changes.borrow_and_update();
-                    let mut snap = sm.read(|a| config_snapshot(&a.state));
+                    let mut snap = sm.read(|a| pb::ConfigSnapshot::from(&a.state));
                     snap.in_touch = touch;
                     sent_index = snap.index;
                     Some(snap)
