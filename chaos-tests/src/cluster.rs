@@ -1,6 +1,12 @@
-//! Runs a ledger cluster from the built `tollgate` binary on loopback.
+//! The one process harness: ledger nodes ([`LedgerCluster`]), edges
+//! ([`EdgeProc`]) and the mock provider ([`MockProc`]) from the built
+//! binaries on loopback, each with its own data dir and log, killed on
+//! drop; and the ledger's command line ([`ledger_args`]) that the chaos
+//! run also starts its nodes with, inside its namespaces. The node tests,
+//! the edge's end-to-end tests and the benchmarks all run on this.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,12 +75,34 @@ pub enum Transport {
     Plaintext,
 }
 
+/// The command line of ledger node `id` (after the binary): its role, its
+/// address, the membership, its data dir, and `--bootstrap` for node 1.
+/// Every harness starts nodes with these (the chaos run inside namespaces).
+pub fn ledger_args(id: u64, grpc: &str, peers: &str, data_dir: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> =
+        ["ledger", "--id", &id.to_string(), "--grpc", grpc, "--peers", peers, "--data-dir"].map(OsString::from).into();
+    args.push(data_dir.into());
+    if id == 1 {
+        args.push("--bootstrap".into());
+    }
+    args
+}
+
+/// Ledger nodes of the built binary on loopback, each with its own data dir
+/// and log under `dir`; every child is killed on drop.
 pub struct LedgerCluster {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub addrs: BTreeMap<u64, String>,
+    /// Each node's ops endpoints (`--http`: /healthz, /readyz, /metrics),
+    /// when the cluster was prepared with them.
+    pub http: BTreeMap<u64, String>,
     /// The cluster's CA, when it runs over mutual TLS.
     pub pki: Option<Pki>,
+    /// Flags every node gets besides its own.
+    pub extra_args: Vec<String>,
+    /// TLS flags that replace a node's own (a certificate from another CA).
+    pub tls_override: BTreeMap<u64, Vec<String>>,
     children: BTreeMap<u64, Child>,
 }
 
@@ -85,31 +113,60 @@ impl LedgerCluster {
     }
 
     pub fn start_with(bin: &Path, dir: &Path, n: u64, transport: Transport) -> anyhow::Result<LedgerCluster> {
-        let mut addrs = BTreeMap::new();
-        for id in 1..=n {
-            addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
-        }
-        let pki = match transport {
-            Transport::Tls => Some(Pki::create(&dir.join("pki"))?),
-            Transport::Plaintext => None,
-        };
-        let mut c =
-            LedgerCluster { bin: bin.to_path_buf(), dir: dir.to_path_buf(), addrs, pki, children: BTreeMap::new() };
+        let mut c = Self::prepare(bin, dir, n, transport, false, &[])?;
         for id in 1..=n {
             c.spawn(id)?;
         }
         Ok(c)
     }
 
+    /// Addresses (and ops endpoints if `ops`), the CA, and `extra_args`
+    /// for `n` nodes; starts none.
+    pub fn prepare(
+        bin: &Path,
+        dir: &Path,
+        n: u64,
+        transport: Transport,
+        ops: bool,
+        extra_args: &[&str],
+    ) -> anyhow::Result<LedgerCluster> {
+        let mut addrs = BTreeMap::new();
+        let mut http = BTreeMap::new();
+        for id in 1..=n {
+            addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
+            if ops {
+                http.insert(id, format!("127.0.0.1:{}", free_port()?));
+            }
+        }
+        let pki = match transport {
+            Transport::Tls => Some(Pki::create(&dir.join("pki"))?),
+            Transport::Plaintext => None,
+        };
+        Ok(LedgerCluster {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            addrs,
+            http,
+            pki,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls_override: BTreeMap::new(),
+            children: BTreeMap::new(),
+        })
+    }
+
     pub fn peers(&self) -> String {
         self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}"))
     }
 
     /// The TLS flags of process `role` (issued on first use), or none.
     pub fn tls_flags(&self, role: &Role) -> anyhow::Result<Vec<String>> {
         let Some(pki) = &self.pki else { return Ok(vec![]) };
         let hosts = match role {
-            Role::Ledger(id) => vec![host_of(&self.addrs[id])],
+            Role::Ledger(id) => self.addrs.get(id).map(|a| vec![host_of(a)]).unwrap_or_default(),
             _ => vec![],
         };
         Ok(Pki::flags(&pki.files(role, &hosts)?))
@@ -120,26 +177,49 @@ impl LedgerCluster {
         self.pki.as_ref().map(|p| p.client(role)).transpose()
     }
 
+    /// Starts (or restarts) node `id` with the same flags and data dir; its
+    /// log is appended to.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join(format!("node{id}.log")))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id))?;
+        let tls = match self.tls_override.get(&id) {
+            Some(flags) => flags.clone(),
+            None => self.tls_flags(&Role::Ledger(id))?,
+        };
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("ledger")
-            .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
-            .args(self.tls_flags(&Role::Ledger(id))?)
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("node{id}")))
+        cmd.args(ledger_args(id, &self.addrs[&id], &self.peers(), &self.data_dir(id)))
+            .args(self.http.get(&id).map(|a| ["--http", a]).into_iter().flatten())
+            .args(tls)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if id == 1 {
-            cmd.arg("--bootstrap");
-        }
         self.children.insert(id, cmd.spawn().with_context(|| format!("starting {}", self.bin.display()))?);
         Ok(())
     }
 
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node{id}.log"))
+    }
+
+    /// Node `id`'s log so far.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// The last lines of every node's log, for a failure message.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for (id, addr) in &self.addrs {
+            let log = self.log(*id);
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- node {id} ({addr}) log tail ---\n{}\n", tail.join("\n")));
+        }
+        out
+    }
+
     pub fn token(&self) -> anyhow::Result<String> {
-        let p = self.dir.join("node1").join("admin.token");
+        let p = self.data_dir(1).join("admin.token");
         Ok(std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string())
     }
 
@@ -168,11 +248,38 @@ impl LedgerCluster {
         }
     }
 
+    /// How many nodes are running.
+    pub fn running(&self) -> usize {
+        self.children.len()
+    }
+
     /// Process id of node `id`, for fault injection from outside.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.children.get(&id).map(|c| c.id())
     }
 
+    /// Sends `signal` (e.g. `-HUP`) to node `id`.
+    pub fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid(id).with_context(|| format!("node {id} is not running"))?;
+        let st = Command::new("kill").args([signal, &pid.to_string()]).status()?;
+        anyhow::ensure!(st.success(), "kill {signal} {pid}: {st}");
+        Ok(())
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(c) = self.children.remove(&id) {
+            terminate(c, Duration::from_secs(10));
+        }
+    }
+
+    /// Node `id`'s exit status, once it has exited by itself.
+    pub fn exited(&mut self, id: u64) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let c = self.children.get_mut(&id).with_context(|| format!("node {id} was not started"))?;
+        Ok(c.try_wait()?)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self, id: u64) {
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.kill();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::cluster::ledger_args;
 use crate::netns::Net;
 use crate::run::{ELECTION_TIMEOUT_MS, UPSTREAM_KEY};
 
@@ -36,17 +37,12 @@ impl Procs {
 
     pub(crate) fn spawn_node(&mut self, id: u64) -> anyhow::Result<()> {
         let mut cmd = self.net.command(&format!("n{id}"), &self.bin);
-        cmd.args(["ledger", "--id", &id.to_string(), "--grpc", &self.ledger_addrs[&id], "--peers", &self.ledger_peers])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("n{id}")))
+        cmd.args(ledger_args(id, &self.ledger_addrs[&id], &self.ledger_peers, &self.dir.join(format!("n{id}"))))
             .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
             .args(&self.node_flags[&id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log(&format!("n{id}"))?);
-        if id == 1 {
-            cmd.arg("--bootstrap");
-        }
         self.nodes.insert(id, cmd.spawn().context("starting a ledger node")?);
         Ok(())
     }

@@ -227,7 +227,7 @@ fn bad_input_is_refused_with_clear_errors() {
     fails(1, &["team", "create", "eng"], "already exists");
     fails(1, &["usage", "--by", "planet"], "must be one of team, user, key, model");
     // A wrong admin token.
-    let bad = c.dir.path().join("bad.token");
+    let bad = c.dir.join("bad.token");
     std::fs::write(&bad, "tga_wrong\n").unwrap();
     let out = std::process::Command::new(BIN)
         .args(["admin", "--server", &c.addrs[&2], "--token-file", bad.to_str().unwrap()])

@@ -173,7 +173,7 @@ fn outsiders_are_refused_and_change_nothing() {
     // Another CA's certificate, a ledger certificate of a node that is no
     // member (id 9, from the cluster's own CA), and the roles that may not
     // call what they try.
-    let stranger_dir = c.dir.path().join("stranger");
+    let stranger_dir = c.dir.join("stranger");
     let stranger = Pki::create(&stranger_dir).unwrap();
     let stranger_edge = stranger.client(&Role::Edge("e1".into())).unwrap();
     pki.issue(&Role::Ledger(9), &["127.0.0.1".into()]).unwrap();
@@ -325,7 +325,7 @@ fn a_node_whose_token_is_not_the_clusters_exits_with_a_clear_error() {
     c.spawn(1);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(st) = c.children.get_mut(&1).unwrap().try_wait().unwrap() {
+        if let Some(st) = c.exited(1).unwrap() {
             break st;
         }
         assert!(Instant::now() < deadline, "node 1 kept running with a foreign token\n{}", c.log_tails());
@@ -430,7 +430,7 @@ fn a_rolling_restart_onto_a_new_ca_loses_nothing() {
     c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "1000", "--period", "monthly"]);
     let pki = c.pki.clone().unwrap();
     let (ca_file, old_ca) = (pki.dir.join("ca.pem"), std::fs::read_to_string(pki.dir.join("ca.pem")).unwrap());
-    let new_pki = Pki::create(&c.dir.path().join("pki2")).unwrap();
+    let new_pki = Pki::create(&c.dir.join("pki2")).unwrap();
     let new_ca = std::fs::read_to_string(new_pki.dir.join("ca.pem")).unwrap();
     let old_edge = c.tls(&Role::Edge("rot".into())).unwrap();
     let identity = Arc::new(Mutex::new(old_edge.clone()));

@@ -1,17 +1,19 @@
-//! A harness that runs real `tollgate` ledger processes (the built binary) on
-//! loopback, each with its own data dir, and drives them through the CLI and
-//! the gRPC API. Every wait has a deadline; every child is killed on drop.
+//! The node tests' face of the shared process harness
+//! ([`tollgate_chaos::cluster::LedgerCluster`]: real `tollgate` ledger
+//! processes on loopback, each with its own data dir): panicking instead
+//! of returning errors, and driving the nodes through the `tollgate admin`
+//! command line. Every wait has a deadline; every child is killed on drop.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate_chaos::pki::{host_of, Pki};
+use tollgate_chaos::cluster::{LedgerCluster, Transport};
 use tollgate_tls::{ClusterTls, Role};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -42,89 +44,76 @@ pub fn free_port() -> u16 {
     tollgate_chaos::cluster::free_port().unwrap()
 }
 
+/// A ledger cluster in a temporary directory, every node with its ops
+/// endpoints (`--http`).
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub addrs: BTreeMap<u64, String>,
-    /// Each node's ops endpoints (`--http`: /healthz, /readyz, /metrics).
-    pub http: BTreeMap<u64, String>,
-    pub children: BTreeMap<u64, Child>,
-    pub extra_args: Vec<String>,
-    /// The cluster's CA when it runs over mutual TLS (the default).
-    pub pki: Option<Pki>,
-    /// TLS flags that replace a node's own (a certificate from another CA).
-    pub tls_override: BTreeMap<u64, Vec<String>>,
+    c: LedgerCluster,
+    /// Removed after the nodes are killed (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+impl Deref for Cluster {
+    type Target = LedgerCluster;
+    fn deref(&self) -> &LedgerCluster {
+        &self.c
+    }
+}
+
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut LedgerCluster {
+        &mut self.c
+    }
 }
 
 impl Cluster {
     /// Starts `n` ledger nodes over mutual TLS; node 1 bootstraps.
     pub fn start(n: u64, extra_args: &[&str]) -> Cluster {
-        Self::start_with(n, extra_args, true)
+        Self::started(Self::prepare(n, extra_args, Transport::Tls))
     }
 
     /// Starts `n` ledger nodes on loopback without TLS.
     pub fn start_plaintext(n: u64, extra_args: &[&str]) -> Cluster {
-        Self::start_with(n, extra_args, false)
+        Self::started(Self::prepare_plaintext(n, extra_args))
     }
 
     /// Like [`Cluster::start_plaintext`], but starts no node: the caller
     /// spawns them when it wants.
     pub fn prepare_plaintext(n: u64, extra_args: &[&str]) -> Cluster {
-        let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
-        let http = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
-        Cluster {
-            dir: tempfile::tempdir().unwrap(),
-            addrs,
-            http,
-            children: BTreeMap::new(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            pki: None,
-            tls_override: BTreeMap::new(),
-        }
+        Self::prepare(n, extra_args, Transport::Plaintext)
     }
 
-    fn start_with(n: u64, extra_args: &[&str], tls: bool) -> Cluster {
-        let addrs = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
-        let http = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+    fn prepare(n: u64, extra_args: &[&str], transport: Transport) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let pki = tls.then(|| Pki::create(&dir.path().join("pki")).unwrap());
-        let mut c = Cluster {
-            dir,
-            addrs,
-            http,
-            children: BTreeMap::new(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            pki,
-            tls_override: BTreeMap::new(),
-        };
-        for id in 1..=n {
+        let c = LedgerCluster::prepare(BIN.as_ref(), dir.path(), n, transport, true, extra_args).unwrap();
+        Cluster { c, _dir: dir }
+    }
+
+    fn started(mut c: Cluster) -> Cluster {
+        for id in 1..=c.addrs.len() as u64 {
             c.spawn(id);
         }
         c
     }
 
-    pub fn peers(&self) -> String {
-        self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
+    /// Starts (or restarts) node `id`.
+    pub fn spawn(&mut self, id: u64) {
+        self.c.spawn(id).unwrap();
     }
 
-    pub fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node{id}"))
+    /// Sends `signal` (e.g. `-HUP`) to node `id`.
+    pub fn signal(&self, id: u64, signal: &str) {
+        self.c.signal(id, signal).unwrap();
     }
 
     /// The `--tls-*` flags of `role` (issued on first use), none without TLS.
     pub fn tls_flags(&self, role: &Role) -> Vec<String> {
-        let Some(pki) = &self.pki else { return vec![] };
-        let hosts = match role {
-            Role::Ledger(id) => self.addrs.get(id).map(|a| vec![host_of(a)]).unwrap_or_default(),
-            _ => vec![],
-        };
-        Pki::flags(&pki.files(role, &hosts).unwrap())
+        self.c.tls_flags(role).unwrap()
     }
 
     /// A loaded identity for an in-process client, none without TLS.
     pub fn tls(&self, role: &Role) -> Option<Arc<ClusterTls>> {
-        let pki = self.pki.as_ref()?;
-        self.tls_flags(role);
-        Some(pki.client(role).unwrap())
+        self.c.tls_flags(role).unwrap();
+        self.c.client_tls(role).unwrap()
     }
 
     /// What an edge would use to reach the ledger.
@@ -143,66 +132,6 @@ impl Cluster {
 
     pub fn token_file(&self) -> PathBuf {
         self.data_dir(1).join("admin.token")
-    }
-
-    pub fn spawn(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node{id}.log")))
-            .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("ledger")
-            .args(["--id", &id.to_string(), "--grpc", &self.addrs[&id], "--peers", &self.peers()])
-            .args(["--http", &self.http[&id]])
-            .args(self.tls_override.get(&id).cloned().unwrap_or_else(|| self.tls_flags(&Role::Ledger(id))))
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args(&self.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        if id == 1 {
-            cmd.arg("--bootstrap");
-        }
-        self.children.insert(id, cmd.spawn().unwrap());
-    }
-
-    /// Sends `signal` (e.g. `-HUP`) to node `id`.
-    pub fn signal(&self, id: u64, signal: &str) {
-        let pid = self.children[&id].id().to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
-    }
-
-    /// SIGTERM, and wait (bounded) for a clean exit.
-    pub fn stop(&mut self, id: u64) {
-        if let Some(c) = self.children.remove(&id) {
-            tollgate_chaos::cluster::terminate(c, Duration::from_secs(10));
-        }
-    }
-
-    /// SIGKILL: no chance to flush or say goodbye.
-    pub fn kill9(&mut self, id: u64) {
-        if let Some(mut c) = self.children.remove(&id) {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// The last lines of every node's log, for a failure message.
-    pub fn log_tails(&self) -> String {
-        let mut out = String::new();
-        for id in self.addrs.keys() {
-            let log = self.log(*id);
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(15)..];
-            out.push_str(&format!("--- node {id} ({}) log tail ---\n{}\n", self.addrs[id], tail.join("\n")));
-        }
-        out
-    }
-
-    pub fn log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("node{id}.log"))).unwrap_or_default()
     }
 
     pub fn admin_at(&self, server: &str, args: &[&str]) -> Output {
@@ -276,7 +205,7 @@ impl Cluster {
             if out.status.success() {
                 // Every node has heard from the leader (a node that has not
                 // yet says it is not part of an initialized cluster).
-                let n = self.children.len();
+                let n = self.running();
                 let s = self.wait_status(&[1], "all members caught up", Duration::from_secs(20), |s| converged(s, n));
                 return s["leader"].as_u64().unwrap();
             }
@@ -287,15 +216,6 @@ impl Cluster {
 
     pub fn leader(&self, via: &[u64]) -> Option<u64> {
         self.status(via).and_then(|s| s["leader"].as_u64())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.children) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
