@@ -15,7 +15,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The SDKs for the end-to-end tests, pinned, in a venv under target/.
 target_dir=${CARGO_TARGET_DIR:-target}
 venv="$target_dir/pyenv"
-req=chaos-tests/py/requirements.txt
+req=edge/tests/py/requirements.txt
 if ! cmp -s "$req" "$venv/requirements.txt" 2>/dev/null; then
   rm -rf "$venv"
   python3 -m venv "$venv"

@@ -5,8 +5,7 @@
 //! `mock-upstream` binary as the provider. Every charge is checked against
 //! the mock's ground truth at prices written out here by hand.
 
-mod common;
-use common::*;
+use crate::harness::*;
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,8 @@
-//! The harness of the edge's process tests (t52, t55): a one-node ledger
-//! over mutual TLS, `tollgate edge` processes, the `mock-upstream` binary
-//! as the provider, and plain HTTP/1.1 clients, so each test controls
-//! exactly what goes over the wire. Each test file uses part of it.
-#![allow(dead_code)]
+//! The one-node fixture of the edge's process tests, on the shared harness
+//! (`tollgate_chaos::cluster`): a one-node ledger over mutual TLS,
+//! `tollgate edge` processes, the `mock-upstream` binary as the provider,
+//! and plain HTTP/1.1 clients, so each test controls exactly what goes over
+//! the wire.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tollgate_chaos::cluster::{free_port, sibling_binary, EdgeProc, LedgerCluster, MockProc};
+use tollgate_chaos::cluster::{free_port, sibling_binaries, sibling_binary, EdgeProc, LedgerCluster, MockProc};
 use tollgate_client::AdminClient;
 use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
@@ -26,7 +26,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
 pub fn mock(dir: &Path, extra: &[&str]) -> MockProc {
-    MockProc::start(Path::new(env!("CARGO_BIN_EXE_mock-upstream")), dir, Some(UPSTREAM_KEY), true, extra).unwrap()
+    MockProc::start(&sibling_binaries().unwrap().1, dir, Some(UPSTREAM_KEY), true, extra).unwrap()
 }
 
 pub struct Setup {
@@ -81,7 +81,7 @@ impl Setup {
             a.call(pb::CreateTeamRequest { name: team.into() }, |mut c, r| async move { c.create_team(r).await }).await;
         let u = pb::CreateUserRequest { email: user.into(), team: team.into() };
         a.call(u, |mut c, r| async move { c.create_user(r).await }).await.unwrap();
-        let k = pb::CreateKeyRequest { user: user.into(), name: "t55".into() };
+        let k = pb::CreateKeyRequest { user: user.into(), name: "e2e".into() };
         a.call(k, |mut c, r| async move { c.create_key(r).await }).await.unwrap().secret
     }
 }

@@ -5,11 +5,9 @@
 //! cannot be raced, a node whose token is not the cluster's exits, and the
 //! one-command bounds of the state machine hold through the gRPC API.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
 use tollgate_chaos::pki::Pki;
 use tollgate_ledger::raft_types::{Entry, TypeConfig};

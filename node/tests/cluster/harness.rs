@@ -4,8 +4,6 @@
 //! of returning errors, and driving the nodes through the `tollgate admin`
 //! command line. Every wait has a deadline; every child is killed on drop.
 
-#![allow(dead_code)]
-
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -71,12 +69,7 @@ impl Cluster {
         Self::started(Self::prepare(n, extra_args, Transport::Tls))
     }
 
-    /// Starts `n` ledger nodes on loopback without TLS.
-    pub fn start_plaintext(n: u64, extra_args: &[&str]) -> Cluster {
-        Self::started(Self::prepare_plaintext(n, extra_args))
-    }
-
-    /// Like [`Cluster::start_plaintext`], but starts no node: the caller
+    /// `n` ledger nodes on loopback without TLS, none started: the caller
     /// spawns them when it wants.
     pub fn prepare_plaintext(n: u64, extra_args: &[&str]) -> Cluster {
         Self::prepare(n, extra_args, Transport::Plaintext)

@@ -2,11 +2,9 @@
 //! `tollgate ledger` nodes on loopback, driven by `tollgate admin` and the
 //! LedgerService gRPC API, with the leader killed by SIGKILL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
@@ -350,7 +348,7 @@ fn lagging_node_catches_up_from_snapshot() {
     // the purge follows them, so this waits for it (bounded).
     let deadline = Instant::now() + Duration::from_secs(15);
     let purged = loop {
-        let purged = common::node_status(&c, leader).purged_index;
+        let purged = node_status(&c, leader).purged_index;
         if purged > lagger_index || Instant::now() > deadline {
             break purged;
         }
@@ -360,7 +358,7 @@ fn lagging_node_catches_up_from_snapshot() {
     c.spawn(lagger);
     let s = c.wait_status(&[leader], "the lagger converged", Duration::from_secs(30), |s| converged(s, 3));
     eprintln!("after restart: {s}");
-    let snap = common::node_status(&c, lagger).snapshot_index;
+    let snap = node_status(&c, lagger).snapshot_index;
     assert!(snap > 20, "node {lagger} has no snapshot (snapshot_index {snap})");
     let teams = c.admin_json(lagger, &["budget", "list", "--json"]);
     assert!(teams["budgets"].is_array());
@@ -379,7 +377,7 @@ fn coalesced_requests_each_get_their_own_answer() {
     c.admin_ok(1, &["budget", "set", "team:eng", "--limit-usd", "0.000004", "--period", "total"]);
     let servers: Vec<String> = c.addrs.values().cloned().collect();
     let leader = c.leader(&[1]).unwrap();
-    let index_before = common::node_status(&c, leader).applied_index;
+    let index_before = node_status(&c, leader).applied_index;
     let granted: Vec<u128> = rt().block_on(async {
         let co = Coalescer::start(
             LedgerClient::new(&servers, Duration::from_secs(10), c.edge_tls()).unwrap(),

@@ -19,8 +19,7 @@ use tollgate_chaos::pki::Pki;
 use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
 
-mod common;
-use common::*;
+use crate::harness::*;
 
 // ------------------------------------------------------------------ tests
 

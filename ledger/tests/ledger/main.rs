@@ -1,0 +1,9 @@
+//! The ledger crate's integration tests, one binary: the state machine's
+//! property tests and worked scenarios, openraft's storage conformance
+//! suite on sled, and snapshot format compatibility. The multi-process
+//! cluster tests live with the binary (`node/tests`).
+
+mod snapshot_format;
+mod state_invariants;
+mod state_scenarios;
+mod storage_suite;
