@@ -214,7 +214,16 @@ pub fn check(h: &History) -> Verdict {
         }
     }
 
-    // Caps.
+    check_caps(h, &mut v);
+    check_charges(h, &mut v);
+    check_agreement(h, &mut v);
+    check_availability(h, &mut v);
+    v
+}
+
+/// Hard caps: overspend (strict), the estimate-mode overshoot and the
+/// fail-open overshoot, each against its bound.
+fn check_caps(h: &History, v: &mut Verdict) {
     for b in h.budgets.iter().filter(|b| b.hard) {
         let over = (b.spent + b.held).saturating_sub(b.limit);
         if h.fail_open_allowance.is_some() {
@@ -261,8 +270,11 @@ pub fn check(h: &History) -> Verdict {
             ));
         }
     }
+}
 
-    // Charges per key.
+/// Each key was charged at least what the upstream billed and at most
+/// what its requests could cost, and holds nothing after every ttl.
+fn check_charges(h: &History, v: &mut Verdict) {
     let truth_by_id: HashMap<&str, &TruthRecord> = h.truth.iter().map(|t| (t.id.as_str(), t)).collect();
     // What each key must have been charged at least: what the upstream
     // billed. In estimate mode a request whose settle was lost (its edge
@@ -319,8 +331,10 @@ pub fn check(h: &History) -> Verdict {
         v.holds_left += 1;
         v.violations.push(format!("hold left: budget {} still holds {}", b.scope, b.held));
     }
+}
 
-    // Agreement.
+/// Every member answers, at the same index with the same digest.
+fn check_agreement(h: &History, v: &mut Verdict) {
     let reachable: Vec<&MemberState> = h.members.iter().filter(|m| m.reachable).collect();
     v.digests_agree = reachable.len() == h.members.len()
         && !reachable.is_empty()
@@ -333,8 +347,10 @@ pub fn check(h: &History) -> Verdict {
             .collect();
         v.violations.push(format!("members disagree (or some did not answer): {}", seen.join(" ")));
     }
+}
 
-    // Availability.
+/// The longest run of failed admissions, overall and around each fault.
+fn check_availability(h: &History, v: &mut Verdict) {
     let all: Vec<&ClientRecord> = h.clients.iter().collect();
     let end = h.clients.iter().map(|c| c.end_ms).max().unwrap_or(0);
     v.longest_unavailability_ms = longest_outage(&all, 0, end);
@@ -342,7 +358,6 @@ pub fn check(h: &History) -> Verdict {
         let window = longest_outage(&all, f.at_ms, f.healed_ms.max(f.at_ms) + 10 * h.election_timeout_ms.max(100));
         v.unavailability_by_fault.push((format!("{} {}", f.kind, f.target), window));
     }
-    v
 }
 
 #[cfg(test)]

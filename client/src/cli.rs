@@ -265,50 +265,7 @@ pub async fn run(args: AdminArgs, lister: crate::price_cli::PriceLister) -> anyh
             );
             Ok(())
         }
-        AdminCmd::Budget { cmd: BudgetCmd::List { json } } => {
-            let r = client
-                .call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
-                .await
-                .map_err(fail)?;
-            if json {
-                let budgets: Vec<Value> = r
-                    .budgets
-                    .iter()
-                    .map(|b| {
-                        json!({
-                            "scope": b.scope,
-                            "model": if b.model.is_empty() { Value::Null } else { json!(b.model) },
-                            "limit_nano_usd": b.limit_nano_usd,
-                            "period": b.period,
-                            "mode": b.mode,
-                        })
-                    })
-                    .collect();
-                println!("{}", json!({ "budgets": budgets }));
-            } else {
-                let cols = [
-                    Col("SCOPE", false),
-                    Col("MODEL", false),
-                    Col("LIMIT", true),
-                    Col("PERIOD", false),
-                    Col("MODE", false),
-                ];
-                table::print(
-                    &cols,
-                    r.budgets.iter().map(|b| {
-                        let model = if b.model.is_empty() { "*" } else { &b.model };
-                        vec![
-                            b.scope.clone(),
-                            model.to_string(),
-                            usd(b.limit_nano_usd),
-                            b.period.clone(),
-                            b.mode.clone(),
-                        ]
-                    }),
-                );
-            }
-            Ok(())
-        }
+        AdminCmd::Budget { cmd: BudgetCmd::List { json } } => budget_list(&client, json).await,
         AdminCmd::Policy { cmd: PolicyCmd::Set { scope, allow_models } } => {
             let msg = pb::SetPolicyRequest { scope: scope.clone(), allowed_models: allow_models };
             let r = client.call(msg, |mut c, r| async move { c.set_policy(r).await }).await.map_err(fail)?;
@@ -334,120 +291,158 @@ pub async fn run(args: AdminArgs, lister: crate::price_cli::PriceLister) -> anyh
             Ok(())
         }
         AdminCmd::Price { cmd } => crate::price_cli::run(&client, cmd, lister).await,
-        AdminCmd::Audit { json } => {
-            let r = client.call(pb::AuditRequest {}, |mut c, r| async move { c.audit(r).await }).await.map_err(fail)?;
-            if json {
-                let entries: Vec<Value> = r
-                    .entries
-                    .iter()
-                    .map(|e| json!({"index": e.index, "time_ms": e.time_ms, "actor": e.actor, "what": e.what}))
-                    .collect();
-                println!("{}", json!({ "entries": entries }));
-            } else {
-                let cols = [Col("INDEX", true), Col("TIME_MS", true), Col("ACTOR", false), Col("WHAT", false)];
-                table::print(
-                    &cols,
-                    r.entries
-                        .iter()
-                        .map(|e| vec![e.index.to_string(), e.time_ms.to_string(), e.actor.clone(), e.what.clone()]),
-                );
-            }
-            Ok(())
-        }
-        AdminCmd::Usage { by, json } => {
-            let msg = pb::UsageRequest { by: by.unwrap_or_default() };
-            let r = client.call(msg, |mut c, r| async move { c.usage(r).await }).await.map_err(fail)?;
-            if json {
-                let rows: Vec<Value> = r
-                    .rows
-                    .iter()
-                    .map(|u| {
-                        json!({
-                            "scope": u.scope,
-                            "model": if u.model.is_empty() { Value::Null } else { json!(u.model) },
-                            "period": u.period,
-                            "spent_nano_usd": u.spent_nano_usd,
-                            "held_nano_usd": u.held_nano_usd,
-                            "unsettled_nano_usd": u.unsettled_nano_usd,
-                            "limit_nano_usd": u.limit_nano_usd,
-                            "requests": u.requests,
-                            "input_tokens": u.input_tokens,
-                            "output_tokens": u.output_tokens,
-                            "cache_write_tokens": u.cache_write_tokens,
-                            "cache_read_tokens": u.cache_read_tokens,
-                            "excess_nano_usd": u.excess_nano_usd,
-                            "user": if u.user.is_empty() { Value::Null } else { json!(u.user) },
-                            "parent_agent": if u.parent_agent.is_empty() { Value::Null } else { json!(u.parent_agent) },
-                            "first_ms": if u.last_ms == 0 { Value::Null } else { json!(u.first_ms) },
-                            "last_ms": if u.last_ms == 0 { Value::Null } else { json!(u.last_ms) },
-                        })
-                    })
-                    .collect();
-                println!("{}", json!({ "rows": rows, "index": r.index }));
-            } else {
-                if r.rows.iter().any(|u| u.last_ms != 0) {
-                    // By session, agent, request class or prompt.
-                    let cols = [
-                        Col("SCOPE", false),
-                        Col("USER", false),
-                        Col("SPENT", true),
-                        Col("EXCESS", true),
-                        Col("REQUESTS", true),
-                        Col("INPUT", true),
-                        Col("OUTPUT", true),
-                        Col("PARENT", false),
-                    ];
-                    table::print(
-                        &cols,
-                        r.rows.iter().map(|u| {
-                            vec![
-                                u.scope.clone(),
-                                u.user.clone(),
-                                usd(u.spent_nano_usd),
-                                usd(u.excess_nano_usd),
-                                u.requests.to_string(),
-                                u.input_tokens.to_string(),
-                                u.output_tokens.to_string(),
-                                if u.parent_agent.is_empty() { "-".to_string() } else { u.parent_agent.clone() },
-                            ]
-                        }),
-                    );
-                    return Ok(());
-                }
-                let cols = [
-                    Col("SCOPE", false),
-                    Col("PERIOD", false),
-                    Col("SPENT", true),
-                    Col("HELD", true),
-                    Col("UNSETTLED", true),
-                    Col("LIMIT", true),
-                    Col("REQUESTS", true),
-                    Col("EXCESS", true),
-                ];
-                table::print(
-                    &cols,
-                    r.rows.iter().map(|u| {
-                        let scope = if u.model.is_empty() || u.scope.starts_with("model:") {
-                            u.scope.clone()
-                        } else {
-                            format!("{} [{}]", u.scope, u.model)
-                        };
-                        vec![
-                            scope,
-                            u.period.clone(),
-                            usd(u.spent_nano_usd),
-                            usd(u.held_nano_usd),
-                            usd(u.unsettled_nano_usd),
-                            u.limit_nano_usd.map(usd).unwrap_or_else(|| "-".to_string()),
-                            u.requests.to_string(),
-                            usd(u.excess_nano_usd),
-                        ]
-                    }),
-                );
-            }
-            Ok(())
-        }
+        AdminCmd::Audit { json } => audit(&client, json).await,
+        AdminCmd::Usage { by, json } => usage(&client, by, json).await,
     }
+}
+
+/// `budget list`.
+async fn budget_list(client: &AdminClient, json: bool) -> anyhow::Result<()> {
+    let r = client
+        .call(pb::ListBudgetsRequest {}, |mut c, r| async move { c.list_budgets(r).await })
+        .await
+        .map_err(fail)?;
+    if json {
+        let budgets: Vec<Value> = r
+            .budgets
+            .iter()
+            .map(|b| {
+                json!({
+                    "scope": b.scope,
+                    "model": if b.model.is_empty() { Value::Null } else { json!(b.model) },
+                    "limit_nano_usd": b.limit_nano_usd,
+                    "period": b.period,
+                    "mode": b.mode,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "budgets": budgets }));
+    } else {
+        let cols =
+            [Col("SCOPE", false), Col("MODEL", false), Col("LIMIT", true), Col("PERIOD", false), Col("MODE", false)];
+        table::print(
+            &cols,
+            r.budgets.iter().map(|b| {
+                let model = if b.model.is_empty() { "*" } else { &b.model };
+                vec![b.scope.clone(), model.to_string(), usd(b.limit_nano_usd), b.period.clone(), b.mode.clone()]
+            }),
+        );
+    }
+    Ok(())
+}
+
+/// `audit`.
+async fn audit(client: &AdminClient, json: bool) -> anyhow::Result<()> {
+    let r = client.call(pb::AuditRequest {}, |mut c, r| async move { c.audit(r).await }).await.map_err(fail)?;
+    if json {
+        let entries: Vec<Value> = r
+            .entries
+            .iter()
+            .map(|e| json!({"index": e.index, "time_ms": e.time_ms, "actor": e.actor, "what": e.what}))
+            .collect();
+        println!("{}", json!({ "entries": entries }));
+    } else {
+        let cols = [Col("INDEX", true), Col("TIME_MS", true), Col("ACTOR", false), Col("WHAT", false)];
+        table::print(
+            &cols,
+            r.entries.iter().map(|e| vec![e.index.to_string(), e.time_ms.to_string(), e.actor.clone(), e.what.clone()]),
+        );
+    }
+    Ok(())
+}
+
+/// One row of `usage --json` (empty fields as null).
+fn usage_json(u: &pb::UsageRow) -> Value {
+    json!({
+        "scope": u.scope,
+        "model": if u.model.is_empty() { Value::Null } else { json!(u.model) },
+        "period": u.period,
+        "spent_nano_usd": u.spent_nano_usd,
+        "held_nano_usd": u.held_nano_usd,
+        "unsettled_nano_usd": u.unsettled_nano_usd,
+        "limit_nano_usd": u.limit_nano_usd,
+        "requests": u.requests,
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "excess_nano_usd": u.excess_nano_usd,
+        "user": if u.user.is_empty() { Value::Null } else { json!(u.user) },
+        "parent_agent": if u.parent_agent.is_empty() { Value::Null } else { json!(u.parent_agent) },
+        "first_ms": if u.last_ms == 0 { Value::Null } else { json!(u.first_ms) },
+        "last_ms": if u.last_ms == 0 { Value::Null } else { json!(u.last_ms) },
+    })
+}
+
+/// `usage [--by …]`.
+async fn usage(client: &AdminClient, by: Option<String>, json: bool) -> anyhow::Result<()> {
+    let msg = pb::UsageRequest { by: by.unwrap_or_default() };
+    let r = client.call(msg, |mut c, r| async move { c.usage(r).await }).await.map_err(fail)?;
+    if json {
+        let rows: Vec<Value> = r.rows.iter().map(usage_json).collect();
+        println!("{}", json!({ "rows": rows, "index": r.index }));
+    } else {
+        if r.rows.iter().any(|u| u.last_ms != 0) {
+            // By session, agent, request class or prompt.
+            let cols = [
+                Col("SCOPE", false),
+                Col("USER", false),
+                Col("SPENT", true),
+                Col("EXCESS", true),
+                Col("REQUESTS", true),
+                Col("INPUT", true),
+                Col("OUTPUT", true),
+                Col("PARENT", false),
+            ];
+            table::print(
+                &cols,
+                r.rows.iter().map(|u| {
+                    vec![
+                        u.scope.clone(),
+                        u.user.clone(),
+                        usd(u.spent_nano_usd),
+                        usd(u.excess_nano_usd),
+                        u.requests.to_string(),
+                        u.input_tokens.to_string(),
+                        u.output_tokens.to_string(),
+                        if u.parent_agent.is_empty() { "-".to_string() } else { u.parent_agent.clone() },
+                    ]
+                }),
+            );
+            return Ok(());
+        }
+        let cols = [
+            Col("SCOPE", false),
+            Col("PERIOD", false),
+            Col("SPENT", true),
+            Col("HELD", true),
+            Col("UNSETTLED", true),
+            Col("LIMIT", true),
+            Col("REQUESTS", true),
+            Col("EXCESS", true),
+        ];
+        table::print(
+            &cols,
+            r.rows.iter().map(|u| {
+                let scope = if u.model.is_empty() || u.scope.starts_with("model:") {
+                    u.scope.clone()
+                } else {
+                    format!("{} [{}]", u.scope, u.model)
+                };
+                vec![
+                    scope,
+                    u.period.clone(),
+                    usd(u.spent_nano_usd),
+                    usd(u.held_nano_usd),
+                    usd(u.unsettled_nano_usd),
+                    u.limit_nano_usd.map(usd).unwrap_or_else(|| "-".to_string()),
+                    u.requests.to_string(),
+                    usd(u.excess_nano_usd),
+                ]
+            }),
+        );
+    }
+    Ok(())
 }
 
 /// Asks the given servers for the membership, then asks every member for its own view.

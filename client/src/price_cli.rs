@@ -289,6 +289,87 @@ fn canonical(book: &[ListedPrice], name: &str) -> String {
     book.iter().find(|b| b.aliases.iter().any(|a| a == name)).map_or_else(|| name.to_string(), |b| b.id.clone())
 }
 
+/// `price import FILE`: a `price list --json` or LiteLLM file, aliases
+/// canonicalised, set in one change (or only shown with `--dry-run`).
+async fn import(
+    client: &AdminClient,
+    book: &[ListedPrice],
+    file: &std::path::Path,
+    only_unlisted: bool,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let mut imported = parse_import(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if only_unlisted {
+        let listed = |m: &str| book.iter().any(|b| b.id == m || b.aliases.iter().any(|a| a == m));
+        imported.prices.retain(|p| !listed(&p.model));
+    }
+    // Aliases become their model's id; of two entries for one model the last wins.
+    let mut by_model: BTreeMap<String, ModelPrice> = BTreeMap::new();
+    for mut p in imported.prices {
+        p.model = canonical(book, &p.model);
+        by_model.insert(p.model.clone(), p);
+    }
+    imported.prices = by_model.into_values().collect();
+    if imported.prices.len() > MAX_PRICE_OVERRIDES {
+        anyhow::bail!(
+            "{} prices is more than the {MAX_PRICE_OVERRIDES} the ledger keeps; narrow the file",
+            imported.prices.len()
+        );
+    }
+    for p in &imported.prices {
+        println!("{}{}", if dry_run { "would set " } else { "" }, p.summary());
+    }
+    let n = imported.prices.len();
+    if dry_run || n == 0 {
+        println!("{n} prices{}; {} entries skipped", if dry_run { " (dry run)" } else { "" }, imported.skipped.len());
+        return Ok(());
+    }
+    let index = set_prices(client, imported.prices, vec![]).await?;
+    println!("imported {n} prices (index {index}); {} entries skipped", imported.skipped.len());
+    Ok(())
+}
+
+/// `price list [--json]`: the book under the ledger's overrides and discount.
+async fn list(client: &AdminClient, lister: PriceLister, json: bool) -> anyhow::Result<()> {
+    let cfg = client
+        .call(pb::GetConfigRequest {}, |mut c, r| async move { c.get_config(r).await })
+        .await
+        .map_err(crate::cli::fail)?;
+    let overrides: Vec<ModelPrice> = cfg.prices.iter().map(ModelPrice::from).collect();
+    let rows = lister(&overrides, cfg.discount_bp);
+    if json {
+        let models: Vec<Value> = rows.iter().map(listed_json).collect();
+        println!("{}", json!({"index": cfg.index, "discount_bp": cfg.discount_bp, "models": models}));
+        return Ok(());
+    }
+    println!(
+        "list prices, USD per million tokens; discount {}.{:02}% off every cost",
+        cfg.discount_bp / 100,
+        cfg.discount_bp % 100
+    );
+    let cols = [
+        Col("MODEL", false),
+        Col("PROVIDER", false),
+        Col("INPUT", true),
+        Col("OUTPUT", true),
+        Col("WRITE5M", true),
+        Col("WRITE1H", true),
+        Col("READ", true),
+        Col("SOURCE", false),
+    ];
+    table::print(
+        &cols,
+        rows.iter().map(|p| {
+            let [input, output, w5, w1, read] = p.rates.map(usd_per_mtok);
+            let provider = if p.provider.is_empty() { "any" } else { &p.provider };
+            let source = if p.overridden { "override" } else { "book" };
+            vec![p.id.clone(), provider.to_string(), input, output, w5, w1, read, source.to_string()]
+        }),
+    );
+    Ok(())
+}
+
 pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> anyhow::Result<()> {
     let book = lister(&[], 0);
     let arg = |v: &str| parse_usd_per_mtok(v).map_err(|e| anyhow::anyhow!(e));
@@ -323,40 +404,7 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
             println!("price overrides removed: {names} (index {index})");
         }
         PriceCmd::Import { file, only_unlisted, dry_run } => {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-            let mut imported = parse_import(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            if only_unlisted {
-                let listed = |m: &str| book.iter().any(|b| b.id == m || b.aliases.iter().any(|a| a == m));
-                imported.prices.retain(|p| !listed(&p.model));
-            }
-            // Aliases become their model's id; of two entries for one model the last wins.
-            let mut by_model: BTreeMap<String, ModelPrice> = BTreeMap::new();
-            for mut p in imported.prices {
-                p.model = canonical(&book, &p.model);
-                by_model.insert(p.model.clone(), p);
-            }
-            imported.prices = by_model.into_values().collect();
-            if imported.prices.len() > MAX_PRICE_OVERRIDES {
-                anyhow::bail!(
-                    "{} prices is more than the {MAX_PRICE_OVERRIDES} the ledger keeps; narrow the file",
-                    imported.prices.len()
-                );
-            }
-            for p in &imported.prices {
-                println!("{}{}", if dry_run { "would set " } else { "" }, p.summary());
-            }
-            let n = imported.prices.len();
-            if dry_run || n == 0 {
-                println!(
-                    "{n} prices{}; {} entries skipped",
-                    if dry_run { " (dry run)" } else { "" },
-                    imported.skipped.len()
-                );
-                return Ok(());
-            }
-            let index = set_prices(client, imported.prices, vec![]).await?;
-            println!("imported {n} prices (index {index}); {} entries skipped", imported.skipped.len());
+            import(client, &book, &file, only_unlisted, dry_run).await?
         }
         PriceCmd::Discount { percent } => {
             // Percent with at most 2 decimals = basis points.
@@ -371,43 +419,7 @@ pub async fn run(client: &AdminClient, cmd: PriceCmd, lister: PriceLister) -> an
                 .map_err(crate::cli::fail)?;
             println!("discount: {percent}% off every cost (index {})", r.index);
         }
-        PriceCmd::List { json } => {
-            let cfg = client
-                .call(pb::GetConfigRequest {}, |mut c, r| async move { c.get_config(r).await })
-                .await
-                .map_err(crate::cli::fail)?;
-            let overrides: Vec<ModelPrice> = cfg.prices.iter().map(ModelPrice::from).collect();
-            let rows = lister(&overrides, cfg.discount_bp);
-            if json {
-                let models: Vec<Value> = rows.iter().map(listed_json).collect();
-                println!("{}", json!({"index": cfg.index, "discount_bp": cfg.discount_bp, "models": models}));
-                return Ok(());
-            }
-            println!(
-                "list prices, USD per million tokens; discount {}.{:02}% off every cost",
-                cfg.discount_bp / 100,
-                cfg.discount_bp % 100
-            );
-            let cols = [
-                Col("MODEL", false),
-                Col("PROVIDER", false),
-                Col("INPUT", true),
-                Col("OUTPUT", true),
-                Col("WRITE5M", true),
-                Col("WRITE1H", true),
-                Col("READ", true),
-                Col("SOURCE", false),
-            ];
-            table::print(
-                &cols,
-                rows.iter().map(|p| {
-                    let [input, output, w5, w1, read] = p.rates.map(usd_per_mtok);
-                    let provider = if p.provider.is_empty() { "any" } else { &p.provider };
-                    let source = if p.overridden { "override" } else { "book" };
-                    vec![p.id.clone(), provider.to_string(), input, output, w5, w1, read, source.to_string()]
-                }),
-            );
-        }
+        PriceCmd::List { json } => list(client, lister, json).await?,
     }
     Ok(())
 }

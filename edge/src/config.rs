@@ -338,6 +338,69 @@ fn clean_url(name: &str, url: String) -> Result<String, String> {
     Ok(url)
 }
 
+/// The shipped price book with the file's own models and its rule for
+/// unknown models (`TOLLGATE_UNKNOWN_MODEL` overrides the file's).
+fn price_table(file: &FileConfig) -> Result<PriceTable, String> {
+    let mut prices = PriceTable::builtin();
+    let unknown = env("TOLLGATE_UNKNOWN_MODEL").or(file.pricing.unknown_model.clone());
+    prices.set_unknown(match (unknown.as_deref().map(str::trim), &file.pricing.fallback) {
+        (Some("deny"), _) | (None, None) => UnknownModel::Deny,
+        (Some("dearest"), _) => UnknownModel::Dearest,
+        (None, Some(f)) => UnknownModel::Fallback(Box::new(f.price("fallback"))),
+        (Some(other), _) => {
+            return Err(format!("pricing.unknown_model must be deny or dearest, not {other:?}"));
+        }
+    });
+    for (id, entry) in &file.pricing.models {
+        if !crate::edge::valid_model_id(id) {
+            return Err(format!("pricing.models: {id:?} is not a valid model id"));
+        }
+        prices.set(entry.price(id));
+    }
+    Ok(prices)
+}
+
+/// Mutual TLS to the ledger: the flags' files, else the file's; without
+/// it, a ledger off loopback is refused unless `--insecure-plaintext`.
+fn cluster_tls(file: &FileConfig, flags: &Overrides, ledger: &[String]) -> Result<Option<TlsFiles>, String> {
+    let cluster_tls = match flags.cluster_tls.clone() {
+        Some(f) => Some(f),
+        None => {
+            let t = &file.cluster_tls;
+            match (&t.ca, &t.cert, &t.key) {
+                (None, None, None) => None,
+                (Some(ca), Some(cert), Some(key)) => {
+                    Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+                }
+                _ => return Err("cluster_tls needs all three of ca, cert and key".into()),
+            }
+        }
+    };
+    if cluster_tls.is_none() && !flags.insecure_plaintext {
+        if let Some(far) = ledger.iter().find(|a| !is_loopback(a)) {
+            return Err(format!(
+                "the ledger address {far} is not loopback and this edge has no TLS: give --tls-ca, --tls-cert \
+                 and --tls-key (an edge certificate; see `tollgate cert`), or --insecure-plaintext on a network \
+                 you trust completely"
+            ));
+        }
+    }
+    Ok(cluster_tls)
+}
+
+/// HTTPS on the listener: flags or environment, else the file's `[tls]`.
+fn http_tls(file: &FileConfig, flags: &Overrides) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    let given = both(
+        "--http-tls-cert/--http-tls-key",
+        flags.http_tls_cert.clone().or(env("TOLLGATE_HTTP_TLS_CERT").map(PathBuf::from)),
+        flags.http_tls_key.clone().or(env("TOLLGATE_HTTP_TLS_KEY").map(PathBuf::from)),
+    )?;
+    match given {
+        Some(p) => Ok(Some(p)),
+        None => both("[tls]", file.tls.cert.clone(), file.tls.key.clone()),
+    }
+}
+
 impl EdgeSettings {
     /// Resolves defaults ← file ← `TOLLGATE_*` env ← flags. `ledger_default`
     /// is what `tollgate up` passes (its own gRPC address).
@@ -418,52 +481,9 @@ impl EdgeSettings {
             }
             Ok(v)
         };
-        let mut prices = PriceTable::builtin();
-        let unknown = env("TOLLGATE_UNKNOWN_MODEL").or(file.pricing.unknown_model.clone());
-        prices.set_unknown(match (unknown.as_deref().map(str::trim), &file.pricing.fallback) {
-            (Some("deny"), _) | (None, None) => UnknownModel::Deny,
-            (Some("dearest"), _) => UnknownModel::Dearest,
-            (None, Some(f)) => UnknownModel::Fallback(Box::new(f.price("fallback"))),
-            (Some(other), _) => {
-                return Err(format!("pricing.unknown_model must be deny or dearest, not {other:?}"));
-            }
-        });
-        for (id, entry) in &file.pricing.models {
-            if !crate::edge::valid_model_id(id) {
-                return Err(format!("pricing.models: {id:?} is not a valid model id"));
-            }
-            prices.set(entry.price(id));
-        }
-        let cluster_tls = match flags.cluster_tls.clone() {
-            Some(f) => Some(f),
-            None => {
-                let t = &file.cluster_tls;
-                match (&t.ca, &t.cert, &t.key) {
-                    (None, None, None) => None,
-                    (Some(ca), Some(cert), Some(key)) => {
-                        Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
-                    }
-                    _ => return Err("cluster_tls needs all three of ca, cert and key".into()),
-                }
-            }
-        };
-        if cluster_tls.is_none() && !flags.insecure_plaintext {
-            if let Some(far) = ledger.iter().find(|a| !is_loopback(a)) {
-                return Err(format!(
-                    "the ledger address {far} is not loopback and this edge has no TLS: give --tls-ca, --tls-cert \
-                     and --tls-key (an edge certificate; see `tollgate cert`), or --insecure-plaintext on a network \
-                     you trust completely"
-                ));
-            }
-        }
-        let http_tls = match both(
-            "--http-tls-cert/--http-tls-key",
-            flags.http_tls_cert.clone().or(env("TOLLGATE_HTTP_TLS_CERT").map(PathBuf::from)),
-            flags.http_tls_key.clone().or(env("TOLLGATE_HTTP_TLS_KEY").map(PathBuf::from)),
-        )? {
-            Some(p) => Some(p),
-            None => both("[tls]", file.tls.cert.clone(), file.tls.key.clone())?,
-        };
+        let prices = price_table(file)?;
+        let cluster_tls = cluster_tls(file, flags, &ledger)?;
+        let http_tls = http_tls(file, flags)?;
         let ops_listen = flags.ops_listen.or(env_parse("TOLLGATE_OPS_LISTEN")?).or(e.ops_listen);
         let s = EdgeSettings {
             listen,
@@ -508,22 +528,28 @@ impl EdgeSettings {
             clamp_max_tokens: env_parse::<bool>("TOLLGATE_CLAMP_MAX_TOKENS")?.or(e.clamp_max_tokens).unwrap_or(false),
             prices,
         };
-        if s.hold_ttl > Duration::from_secs(7200) {
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Bounds between settings, and what no setting may be.
+    fn check(&self) -> Result<(), String> {
+        if self.hold_ttl > Duration::from_secs(7200) {
             return Err("hold_ttl_secs must be at most 7200 (the ledger's longest hold)".into());
         }
-        if s.admission_timeout.is_zero() {
+        if self.admission_timeout.is_zero() {
             return Err("admission_timeout_ms must be at least 1".into());
         }
-        if !(50..=100).contains(&s.sizing.percentile) {
+        if !(50..=100).contains(&self.sizing.percentile) {
             return Err("output_percentile must be between 50 and 100".into());
         }
-        if s.sizing.floor_tokens == 0 || s.sizing.seed_tokens < s.sizing.floor_tokens {
+        if self.sizing.floor_tokens == 0 || self.sizing.seed_tokens < self.sizing.floor_tokens {
             return Err("output_floor_tokens must be at least 1 and output_seed_tokens at least the floor".into());
         }
-        if s.first_byte_timeout.is_zero() {
+        if self.first_byte_timeout.is_zero() {
             return Err("first_byte_timeout_ms must be at least 1".into());
         }
-        Ok(s)
+        Ok(())
     }
 }
 

@@ -128,55 +128,10 @@ pub const MAX_ATTRIBUTION_ROWS: usize = 5_000;
 /// Usage rows: one per budget (`by` empty), or one per team/user/key/model.
 pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status> {
     if by.is_empty() {
-        return Ok(s
-            .budgets
-            .values()
-            .map(|b| {
-                // Show the period the state clock is in, even if no entry has rolled it yet.
-                let fresh = b.period.start_ms(s.clock_ms) == b.period_start_ms;
-                let (settled, unsettled, requests) =
-                    if fresh { (b.settled, b.unsettled, b.requests) } else { (NanoUsd::ZERO, NanoUsd::ZERO, 0) };
-                pb::UsageRow {
-                    scope: b.scope.to_string(),
-                    period: b.period.as_str().to_string(),
-                    spent_nano_usd: settled.saturating_add(unsettled).0,
-                    held_nano_usd: b.held.0,
-                    unsettled_nano_usd: unsettled.0,
-                    limit_nano_usd: Some(b.limit.0),
-                    requests,
-                    model: b.model.clone().unwrap_or_default(),
-                    period_start_ms: b.period.start_ms(s.clock_ms),
-                    excess_nano_usd: if fresh { b.excess.0 } else { 0 },
-                    ..Default::default()
-                }
-            })
-            .collect());
+        return Ok(budget_rows(s));
     }
     if let Some(kind) = AttribKind::parse(by) {
-        // The most recently active first, at most MAX_ATTRIBUTION_ROWS: one
-        // answer stays far below a gRPC message's 4 MiB.
-        let mut recent: Vec<(&String, &AttribRec)> = s.attribution.of(kind).collect();
-        recent.sort_by(|a, b| b.1.last_ms.cmp(&a.1.last_ms).then_with(|| a.0.cmp(b.0)));
-        return Ok(recent
-            .into_iter()
-            .take(MAX_ATTRIBUTION_ROWS)
-            .map(|(id, r)| pb::UsageRow {
-                scope: format!("{by}:{id}"),
-                period: "total".to_string(),
-                spent_nano_usd: r.settled.0,
-                requests: r.requests,
-                input_tokens: r.usage.input_tokens,
-                output_tokens: r.usage.output_tokens,
-                cache_write_tokens: r.usage.cache_write_5m_tokens + r.usage.cache_write_1h_tokens,
-                cache_read_tokens: r.usage.cache_read_tokens,
-                excess_nano_usd: r.excess.0,
-                user: r.user.clone(),
-                parent_agent: r.parent.clone().unwrap_or_default(),
-                first_ms: r.first_ms,
-                last_ms: r.last_ms,
-                ..Default::default()
-            })
-            .collect());
+        return Ok(attribution_rows(s, kind, by));
     }
     if !matches!(by, "team" | "user" | "key" | "model") {
         return Err(Status::invalid_argument(format!(
@@ -204,4 +159,58 @@ pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status
             ..Default::default()
         })
         .collect())
+}
+
+/// One row per budget, in the period the state clock is in.
+fn budget_rows(s: &LedgerState) -> Vec<pb::UsageRow> {
+    s.budgets
+        .values()
+        .map(|b| {
+            // Show the period the state clock is in, even if no entry has rolled it yet.
+            let fresh = b.period.start_ms(s.clock_ms) == b.period_start_ms;
+            let (settled, unsettled, requests) =
+                if fresh { (b.settled, b.unsettled, b.requests) } else { (NanoUsd::ZERO, NanoUsd::ZERO, 0) };
+            pb::UsageRow {
+                scope: b.scope.to_string(),
+                period: b.period.as_str().to_string(),
+                spent_nano_usd: settled.saturating_add(unsettled).0,
+                held_nano_usd: b.held.0,
+                unsettled_nano_usd: unsettled.0,
+                limit_nano_usd: Some(b.limit.0),
+                requests,
+                model: b.model.clone().unwrap_or_default(),
+                period_start_ms: b.period.start_ms(s.clock_ms),
+                excess_nano_usd: if fresh { b.excess.0 } else { 0 },
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// One row per session, agent, request class or prompt: the most
+/// recently active first, at most [`MAX_ATTRIBUTION_ROWS`] (one answer stays
+/// far below a gRPC message's 4 MiB).
+fn attribution_rows(s: &LedgerState, kind: AttribKind, by: &str) -> Vec<pb::UsageRow> {
+    let mut recent: Vec<(&String, &AttribRec)> = s.attribution.of(kind).collect();
+    recent.sort_by(|a, b| b.1.last_ms.cmp(&a.1.last_ms).then_with(|| a.0.cmp(b.0)));
+    recent
+        .into_iter()
+        .take(MAX_ATTRIBUTION_ROWS)
+        .map(|(id, r)| pb::UsageRow {
+            scope: format!("{by}:{id}"),
+            period: "total".to_string(),
+            spent_nano_usd: r.settled.0,
+            requests: r.requests,
+            input_tokens: r.usage.input_tokens,
+            output_tokens: r.usage.output_tokens,
+            cache_write_tokens: r.usage.cache_write_5m_tokens + r.usage.cache_write_1h_tokens,
+            cache_read_tokens: r.usage.cache_read_tokens,
+            excess_nano_usd: r.excess.0,
+            user: r.user.clone(),
+            parent_agent: r.parent.clone().unwrap_or_default(),
+            first_ms: r.first_ms,
+            last_ms: r.last_ms,
+            ..Default::default()
+        })
+        .collect()
 }

@@ -134,6 +134,79 @@ pub struct LedgerNode {
     fatal: watch::Receiver<Option<String>>,
 }
 
+/// openraft's settings from the node's.
+fn raft_config(cfg: &LedgerConfig) -> anyhow::Result<openraft::Config> {
+    Ok(openraft::Config {
+        cluster_name: "tollgate".to_string(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_timeout_min_ms,
+        election_timeout_max: cfg.election_timeout_max_ms,
+        // Keep append messages well under the gRPC limit: entries carry batches.
+        max_payload_entries: 8,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+        snapshot_max_chunk_size: 2 * 1024 * 1024,
+        max_in_snapshot_log_to_keep: cfg.logs_to_keep,
+        install_snapshot_timeout: 2000,
+        ..Default::default()
+    }
+    .validate()?)
+}
+
+/// Binds the gRPC address and serves the Raft, ledger and admin services
+/// (each behind the gate for its audience, see `auth`: a refused caller
+/// gets PERMISSION_DENIED before any handler runs) until `shutdown`.
+async fn serve(
+    cfg: &LedgerConfig,
+    raft: &Raft,
+    proposer: &Proposer,
+    sm: &StateMachineStore,
+    probe: &LedgerProbe,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>> {
+    let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
+    let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_else(|| cfg.grpc_addr.to_string());
+    let shutdown_rx = shutdown.clone();
+    let gate = Gate::new(cfg.tls.is_some(), raft.clone(), cfg.peers.keys().copied().collect());
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let raft_rpc = RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone(), gate: gate.clone() };
+    let ledger_api =
+        LedgerApi { proposer: proposer.clone(), sm: sm.clone(), probe: probe.clone(), stop: shutdown.clone() };
+    let admin_api = AdminApi {
+        id: cfg.id,
+        addr: advertised,
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        sm: sm.clone(),
+        gate: gate.clone(),
+        tls: cfg.tls.clone(),
+    };
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(4096)
+        .add_service(InterceptedService::new(
+            RaftServiceServer::new(raft_rpc)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            gate.interceptor(Audience::Members),
+        ))
+        .add_service(InterceptedService::new(
+            LedgerServiceServer::new(ledger_api).max_decoding_message_size(16 * 1024 * 1024),
+            gate.interceptor(Audience::Edges),
+        ))
+        .add_service(InterceptedService::new(AdminServiceServer::new(admin_api), gate.interceptor(Audience::Anyone)))
+        .add_service(InterceptedService::new(reflection, gate.interceptor(Audience::Anyone)));
+    let incoming = tollgate_tls::incoming(listener, cfg.tls.clone());
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        shutdown_rx.cancelled().await;
+    }));
+    let transport = if cfg.tls.is_some() { "mutual TLS" } else { "plaintext" };
+    tracing::info!(id = cfg.id, addr = %cfg.grpc_addr, transport, "ledger node serving gRPC");
+    Ok(server)
+}
+
 impl LedgerNode {
     /// Opens storage, starts Raft and serves gRPC on `cfg.grpc_addr`.
     pub async fn start(cfg: LedgerConfig) -> anyhow::Result<LedgerNode> {
@@ -152,20 +225,7 @@ impl LedgerNode {
         // hold up the flush that every log append waits for.
         let sm = StateMachineStore::new(&open("snapshots")?)?;
 
-        let raft_config = openraft::Config {
-            cluster_name: "tollgate".to_string(),
-            heartbeat_interval: cfg.heartbeat_ms,
-            election_timeout_min: cfg.election_timeout_min_ms,
-            election_timeout_max: cfg.election_timeout_max_ms,
-            // Keep append messages well under the gRPC limit: entries carry batches.
-            max_payload_entries: 8,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
-            snapshot_max_chunk_size: 2 * 1024 * 1024,
-            max_in_snapshot_log_to_keep: cfg.logs_to_keep,
-            install_snapshot_timeout: 2000,
-            ..Default::default()
-        }
-        .validate()?;
+        let raft_config = raft_config(&cfg)?;
         let raft =
             Raft::new(cfg.id, Arc::new(raft_config), Network { tls: cfg.tls.clone() }, log_store, sm.clone()).await?;
         let proposer = Proposer::start(cfg.id, raft.clone(), cfg.proposer.clone(), metrics.clone(), cfg.tls.clone());
@@ -177,54 +237,10 @@ impl LedgerNode {
             quorum_ack_bound_ms: cfg.election_timeout_max_ms,
         };
 
-        let listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
-            .await
-            .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
-        let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_else(|| cfg.grpc_addr.to_string());
         let shutdown = CancellationToken::new();
-        let shutdown_rx = shutdown.clone();
-        let gate = Gate::new(cfg.tls.is_some(), raft.clone(), cfg.peers.keys().copied().collect());
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        // Each service behind the gate for its audience (see `auth`): a
-        // refused caller gets PERMISSION_DENIED before any handler runs.
-        let raft_rpc = RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone(), gate: gate.clone() };
-        let ledger_api =
-            LedgerApi { proposer: proposer.clone(), sm: sm.clone(), probe: probe.clone(), stop: shutdown.clone() };
-        let admin_api = AdminApi {
-            id: cfg.id,
-            addr: advertised,
-            raft: raft.clone(),
-            proposer: proposer.clone(),
-            sm: sm.clone(),
-            gate: gate.clone(),
-            tls: cfg.tls.clone(),
-        };
-        let router = tonic::transport::Server::builder()
-            .concurrency_limit_per_connection(4096)
-            .add_service(InterceptedService::new(
-                RaftServiceServer::new(raft_rpc)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                gate.interceptor(Audience::Members),
-            ))
-            .add_service(InterceptedService::new(
-                LedgerServiceServer::new(ledger_api).max_decoding_message_size(16 * 1024 * 1024),
-                gate.interceptor(Audience::Edges),
-            ))
-            .add_service(InterceptedService::new(
-                AdminServiceServer::new(admin_api),
-                gate.interceptor(Audience::Anyone),
-            ))
-            .add_service(InterceptedService::new(reflection, gate.interceptor(Audience::Anyone)));
-        let incoming = tollgate_tls::incoming(listener, cfg.tls.clone());
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
-            shutdown_rx.cancelled().await;
-        }));
-        let transport = if cfg.tls.is_some() { "mutual TLS" } else { "plaintext" };
-        tracing::info!(id = cfg.id, addr = %cfg.grpc_addr, transport, "ledger node serving gRPC");
-
+        // An error below stops what was started.
+        let _stop_on_drop = shutdown.clone().drop_guard();
+        let server = serve(&cfg, &raft, &proposer, &sm, &probe, &shutdown).await?;
         let admin_token_path = cfg.data_dir.join("admin.token");
         let (fail, fatal) = watch::channel(None);
         if cfg.bootstrap {
@@ -247,7 +263,6 @@ impl LedgerNode {
             tokio::spawn(registrar.run(shutdown.clone()));
         }
         tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.clone()));
-        let _stop_on_drop = shutdown.clone().drop_guard();
         Ok(LedgerNode {
             id: cfg.id,
             raft,

@@ -117,8 +117,22 @@ fn render(
     }
     gauge("tollgate_ledger_queued_commands", "Commands waiting for a batch on this node.", queued as u64);
 
-    // The budgets as this node has applied them (read under the lock,
-    // rendered after it).
+    let left_out = budget_gauges(&now, sm);
+    let mut out = metrics.registry.render();
+    out.push_str(&now.render());
+    if left_out > 0 {
+        out.push_str(&format!(
+            "# {left_out} more budgets left out of the tollgate_budget_* series (limit {MAX_SERIES})\n"
+        ));
+    }
+    out
+}
+
+/// The state clock, live holds and each budget's limit, spent and held, as
+/// this node has applied them (read under the lock, set after it); returns
+/// how many budgets were left out.
+fn budget_gauges(now: &Registry, sm: &StateMachineStore) -> usize {
+    let gauge = |name, help, v: u64| now.gauge(name, help).set(v as f64);
     type Row = ([String; 4], f64);
     let (clock, holds, limits, spent, held, total): (u64, usize, Vec<Row>, Vec<Row>, Vec<Row>, usize) = sm.read(|a| {
         let s = &a.state;
@@ -160,13 +174,5 @@ fn render(
         spent,
     );
     now.gauges("tollgate_budget_held_nano_usd", "Held by live holds.", names, held);
-    let mut out = metrics.registry.render();
-    out.push_str(&now.render());
-    if total > MAX_SERIES {
-        out.push_str(&format!(
-            "# {} more budgets left out of the tollgate_budget_* series (limit {MAX_SERIES})\n",
-            total - MAX_SERIES
-        ));
-    }
-    out
+    total.saturating_sub(MAX_SERIES)
 }

@@ -236,13 +236,16 @@ fn spawn_reloader(
     })
 }
 
-async fn run_up(a: UpArgs) -> ExitCode {
+/// `tollgate up`'s edge settings and the embedded ledger's gRPC address
+/// (flag, `TOLLGATE_GRPC`, the file's `[up] grpc`, or 127.0.0.1:7070),
+/// which must be loopback unless TLS or `--insecure-plaintext` says otherwise.
+fn up_settings(a: &UpArgs) -> Result<(EdgeSettings, SocketAddr), ExitCode> {
     let file = match &a.edge.config {
         Some(p) => match FileConfig::load(p) {
             Ok(f) => Some(f),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(EXIT_CONFIG);
+                return Err(ExitCode::from(EXIT_CONFIG));
             }
         },
         None => None,
@@ -254,7 +257,7 @@ async fn run_up(a: UpArgs) -> ExitCode {
                 Ok(g) => g,
                 Err(_) => {
                     eprintln!("error: TOLLGATE_GRPC={v:?} is not HOST:PORT");
-                    return ExitCode::from(EXIT_CONFIG);
+                    return Err(ExitCode::from(EXIT_CONFIG));
                 }
             },
             None => file.as_ref().and_then(|f| f.up.grpc).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
@@ -264,7 +267,7 @@ async fn run_up(a: UpArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
     if settings.cluster_tls.is_none() && !grpc.ip().is_loopback() && !settings.insecure_plaintext {
@@ -273,8 +276,16 @@ async fn run_up(a: UpArgs) -> ExitCode {
              --tls-cert, --tls-key with a ledger certificate for node 1; see `tollgate cert`), or \
              --insecure-plaintext on a network you trust completely"
         );
-        return ExitCode::from(EXIT_CONFIG);
+        return Err(ExitCode::from(EXIT_CONFIG));
     }
+    Ok((settings, grpc))
+}
+
+async fn run_up(a: UpArgs) -> ExitCode {
+    let (settings, grpc) = match up_settings(&a) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
     let tls = match load_tls(settings.cluster_tls.as_ref()) {
         Ok(t) => t,
         Err(code) => return code,

@@ -2,7 +2,7 @@
 //! APIs that authenticates virtual keys against the config streamed from
 //! the ledger, reserves a hold before forwarding, meters usage from the
 //! response (JSON or SSE, streamed through without buffering) and settles
-//! through a durable outbox. See ARCHITECTURE.md, "The edge request path".
+//! through a durable outbox. See docs/edge.md.
 
 mod admission;
 mod fail_open;
@@ -282,6 +282,31 @@ enum Listener {
     Ops,
 }
 
+/// The connection's byte stream: as accepted, or after its TLS handshake.
+/// A client that does not finish its handshake in time loses the slot.
+async fn accept_tls(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    tls: Option<&HttpTls>,
+    within: Duration,
+    metrics: &Metrics,
+) -> Option<Box<dyn tollgate_tls::transport::Io>> {
+    let Some(tls) = tls else { return Some(Box::new(stream)) };
+    match tokio::time::timeout(within, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => Some(Box::new(s)),
+        Ok(Err(e)) => {
+            metrics.connection_refused("tls_handshake");
+            tracing::debug!(%remote, "https handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            metrics.connection_refused("tls_handshake");
+            tracing::debug!(%remote, "https handshake timed out");
+            None
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -336,21 +361,7 @@ async fn serve(
         let metrics = shared.metrics.clone();
         tokio::spawn(async move {
             let _slots = (permit, ip_slot);
-            let io: Box<dyn tollgate_tls::transport::Io> = match &tls {
-                None => Box::new(stream),
-                // A client that does not finish its handshake in time loses the slot.
-                Some(tls) => match tokio::time::timeout(first_byte, tls.acceptor().accept(stream)).await {
-                    Ok(Ok(s)) => Box::new(s),
-                    Ok(Err(e)) => {
-                        metrics.connection_refused("tls_handshake");
-                        return tracing::debug!(%remote, "https handshake failed: {e}");
-                    }
-                    Err(_) => {
-                        metrics.connection_refused("tls_handshake");
-                        return tracing::debug!(%remote, "https handshake timed out");
-                    }
-                },
-            };
+            let Some(io) = accept_tls(stream, remote, tls.as_deref(), first_byte, &metrics).await else { return };
             // The header timeout runs from the moment hyper waits for a
             // request head, so it also closes a connection that sends
             // nothing at first or idles between requests.

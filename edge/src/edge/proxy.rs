@@ -17,7 +17,7 @@ use super::headers::{connection_named, skip_request_header, skip_response_header
 use super::local::{models_list, ops};
 use super::request::{valid_model_id, Head};
 use super::settle::Settler;
-use super::watch::Principal;
+use super::watch::{ConfigView, Principal};
 use super::{KeySlot, Shared};
 use crate::errors::{Api, EdgeError, ErrorResponse};
 
@@ -210,21 +210,7 @@ impl Ctx {
                      retry when one finishes"
             ))
         })?);
-        let limit = self.s.settings.max_body_bytes;
-        let declared = parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(EdgeError::TooLarge(format!("Tollgate: the request body exceeds the {limit}-byte limit")));
-        }
-        let body = match tokio::time::timeout(self.s.settings.body_read_timeout, Limited::new(body, limit).collect())
-            .await
-        {
-            Err(_) => return Err(EdgeError::BodyTimeout("Tollgate: timed out reading the request body".into())),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(EdgeError::TooLarge(format!("Tollgate: the request body exceeds the {limit}-byte limit")));
-            }
-            Ok(Err(e)) => return Err(EdgeError::BadRequest(format!("Tollgate: could not read the request body: {e}"))),
-            Ok(Ok(b)) => b.to_bytes(),
-        };
+        let body = self.read_body(&parts, body).await?;
         if let Route::Models(api) = self.route {
             // Answered here, from the price book: each engineer sees the
             // models the gateway prices and their policy allows (Claude
@@ -241,36 +227,61 @@ impl Ctx {
         }
         match self.route {
             Route::Messages | Route::ChatCompletions => self.metered(parts, body, principal).await,
-            Route::CountTokens | Route::Models(_) => {
-                let model = Head::parse(&body).ok().and_then(|h| h.model.map(|m| m.into_owned()));
-                if let Some(model) = model {
-                    if !valid_model_id(&model) {
-                        return Err(EdgeError::BadRequest(invalid_model_message(&model)));
-                    }
-                    let listed = view.prices.lookup(&model).map(|p| p.id.clone());
-                    if let Err(scope) = view.check_policy(&principal, &model, listed.as_deref()) {
-                        return Err(EdgeError::Forbidden(format!(
-                            "Tollgate: model {model} is not allowed by the policy of {scope}"
-                        )));
-                    }
-                    self.model = model;
-                }
-                let up = self.forward(&parts, body).await?;
-                let t = Instant::now();
-                let (head, body) = up.into_parts();
-                let body = match tokio::time::timeout(
-                    self.s.settings.upstream_timeout,
-                    Limited::new(body, MAX_ERROR_BODY).collect(),
-                )
-                .await
-                {
-                    Ok(Ok(b)) => b.to_bytes(),
-                    _ => return Err(EdgeError::Upstream("Tollgate: the upstream response could not be read".into())),
-                };
-                self.overhead += t.elapsed();
-                Ok(self.client_response(head, full(body), true))
-            }
+            Route::CountTokens | Route::Models(_) => self.passthrough(parts, body, &view, &principal).await,
         }
+    }
+
+    /// The request body, within the size limit and the read timeout.
+    async fn read_body(&self, parts: &hyper::http::request::Parts, body: Incoming) -> Result<Bytes, EdgeError> {
+        let limit = self.s.settings.max_body_bytes;
+        let declared = parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(EdgeError::TooLarge(format!("Tollgate: the request body exceeds the {limit}-byte limit")));
+        }
+        match tokio::time::timeout(self.s.settings.body_read_timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(EdgeError::BodyTimeout("Tollgate: timed out reading the request body".into())),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(EdgeError::TooLarge(format!("Tollgate: the request body exceeds the {limit}-byte limit")))
+            }
+            Ok(Err(e)) => Err(EdgeError::BadRequest(format!("Tollgate: could not read the request body: {e}"))),
+            Ok(Ok(b)) => Ok(b.to_bytes()),
+        }
+    }
+
+    /// A request that is authenticated and policed but not charged
+    /// (`count_tokens`): forwarded, its answer read whole (bounded).
+    async fn passthrough(
+        &mut self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+        view: &ConfigView,
+        principal: &Principal,
+    ) -> Result<Response<Body>, EdgeError> {
+        let model = Head::parse(&body).ok().and_then(|h| h.model.map(|m| m.into_owned()));
+        if let Some(model) = model {
+            if !valid_model_id(&model) {
+                return Err(EdgeError::BadRequest(invalid_model_message(&model)));
+            }
+            let listed = view.prices.lookup(&model).map(|p| p.id.clone());
+            if let Err(scope) = view.check_policy(principal, &model, listed.as_deref()) {
+                return Err(EdgeError::Forbidden(format!(
+                    "Tollgate: model {model} is not allowed by the policy of {scope}"
+                )));
+            }
+            self.model = model;
+        }
+        let up = self.forward(&parts, body).await?;
+        let t = Instant::now();
+        let (head, body) = up.into_parts();
+        let body =
+            match tokio::time::timeout(self.s.settings.upstream_timeout, Limited::new(body, MAX_ERROR_BODY).collect())
+                .await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                _ => return Err(EdgeError::Upstream("Tollgate: the upstream response could not be read".into())),
+            };
+        self.overhead += t.elapsed();
+        Ok(self.client_response(head, full(body), true))
     }
 
     /// The response to the client: upstream status and headers, `body`.

@@ -40,9 +40,15 @@ pub struct Setup {
 /// A one-node ledger over mutual TLS (its own quorum) and a mock provider
 /// started with `mock_flags`.
 pub async fn setup(mock_flags: &[&str]) -> Setup {
+    setup_with(1, mock_flags).await
+}
+
+/// `nodes` ledger nodes over mutual TLS and a mock provider started with
+/// `mock_flags`.
+pub async fn setup_with(nodes: u64, mock_flags: &[&str]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
-    let cluster = LedgerCluster::start(&sibling_binary().unwrap(), &path, 1).unwrap();
+    let cluster = LedgerCluster::start(&sibling_binary().unwrap(), &path, nodes).unwrap();
     let admin = cluster.admin(Duration::from_secs(30)).await.unwrap();
     let mock = mock(&path, mock_flags);
     Setup { _dir: dir, dir: path, cluster, admin, mock }
@@ -76,13 +82,37 @@ impl Setup {
 
     /// Creates team, user and a key; returns the key's secret.
     pub async fn key(&self, team: &str, user: &str) -> String {
+        self.principal(team, user).await.1
+    }
+
+    /// Creates team, user and key; returns (key id, secret).
+    pub async fn principal(&self, team: &str, user: &str) -> (String, String) {
         let a = &self.admin;
         let _ =
             a.call(pb::CreateTeamRequest { name: team.into() }, |mut c, r| async move { c.create_team(r).await }).await;
-        let u = pb::CreateUserRequest { email: user.into(), team: team.into() };
-        a.call(u, |mut c, r| async move { c.create_user(r).await }).await.unwrap();
-        let k = pb::CreateKeyRequest { user: user.into(), name: "e2e".into() };
-        a.call(k, |mut c, r| async move { c.create_key(r).await }).await.unwrap().secret
+        a.call(pb::CreateUserRequest { email: user.into(), team: team.into() }, |mut c, r| async move {
+            c.create_user(r).await
+        })
+        .await
+        .unwrap();
+        let k = a
+            .call(pb::CreateKeyRequest { user: user.into(), name: "e2e".into() }, |mut c, r| async move {
+                c.create_key(r).await
+            })
+            .await
+            .unwrap();
+        (k.id, k.secret)
+    }
+
+    /// The usage rows grouped `by`.
+    pub async fn usage(&self, by: &str) -> Vec<pb::UsageRow> {
+        let req = pb::UsageRequest { by: by.into() };
+        self.admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows
+    }
+
+    /// The usage row of `scope` grouped `by` (zeros if none).
+    pub async fn row(&self, by: &str, scope: &str) -> pb::UsageRow {
+        self.usage(by).await.into_iter().find(|r| r.scope == scope).unwrap_or_default()
     }
 }
 
@@ -259,9 +289,7 @@ impl Setup {
     pub async fn settled(&self, by: &str, scope: &str, requests: u64) -> pb::UsageRow {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let req = pb::UsageRequest { by: by.into() };
-            let rows = self.admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows;
-            let row = rows.into_iter().find(|r| r.scope == scope).unwrap_or_default();
+            let row = self.row(by, scope).await;
             if row.requests >= requests && row.held_nano_usd == 0 {
                 return row;
             }

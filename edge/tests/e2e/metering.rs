@@ -15,7 +15,7 @@ async fn sdk_calls_are_metered_to_the_nano_dollar() {
     let s = setup(&[]).await;
     let (key_id, secret) = s.principal("eng", "ann@corp.io").await;
     s.budget("team:eng", "1000").await;
-    let edge = s.edge("edge1", &[]);
+    let edge = s.edge_with("edge1", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     let cache = json!({"x-mock-cache-read": "4000", "x-mock-cache-write-5m": "100", "x-mock-cache-write-1h": "200"});
@@ -100,7 +100,7 @@ async fn claude_codes_default_model_is_metered_at_its_list_price() {
     let s = setup(&[]).await;
     let (key_id, secret) = s.principal("eng", "ann@corp.io").await;
     s.budget("team:eng", "5").await;
-    let edge = s.edge("edge1", &[]);
+    let edge = s.edge_with("edge1", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
     let cache = json!({"x-mock-cache-read": "40000", "x-mock-cache-write-5m": "1000", "x-mock-cache-write-1h": "2000"});
     let steps = json!([
@@ -140,7 +140,7 @@ async fn bad_input_gets_a_clear_error_in_each_providers_shape_and_charges_nothin
     s.admin.call(req, |mut c, r| async move { c.set_policy(r).await }).await.unwrap();
     let cfg = s.dir.join("edge.toml");
     std::fs::write(&cfg, "version = 1\n[edge]\nmax_body_bytes = 4096\n").unwrap();
-    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    let edge = s.edge_with("edge1", &["--config", cfg.to_str().unwrap()]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     let msg = |extra: &str| format!("{{\"model\":\"claude-sonnet-4-5\",\"messages\":[]{extra}}}");

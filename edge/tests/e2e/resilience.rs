@@ -16,8 +16,8 @@ async fn two_strict_edges_share_one_cap_and_the_budget_runs_out_with_402() {
     let (key_b, secret_b) = s.principal("ops", "dan@corp.io").await;
     // ~$0.05: each request reserves ~0.6 cents worst case, so the cap is hit mid-way.
     s.budget("team:ops", "0.05").await;
-    let e1 = s.edge("edge1", &["--estimate", "strict"]);
-    let e2 = s.edge("edge2", &["--estimate", "strict"]);
+    let e1 = s.edge_with("edge1", &["--estimate", "strict"]);
+    let e2 = s.edge_with("edge2", &["--estimate", "strict"]);
     e1.wait_ready(Duration::from_secs(30)).await.unwrap();
     e2.wait_ready(Duration::from_secs(30)).await.unwrap();
 
@@ -87,7 +87,7 @@ async fn an_edge_killed_with_settlements_pending_replays_its_outbox_once() {
     let s = setup(&[]).await;
     let (key_id, secret) = s.principal("eng", "fay@corp.io").await;
     s.budget("team:eng", "1000").await;
-    let mut edge = s.edge("edge1", &[]);
+    let mut edge = s.edge_with("edge1", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     // Warm-up, so the edge holds open connections to the ledger.
@@ -153,7 +153,7 @@ async fn an_edge_killed_with_settlements_pending_replays_its_outbox_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_cut_off_from_the_ledger_is_not_ready_until_it_is_back() {
     let s = setup(&[]).await;
-    let edge = s.edge("edge1", &[]);
+    let edge = s.edge_with("edge1", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
     // Ready, and it stays ready on an idle but healthy cluster.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -226,7 +226,7 @@ async fn fail_open_admits_up_to_its_allowance_and_charges_once_the_ledger_is_bac
         "version = 1\n[edge]\nfail_mode = \"open\"\nfail_open_allowance_usd = \"0.005\"\nadmission_timeout_ms = 1000\n",
     )
     .unwrap();
-    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    let edge = s.edge_with("edge1", &["--config", cfg.to_str().unwrap()]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
     let call = |headers: Value| json!({"kind": "anthropic", "model": "claude-sonnet-4-5", "max_tokens": 100, "headers": headers});
     let warm = sdk(json!({"base_url": base(&edge), "key": secret, "steps": [call(json!({}))]})).await;

@@ -8,16 +8,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use tollgate_chaos::cluster::{sibling_binaries, sibling_binary, EdgeProc, LedgerCluster, MockProc};
+use tollgate_chaos::cluster::{sibling_binary, EdgeProc};
 use tollgate_chaos::mock::TruthRecord;
-use tollgate_client::AdminClient;
-use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
-
-pub const UPSTREAM_KEY: &str = "sk-upstream-test";
 
 /// The Python with the SDKs: $TOLLGATE_PYTHON (set by ./test.sh), else the
 /// venv ./test.sh makes under target/.
@@ -63,32 +59,17 @@ pub fn truth_cost(r: &TruthRecord) -> u64 {
     tollgate_chaos::checker::truth_cost(r)
 }
 
-/// The `mock-upstream` binary, accepting only [`UPSTREAM_KEY`].
-pub fn mock(dir: &Path, extra: &[&str]) -> MockProc {
-    MockProc::start(&sibling_binaries().unwrap().1, dir, Some(UPSTREAM_KEY), true, extra).unwrap()
-}
+pub use crate::harness::{mock, Setup, UPSTREAM_KEY};
 
-pub struct Setup {
-    pub _dir: tempfile::TempDir,
-    pub dir: PathBuf,
-    pub cluster: LedgerCluster,
-    pub admin: AdminClient,
-    pub mock: MockProc,
-}
-
+/// Three ledger nodes over mutual TLS and the mock provider.
 pub async fn setup(mock_flags: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    let bin = sibling_binary().unwrap();
-    let cluster = LedgerCluster::start(&bin, &path, 3).unwrap();
-    let admin = cluster.admin(Duration::from_secs(30)).await.unwrap();
-    let mock = mock(&path, mock_flags);
-    Setup { _dir: dir, dir: path, cluster, admin, mock }
+    crate::harness::setup_with(3, mock_flags).await
 }
 
 impl Setup {
-    /// An edge over mutual TLS to the ledger, with its own certificate.
-    pub fn edge(&self, name: &str, extra: &[&str]) -> EdgeProc {
+    /// An edge over mutual TLS to the ledger, with its own certificate
+    /// and only `extra` flags (no config file of the harness's).
+    pub fn edge_with(&self, name: &str, extra: &[&str]) -> EdgeProc {
         let mut flags = self.cluster.tls_flags(&Role::Edge(name.into())).unwrap();
         flags.extend(extra.iter().map(|s| s.to_string()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -96,51 +77,6 @@ impl Setup {
             .unwrap()
     }
 
-    /// Creates team, user and key; returns (key id, secret).
-    pub async fn principal(&self, team: &str, user: &str) -> (String, String) {
-        let a = &self.admin;
-        let _ =
-            a.call(pb::CreateTeamRequest { name: team.into() }, |mut c, r| async move { c.create_team(r).await }).await;
-        a.call(pb::CreateUserRequest { email: user.into(), team: team.into() }, |mut c, r| async move {
-            c.create_user(r).await
-        })
-        .await
-        .unwrap();
-        let k = a
-            .call(pb::CreateKeyRequest { user: user.into(), name: "e2e".into() }, |mut c, r| async move {
-                c.create_key(r).await
-            })
-            .await
-            .unwrap();
-        (k.id, k.secret)
-    }
-
-    pub async fn budget(&self, scope: &str, usd: &str) {
-        crate::harness::set_budget(&self.admin, scope, usd).await;
-    }
-
-    pub async fn usage(&self, by: &str) -> Vec<pb::UsageRow> {
-        let req = pb::UsageRequest { by: by.into() };
-        self.admin.call(req, |mut c, r| async move { c.usage(r).await }).await.unwrap().rows
-    }
-
-    pub async fn row(&self, by: &str, scope: &str) -> pb::UsageRow {
-        self.usage(by).await.into_iter().find(|r| r.scope == scope).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until `scope` counts `requests` admissions and holds
-    /// nothing (every hold settled or released).
-    pub async fn settled(&self, by: &str, scope: &str, requests: u64) -> pb::UsageRow {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let row = self.row(by, scope).await;
-            if row.requests >= requests && row.held_nano_usd == 0 {
-                return row;
-            }
-            assert!(Instant::now() < deadline, "{scope}: {row:?} never reached {requests} settled requests");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 pub fn base(e: &EdgeProc) -> String {

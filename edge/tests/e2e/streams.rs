@@ -14,7 +14,7 @@ async fn a_client_that_hangs_up_mid_stream_is_charged_what_is_known_and_a_hung_u
     s.budget("team:eng", "1000").await;
     let cfg = s.dir.join("edge.toml");
     std::fs::write(&cfg, "version = 1\n[edge]\nupstream_timeout_secs = 2\n").unwrap();
-    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    let edge = s.edge_with("edge1", &["--config", cfg.to_str().unwrap()]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     let h = json!({"x-api-key": secret, "anthropic-version": "2023-06-01", "content-type": "application/json"});
@@ -65,7 +65,7 @@ async fn a_stream_longer_than_its_hold_ttl_extends_its_hold() {
     s.budget("team:eng", "1000").await;
     let cfg = s.dir.join("edge.toml");
     std::fs::write(&cfg, "version = 1\n[edge]\nhold_ttl_secs = 2\n").unwrap();
-    let edge = s.edge("edge1", &["--config", cfg.to_str().unwrap()]);
+    let edge = s.edge_with("edge1", &["--config", cfg.to_str().unwrap()]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
     let steps = json!([{"kind": "anthropic", "stream": true, "model": "claude-sonnet-4-5", "max_tokens": 40}]);
     let call = tokio::spawn(sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})));

@@ -72,90 +72,14 @@ impl LedgerState {
                 self.users.insert(email.clone(), UserRec { team: team.clone(), created: stamp.clone() });
             }
             AdminOp::CreateKey { id, user, name, secret_sha256 } => {
-                if !valid_name(id) {
-                    return Outcome::reject(InvalidArgument, format!("key id {id:?} is not valid"));
-                }
-                if name.len() > 64 || name.chars().any(char::is_control) {
-                    return Outcome::reject(InvalidArgument, "key name must be at most 64 printable characters");
-                }
-                if !valid_sha256_hex(secret_sha256) {
-                    return Outcome::reject(InvalidArgument, "key hash must be 64 lowercase hex digits");
-                }
-                if !self.users.contains_key(user) {
-                    return Outcome::reject(NotFound, format!("unknown user {user}"));
-                }
-                if self.keys.contains_key(id) {
-                    return Outcome::reject(AlreadyExists, format!("key {id} already exists"));
-                }
-                if self.keys.values().any(|k| &k.secret_sha256 == secret_sha256) {
-                    return Outcome::reject(AlreadyExists, "a key with that secret already exists");
-                }
-                self.keys.insert(
-                    id.clone(),
-                    KeyRec {
-                        user: user.clone(),
-                        name: name.clone(),
-                        secret_sha256: secret_sha256.clone(),
-                        revoked: false,
-                        created: stamp.clone(),
-                    },
-                );
+                return self.create_key(id, user, name, secret_sha256, stamp)
             }
             AdminOp::RevokeKey { id } => match self.keys.get_mut(id) {
                 None => return Outcome::reject(NotFound, format!("unknown key {id}")),
                 Some(k) => k.revoked = true,
             },
             AdminOp::SetBudget { scope, model, limit, period, mode } => {
-                if let Err(r) = self.check_scope(scope) {
-                    return r;
-                }
-                if let Some(m) = model {
-                    if !valid_model(m) {
-                        return Outcome::reject(InvalidArgument, format!("model {m:?} is not a valid model name"));
-                    }
-                }
-                let now = self.clock_ms;
-                let existing =
-                    self.budgets.iter().find(|(_, b)| &b.scope == scope && &b.model == model).map(|(id, _)| *id);
-                let id = existing.unwrap_or_else(|| {
-                    let id = BudgetId(self.next_budget_id);
-                    self.next_budget_id += 1;
-                    id
-                });
-                let b = self.budgets.entry(id).or_insert_with(|| BudgetRec {
-                    scope: scope.clone(),
-                    model: model.clone(),
-                    limit: *limit,
-                    period: *period,
-                    mode: *mode,
-                    period_start_ms: period.start_ms(now),
-                    epoch: 0,
-                    settled: NanoUsd::ZERO,
-                    unsettled: NanoUsd::ZERO,
-                    held: NanoUsd::ZERO,
-                    excess: NanoUsd::ZERO,
-                    requests: 0,
-                    updated: stamp.clone(),
-                });
-                b.roll(now);
-                if b.period != *period {
-                    // The counters carry over as they are: the ledger does not
-                    // know how past spend splits into the new period's windows
-                    // (to a shorter period it over-counts until the next reset;
-                    // to a longer one it starts from what the old period had).
-                    b.period = *period;
-                    b.period_start_ms = period.start_ms(now);
-                    b.epoch += 1;
-                }
-                b.limit = *limit;
-                b.mode = *mode;
-                b.updated = stamp.clone();
-                // A limit lowered below what is already used is recorded as
-                // excess, not hidden: nothing new is admitted until it is paid off.
-                let used = b.spent().saturating_add(b.held);
-                if used > b.limit.saturating_add(b.excess) {
-                    b.excess = used.saturating_sub(b.limit);
-                }
+                return self.set_budget(scope, model, limit, period, mode, stamp)
             }
             AdminOp::SetPolicy { scope, allowed_models } => {
                 if let Err(r) = self.check_scope(scope) {
@@ -176,36 +100,7 @@ impl LedgerState {
                 }
                 self.limits.max_request = *max_request;
             }
-            AdminOp::SetPrices { set, remove } => {
-                if set.len() + remove.len() > MAX_PRICE_OVERRIDES {
-                    return Outcome::reject(
-                        InvalidArgument,
-                        format!("one change may set or remove at most {MAX_PRICE_OVERRIDES} prices"),
-                    );
-                }
-                for p in set {
-                    if let Err(m) = check_price(p) {
-                        return Outcome::reject(InvalidArgument, m);
-                    }
-                }
-                if let Some(m) = remove.iter().find(|m| !self.prices.overrides.contains_key(*m)) {
-                    return Outcome::reject(NotFound, format!("model {m} has no price override to remove"));
-                }
-                let mut next = self.prices.overrides.clone();
-                for m in remove {
-                    next.remove(m);
-                }
-                for p in set {
-                    next.insert(p.model.clone(), p.clone());
-                }
-                if next.len() > MAX_PRICE_OVERRIDES {
-                    return Outcome::reject(
-                        FailedPrecondition,
-                        format!("the ledger keeps at most {MAX_PRICE_OVERRIDES} price overrides; remove some first"),
-                    );
-                }
-                self.prices.overrides = next;
-            }
+            AdminOp::SetPrices { set, remove } => return self.set_prices(set, remove),
             AdminOp::SetDiscount { basis_points } => {
                 if *basis_points > MAX_DISCOUNT_BP {
                     return Outcome::reject(
@@ -216,6 +111,136 @@ impl LedgerState {
                 self.prices.discount_bp = *basis_points;
             }
         }
+        Outcome::Done
+    }
+
+    fn create_key(&mut self, id: &str, user: &str, name: &str, secret_sha256: &str, stamp: &Stamp) -> Outcome {
+        use ErrorCode::*;
+        if !valid_name(id) {
+            return Outcome::reject(InvalidArgument, format!("key id {id:?} is not valid"));
+        }
+        if name.len() > 64 || name.chars().any(char::is_control) {
+            return Outcome::reject(InvalidArgument, "key name must be at most 64 printable characters");
+        }
+        if !valid_sha256_hex(secret_sha256) {
+            return Outcome::reject(InvalidArgument, "key hash must be 64 lowercase hex digits");
+        }
+        if !self.users.contains_key(user) {
+            return Outcome::reject(NotFound, format!("unknown user {user}"));
+        }
+        if self.keys.contains_key(id) {
+            return Outcome::reject(AlreadyExists, format!("key {id} already exists"));
+        }
+        if self.keys.values().any(|k| k.secret_sha256 == secret_sha256) {
+            return Outcome::reject(AlreadyExists, "a key with that secret already exists");
+        }
+        self.keys.insert(
+            id.to_string(),
+            KeyRec {
+                user: user.to_string(),
+                name: name.to_string(),
+                secret_sha256: secret_sha256.to_string(),
+                revoked: false,
+                created: stamp.clone(),
+            },
+        );
+        Outcome::Done
+    }
+
+    /// Sets (or replaces) the budget of `scope` and `model`.
+    fn set_budget(
+        &mut self,
+        scope: &Scope,
+        model: &Option<String>,
+        limit: &NanoUsd,
+        period: &Period,
+        mode: &Mode,
+        stamp: &Stamp,
+    ) -> Outcome {
+        use ErrorCode::*;
+        if let Err(r) = self.check_scope(scope) {
+            return r;
+        }
+        if let Some(m) = model {
+            if !valid_model(m) {
+                return Outcome::reject(InvalidArgument, format!("model {m:?} is not a valid model name"));
+            }
+        }
+        let now = self.clock_ms;
+        let existing = self.budgets.iter().find(|(_, b)| &b.scope == scope && &b.model == model).map(|(id, _)| *id);
+        let id = existing.unwrap_or_else(|| {
+            let id = BudgetId(self.next_budget_id);
+            self.next_budget_id += 1;
+            id
+        });
+        let b = self.budgets.entry(id).or_insert_with(|| BudgetRec {
+            scope: scope.clone(),
+            model: model.clone(),
+            limit: *limit,
+            period: *period,
+            mode: *mode,
+            period_start_ms: period.start_ms(now),
+            epoch: 0,
+            settled: NanoUsd::ZERO,
+            unsettled: NanoUsd::ZERO,
+            held: NanoUsd::ZERO,
+            excess: NanoUsd::ZERO,
+            requests: 0,
+            updated: stamp.clone(),
+        });
+        b.roll(now);
+        if b.period != *period {
+            // The counters carry over as they are: the ledger does not
+            // know how past spend splits into the new period's windows
+            // (to a shorter period it over-counts until the next reset;
+            // to a longer one it starts from what the old period had).
+            b.period = *period;
+            b.period_start_ms = period.start_ms(now);
+            b.epoch += 1;
+        }
+        b.limit = *limit;
+        b.mode = *mode;
+        b.updated = stamp.clone();
+        // A limit lowered below what is already used is recorded as
+        // excess, not hidden: nothing new is admitted until it is paid off.
+        let used = b.spent().saturating_add(b.held);
+        if used > b.limit.saturating_add(b.excess) {
+            b.excess = used.saturating_sub(b.limit);
+        }
+        Outcome::Done
+    }
+
+    /// Sets and removes price overrides, all or none.
+    fn set_prices(&mut self, set: &[ModelPrice], remove: &[String]) -> Outcome {
+        use ErrorCode::*;
+        if set.len() + remove.len() > MAX_PRICE_OVERRIDES {
+            return Outcome::reject(
+                InvalidArgument,
+                format!("one change may set or remove at most {MAX_PRICE_OVERRIDES} prices"),
+            );
+        }
+        for p in set {
+            if let Err(m) = check_price(p) {
+                return Outcome::reject(InvalidArgument, m);
+            }
+        }
+        if let Some(m) = remove.iter().find(|m| !self.prices.overrides.contains_key(*m)) {
+            return Outcome::reject(NotFound, format!("model {m} has no price override to remove"));
+        }
+        let mut next = self.prices.overrides.clone();
+        for m in remove {
+            next.remove(m);
+        }
+        for p in set {
+            next.insert(p.model.clone(), p.clone());
+        }
+        if next.len() > MAX_PRICE_OVERRIDES {
+            return Outcome::reject(
+                FailedPrecondition,
+                format!("the ledger keeps at most {MAX_PRICE_OVERRIDES} price overrides; remove some first"),
+            );
+        }
+        self.prices.overrides = next;
         Outcome::Done
     }
 
