@@ -11,12 +11,11 @@ pub mod tls_args;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
-
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::v1::ledger_service_client::LedgerServiceClient;
 use tollgate_tls::ClusterTls;
+use tollgate_types::backoff::{self, Retryable};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
@@ -108,7 +107,7 @@ impl AdminClient {
             }
             Err(last)
         };
-        let pauses = ExponentialBuilder::new().with_min_delay(Duration::from_millis(200)).with_max_times(ROUNDS - 1);
+        let pauses = backoff::pauses(Duration::from_millis(200), Duration::from_secs(5)).with_max_times(ROUNDS - 1);
         round
             .retry(pauses)
             .sleep(tokio::time::sleep)

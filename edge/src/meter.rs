@@ -11,6 +11,7 @@
 //! The SSE parser is incremental and bounded: feed it whatever byte chunks
 //! arrive, split anywhere, and it yields whole events.
 
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use tollgate_types::domain::Usage;
 
@@ -63,7 +64,10 @@ impl Reported {
 /// The most one SSE event may buffer before it is dropped as malformed.
 pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
-/// An incremental `text/event-stream` parser.
+/// An incremental `text/event-stream` parser: the one SSE scanner of the
+/// edge. It meters events (`feed`) and, where the edge must drop some
+/// events from what the client gets, also passes on whole events
+/// (`feed_filtered`).
 #[derive(Debug, Default)]
 pub struct SseParser {
     line: Vec<u8>,
@@ -71,13 +75,59 @@ pub struct SseParser {
     data: String,
     /// Set when an event outgrew [`MAX_EVENT_BYTES`]; it is skipped.
     oversized: bool,
+    /// With `feed_filtered`: the current event's bytes, held until its end.
+    raw: Vec<u8>,
+    /// The current event outgrew [`MAX_EVENT_BYTES`] while held: the rest
+    /// of it is passed on as it comes (not SSE as expected).
+    raw_passing: bool,
 }
 
 impl SseParser {
     /// Feeds bytes; calls `on_event(name, data)` for every complete event
     /// (name `message` when the event had no `event:` line).
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&str, &str)) {
+        self.scan(chunk, None, |name, data| {
+            on_event(name, data);
+            true
+        });
+    }
+
+    /// As [`SseParser::feed`], and returns what to pass on: each whole
+    /// event (with its blank line) for which `keep(name, data)` holds. A
+    /// partial event is held back until it ends ([`SseParser::take_held`]
+    /// at the end of the stream), at most [`MAX_EVENT_BYTES`] of it.
+    pub fn feed_filtered(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(&str, &str),
+        keep: impl Fn(&str, &str) -> bool,
+    ) -> Bytes {
+        let mut out = BytesMut::new();
+        self.scan(chunk, Some(&mut out), |name, data| {
+            on_event(name, data);
+            keep(name, data)
+        });
+        out.freeze()
+    }
+
+    /// The partial event `feed_filtered` holds back (at the end of a stream).
+    pub fn take_held(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.raw))
+    }
+
+    fn scan(&mut self, chunk: &[u8], mut out: Option<&mut BytesMut>, mut on_event: impl FnMut(&str, &str) -> bool) {
         for &b in chunk {
+            if let Some(out) = out.as_deref_mut() {
+                if self.raw_passing {
+                    out.extend_from_slice(&[b]);
+                } else {
+                    self.raw.push(b);
+                    if self.raw.len() > MAX_EVENT_BYTES {
+                        out.extend_from_slice(&std::mem::take(&mut self.raw));
+                        self.raw_passing = true;
+                    }
+                }
+            }
             if b != b'\n' {
                 if self.line.len() + self.data.len() < MAX_EVENT_BYTES {
                     self.line.push(b);
@@ -91,9 +141,17 @@ impl SseParser {
                 line.pop();
             }
             if line.is_empty() {
+                let mut keep = true;
                 if !self.oversized && (!self.data.is_empty() || !self.event.is_empty()) {
                     let name = if self.event.is_empty() { "message" } else { self.event.as_str() };
-                    on_event(name, &self.data);
+                    keep = on_event(name, &self.data);
+                }
+                if let Some(out) = out.as_deref_mut() {
+                    let raw = std::mem::take(&mut self.raw);
+                    if keep && !self.raw_passing {
+                        out.extend_from_slice(&raw);
+                    }
+                    self.raw_passing = false;
                 }
                 self.event.clear();
                 self.data.clear();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
@@ -17,6 +16,7 @@ use tollgate_proto::v1::admin_service_server::AdminServiceServer;
 use tollgate_proto::v1::ledger_service_server::LedgerServiceServer;
 use tollgate_proto::v1::raft_service_server::RaftServiceServer;
 use tollgate_tls::{ClusterTls, Role};
+use tollgate_types::backoff::{self, BackoffBuilder};
 use tonic::service::interceptor::InterceptedService;
 
 use crate::auth::{random_token, sha256_hex, token_matches_hash};
@@ -394,13 +394,7 @@ impl TokenRegistrar {
     /// but this registration can change config before it). Then checks the
     /// registered hash is this node's token, and stops the node if not.
     async fn run(self, stop: CancellationToken) {
-        let pauses = || {
-            ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .without_max_times()
-                .build()
-        };
+        let pauses = || backoff::pauses(Duration::from_millis(100), Duration::from_secs(2)).build();
         let mut backoff = pauses();
         let mut last_elect = std::time::Instant::now();
         loop {

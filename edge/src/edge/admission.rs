@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use tollgate_client::retryable;
 use tollgate_proto::v1 as pb;
+use tollgate_types::backoff::{self, Retryable};
 use tollgate_types::domain::Denial;
 use tollgate_types::money::NanoUsd;
 
@@ -246,11 +246,8 @@ impl Ctx {
         // reach: a shorter probe would let a slow but working ledger (whose
         // acknowledgements refill the allowance) be bypassed without bound.
         let timeout = self.s.settings.admission_timeout;
-        let pauses = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_millis(500))
-            .without_max_times()
-            .with_total_delay(Some(timeout));
+        let pauses =
+            backoff::pauses(Duration::from_millis(20), Duration::from_millis(500)).with_total_delay(Some(timeout));
         let reserve = (|| self.s.ledger.reserve(req.clone())).retry(pauses).sleep(tokio::time::sleep).when(retryable);
         match tokio::time::timeout(timeout, reserve).await {
             Ok(r) => r.map_err(|st| st.message().to_string()),

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tollgate_proto::v1 as pb;
 
+use tollgate_types::backoff::{self, BackoffBuilder};
 use tollgate_types::money::NanoUsd;
 
 use super::fail_open::FailOpen;
@@ -243,14 +243,7 @@ async fn settle(c: &dyn Ledger, outbox: &Outbox, s: pb::SettleRequest) -> Sent {
 async fn drain(outbox: Outbox, ledger: Arc<dyn Ledger>) {
     // While the ledger does not acknowledge: 100 ms, doubling to 5 s,
     // jittered (every edge's outbox retries when the ledger comes back).
-    let pauses = || {
-        ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let pauses = || backoff::pauses(Duration::from_millis(100), Duration::from_secs(5)).build();
     let mut backoff = pauses();
     let mut pause = None;
     loop {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
@@ -215,7 +215,6 @@ impl Settler {
         s.metrics.open_streams.increment(1.0);
         let mut parser = SseParser::default();
         let mut meter = StreamMeter::default();
-        let mut pending_event = BytesMut::new();
         let ttl = s.settings.hold_ttl;
         let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + ttl / 2, ttl / 2);
         let api = self.api;
@@ -228,8 +227,13 @@ impl Settler {
                     Ok(Some(Err(_))) => break StreamEnd::UpstreamFailed,
                     Ok(Some(Ok(frame))) => {
                         let Ok(data) = frame.into_data() else { continue };
-                        parser.feed(&data, |name, d| api.meter_event(&mut meter, name, d));
-                        let out = if strip_usage { strip_usage_chunks(&mut pending_event, &data) } else { data };
+                        let on_event = |name: &str, d: &str| api.meter_event(&mut meter, name, d);
+                        let out = if strip_usage {
+                            parser.feed_filtered(&data, on_event, |_, d| !is_usage_chunk(d))
+                        } else {
+                            parser.feed(&data, on_event);
+                            data
+                        };
                         if out.is_empty() {
                             continue;
                         }
@@ -256,8 +260,9 @@ impl Settler {
                 _ = tx.closed() => break StreamEnd::ClientGone,
             }
         };
-        if strip_usage && !pending_event.is_empty() && ended_by == StreamEnd::UpstreamClosed {
-            let _ = tx.send(Ok(Frame::data(pending_event.split().freeze()))).await;
+        let held = parser.take_held();
+        if strip_usage && !held.is_empty() && ended_by == StreamEnd::UpstreamClosed {
+            let _ = tx.send(Ok(Frame::data(held))).await;
         }
         let complete = meter.finished || (meter.errored && meter.saw_usage);
         if !complete {
@@ -318,52 +323,10 @@ fn stream_error_event(api: Api, why: &str) -> Bytes {
     api.stream_error_event(&format!("Tollgate: {why}"))
 }
 
-/// Passes whole SSE events through, dropping OpenAI's usage-only chunk
-/// (`choices: []` with `usage` set) that the edge asked for on the
-/// client's behalf. Partial events wait in `pending` (bounded by the
-/// parser's event limit in practice: a chunk is at most a few KiB).
-fn strip_usage_chunks(pending: &mut BytesMut, data: &[u8]) -> Bytes {
-    pending.extend_from_slice(data);
-    let mut out = BytesMut::new();
-    while let Some(end) = event_end(pending) {
-        let event = pending.split_to(end);
-        if !is_usage_chunk(&event) {
-            out.extend_from_slice(&event);
-        }
-    }
-    if pending.len() > crate::meter::MAX_EVENT_BYTES {
-        // Not SSE as expected: stop holding it back.
-        out.extend_from_slice(&pending.split());
-    }
-    out.freeze()
-}
-
-/// The end (exclusive, including the blank line) of the first whole event.
-fn event_end(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\n' {
-            if b.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
-}
-
-fn is_usage_chunk(event: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(event);
-    let data: String = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let Ok(v) = serde_json::from_str::<Value>(&data) else { return false };
+/// OpenAI's usage-only chunk (`choices: []` with `usage` set), which the
+/// edge asked for on the client's behalf and so drops from its stream.
+fn is_usage_chunk(data: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(data) else { return false };
     v.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty())
         && v.get("usage").is_some_and(|u| u.is_object())
 }
@@ -384,12 +347,18 @@ mod tests {
             "data: [DONE]\n\n"
         );
         for split in 0..stream.len() {
-            let mut pending = BytesMut::new();
-            let mut out = Vec::new();
-            out.extend_from_slice(&strip_usage_chunks(&mut pending, &stream.as_bytes()[..split]));
-            out.extend_from_slice(&strip_usage_chunks(&mut pending, &stream.as_bytes()[split..]));
+            let mut parser = SseParser::default();
+            let (mut out, mut events) = (Vec::new(), 0);
+            for part in [&stream.as_bytes()[..split], &stream.as_bytes()[split..]] {
+                out.extend_from_slice(&parser.feed_filtered(part, |_, _| events += 1, |_, d| !is_usage_chunk(d)));
+            }
             assert_eq!(String::from_utf8(out).unwrap(), want, "split at {split}");
-            assert!(pending.is_empty());
+            assert_eq!(events, 3, "every event is still metered");
+            assert!(parser.take_held().is_empty());
         }
+        // A partial event is held back, and handed over at the end.
+        let mut parser = SseParser::default();
+        assert!(parser.feed_filtered(b"data: {\"partial\"", |_, _| {}, |_, _| true).is_empty());
+        assert_eq!(&parser.take_held()[..], b"data: {\"partial\"");
     }
 }

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
+use tollgate_types::backoff::{self, BackoffBuilder};
 
 use crate::pricing::PriceTable;
 
@@ -188,14 +188,7 @@ impl ConfigCache {
         let mut i = 0usize;
         // After each failure a longer pause, up to a second; jittered, so
         // edges cut off together do not come back in step.
-        let pauses = || {
-            ExponentialBuilder::new()
-                .with_min_delay(Duration::from_millis(50))
-                .with_max_delay(Duration::from_secs(1))
-                .with_jitter()
-                .without_max_times()
-                .build()
-        };
+        let pauses = || backoff::pauses(Duration::from_millis(50), Duration::from_secs(1)).build();
         let mut backoff = pauses();
         let request = pb::WatchConfigRequest { heartbeat_ms: WATCH_HEARTBEAT.as_millis() as u32 };
         loop {

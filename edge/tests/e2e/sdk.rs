@@ -76,7 +76,6 @@ impl Setup {
         EdgeProc::start(&sibling_binary().unwrap(), &self.dir, name, &self.cluster.servers(), &self.mock.url(), &flags)
             .unwrap()
     }
-
 }
 
 pub fn base(e: &EdgeProc) -> String {
