@@ -202,6 +202,23 @@ impl Settler {
         }
     }
 
+    /// Extends the hold by `ttl` in the background, through the `n`th
+    /// ledger node (any node will do; a different one each time).
+    fn extend_hold(&self, n: usize, ttl: Duration) {
+        let mut ledger = self.s.nodes.at(n);
+        let hold = self.adm.hold.clone();
+        let req = pb::ExtendBatch {
+            requests: vec![pb::ExtendRequest { hold_id: Some(hold), ttl_ms: ttl.as_millis() as u64 }],
+        };
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), ledger.extend(req)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(st)) => tracing::warn!("extending a streaming request's hold: {}", st.message()),
+                Err(_) => tracing::warn!("extending a streaming request's hold: no answer in 10 s"),
+            }
+        });
+    }
+
     /// Streams the upstream body to the client frame by frame, metering as
     /// it goes; extends the hold while the stream runs; settles at the end.
     pub(super) async fn pump(
@@ -244,18 +261,8 @@ impl Settler {
                     }
                 },
                 _ = extend.tick() => {
-                    // Any ledger node will do; take a different one each time.
                     extends += 1;
-                    let mut ledger = s.nodes.at(extends);
-                    let hold = self.adm.hold.clone();
-                    let req = pb::ExtendBatch { requests: vec![pb::ExtendRequest { hold_id: Some(hold), ttl_ms: ttl.as_millis() as u64 }] };
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), ledger.extend(req)).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(st)) => tracing::warn!("extending a streaming request's hold: {}", st.message()),
-                            Err(_) => tracing::warn!("extending a streaming request's hold: no answer in 10 s"),
-                        }
-                    });
+                    self.extend_hold(extends, ttl);
                 }
                 _ = tx.closed() => break StreamEnd::ClientGone,
             }
