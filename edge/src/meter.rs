@@ -227,6 +227,23 @@ pub fn read_openai_usage(usage: &Value) -> Usage {
     }
 }
 
+/// Reads a Responses API `usage` object: `input_tokens` includes the
+/// cached tokens and those written to the cache (each has its own rate),
+/// and `output_tokens` includes the reasoning tokens (billed as output,
+/// never counted twice).
+pub fn read_responses_usage(usage: &Value) -> Usage {
+    let input = u(usage, "/input_tokens").unwrap_or(0);
+    let cached = u(usage, "/input_tokens_details/cached_tokens").unwrap_or(0).min(input);
+    let written = u(usage, "/input_tokens_details/cache_write_tokens").unwrap_or(0).min(input - cached);
+    Usage {
+        input_tokens: input - cached - written,
+        cache_read_tokens: cached,
+        cache_write_5m_tokens: written,
+        output_tokens: u(usage, "/output_tokens").unwrap_or(0),
+        ..Default::default()
+    }
+}
+
 /// What a stream reported so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamMeter {
@@ -293,6 +310,37 @@ impl StreamMeter {
                     self.text_bytes += s.len() as u64;
                 }
             }
+        }
+    }
+
+    /// Folds one Responses API event in: usage and the tier come with the
+    /// terminal event. A completed or incomplete response is whole (an
+    /// incomplete one is billed for what it used); a failed one is whole
+    /// only if it reports usage.
+    pub fn responses_event(&mut self, name: &str, data: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(data) else { return };
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or(name);
+        match kind {
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                let response = &v["response"];
+                self.reported.read_openai(response);
+                if let Some(usage) = response.get("usage").filter(|u| u.is_object()) {
+                    self.usage = read_responses_usage(usage);
+                    self.saw_usage = true;
+                }
+                if kind == "response.failed" {
+                    self.errored = true;
+                } else {
+                    self.finished = true;
+                }
+            }
+            "error" => self.errored = true,
+            k if k.ends_with(".delta") => {
+                if let Some(s) = v.get("delta").and_then(Value::as_str) {
+                    self.text_bytes += s.len() as u64;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -456,6 +504,49 @@ mod tests {
         );
         assert!(m.finished && m.saw_usage);
         assert_eq!(m.text_bytes, 2);
+    }
+
+    #[test]
+    fn responses_usage_comes_with_the_terminal_event_and_counts_nothing_twice() {
+        let ev = |kind: &str, json: &str| format!("event: {kind}\ndata: {json}\n\n");
+        let head = [
+            ev("response.created", r#"{"type":"response.created","sequence_number":0,"response":{"id":"r1","status":"in_progress","usage":null}}"#),
+            ev("response.reasoning_summary_text.delta", r#"{"type":"response.reasoning_summary_text.delta","sequence_number":1,"delta":"Plan"}"#),
+            ev("response.output_text.delta", r#"{"type":"response.output_text.delta","sequence_number":2,"delta":"Hello"}"#),
+        ]
+        .concat();
+        let usage = r#"{"input_tokens":5000,"input_tokens_details":{"cached_tokens":4000,"cache_write_tokens":500},"output_tokens":300,"output_tokens_details":{"reasoning_tokens":256},"total_tokens":5300}"#;
+        let want = Usage {
+            input_tokens: 500,
+            cache_read_tokens: 4000,
+            cache_write_5m_tokens: 500,
+            output_tokens: 300,
+            ..Default::default()
+        };
+        for (terminal, finished, errored) in [
+            ("response.completed", true, false),
+            ("response.incomplete", true, false),
+            ("response.failed", false, true),
+        ] {
+            let end = ev(
+                terminal,
+                &format!(
+                    r#"{{"type":"{terminal}","sequence_number":3,"response":{{"id":"r1","service_tier":"flex","usage":{usage}}}}}"#
+                ),
+            );
+            let mut p = SseParser::default();
+            let mut m = StreamMeter::default();
+            p.feed(format!("{head}{end}").as_bytes(), |n, d| m.responses_event(n, d));
+            assert_eq!(m.usage, want, "{terminal}");
+            assert_eq!((m.saw_usage, m.finished, m.errored), (true, finished, errored), "{terminal}");
+            assert_eq!(m.text_bytes, 9);
+            assert!(m.reported.over(Modifiers::default()).flex);
+        }
+        // A stream cut before its terminal event has no usage.
+        let mut p = SseParser::default();
+        let mut m = StreamMeter::default();
+        p.feed(head.as_bytes(), |n, d| m.responses_event(n, d));
+        assert!(!m.saw_usage && !m.finished && !m.errored);
     }
 
     #[test]

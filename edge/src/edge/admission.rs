@@ -154,7 +154,7 @@ impl Ctx {
         // Where the API allows no limit (OpenAI), estimate mode reserves a
         // default, no more than the model's own maximum.
         let default = max.map_or(settings.openai_default_max_tokens, |l| l.min(settings.openai_default_max_tokens));
-        let limit = self.api.output_limit(head, strict, default)?;
+        let limit = self.api.output_limit(head, strict, default, max)?;
         if let Some(max) = max.filter(|max| limit.per_choice > *max) {
             return Err(EdgeError::BadRequest(format!(
                 "{}: {} is above the maximum of {max} output tokens for {model}",

@@ -57,8 +57,13 @@ pub(super) enum Route {
     /// Metered: a hold is reserved and settled.
     Messages,
     ChatCompletions,
+    /// `POST /v1/responses` and `/v1/responses/compact` (which reports usage too).
+    Responses,
     /// Authenticated and forwarded, not charged.
     CountTokens,
+    /// A stored response: retrieve, delete, cancel, its input items, or
+    /// counting a request's input tokens.
+    ResponseOther,
     Models(Api),
 }
 
@@ -67,6 +72,7 @@ impl Route {
         match self {
             Route::Messages | Route::CountTokens => Api::Anthropic,
             Route::ChatCompletions => Api::OpenAi,
+            Route::Responses | Route::ResponseOther => Api::OpenAiResponses,
             Route::Models(api) => api,
         }
     }
@@ -76,6 +82,8 @@ impl Route {
             Route::Messages => "/v1/messages",
             Route::ChatCompletions => "/v1/chat/completions",
             Route::CountTokens => "/v1/messages/count_tokens",
+            Route::Responses => "/v1/responses",
+            Route::ResponseOther => "/v1/responses/*",
             Route::Models(_) => "/v1/models",
         }
     }
@@ -94,12 +102,31 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
 /// The route of a request, or the error in the shape of the API its path
 /// (best) names.
 fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorResponse> {
-    let guess =
-        if path.starts_with("/v1/chat") || path.starts_with("/v1/completions") { Api::OpenAi } else { Api::Anthropic };
+    let guess = if path.starts_with("/v1/responses") {
+        Api::OpenAiResponses
+    } else if path.starts_with("/v1/chat") || path.starts_with("/v1/completions") {
+        Api::OpenAi
+    } else {
+        Api::Anthropic
+    };
     let r = match path {
         "/v1/messages" => (Method::POST, Route::Messages),
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
         "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
+        "/v1/responses" | "/v1/responses/compact" => (Method::POST, Route::Responses),
+        "/v1/responses/input_tokens" => (Method::POST, Route::ResponseOther),
+        p if p.starts_with("/v1/responses/") => match stored_response(p) {
+            // Retrieve, delete, cancel, list input items.
+            Some(m) if m.contains(method) => (method.clone(), Route::ResponseOther),
+            Some(m) => {
+                let names: Vec<&str> = m.iter().map(Method::as_str).collect();
+                let only = format!("{path} accepts {} only", names.join(" or "));
+                return Err(EdgeError::WrongMethod(only).in_shape(guess));
+            }
+            None => {
+                return Err(EdgeError::NoRoute(format!("Tollgate has no route for {method} {path}")).in_shape(guess))
+            }
+        },
         "/v1/models" => {
             // Both providers serve this path; Anthropic clients send their version header.
             let anthropic = h.contains_key("anthropic-version") || h.contains_key("x-api-key");
@@ -111,6 +138,24 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
         return Err(EdgeError::WrongMethod(format!("{path} accepts {} only", r.0)).in_shape(r.1.api()));
     }
     Ok(r.1)
+}
+
+/// The methods a stored response's path takes (`/v1/responses/{id}`,
+/// `…/cancel`, `…/input_items`), or `None` for no such path.
+fn stored_response(path: &str) -> Option<&'static [Method]> {
+    static ONE: [Method; 2] = [Method::GET, Method::DELETE];
+    static CANCEL: [Method; 1] = [Method::POST];
+    static ITEMS: [Method; 1] = [Method::GET];
+    let rest = path.strip_prefix("/v1/responses/")?;
+    let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let plausible =
+        !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (plausible, tail) {
+        (true, "") => Some(&ONE),
+        (true, "cancel") => Some(&CANCEL),
+        (true, "input_items") => Some(&ITEMS),
+        _ => None,
+    }
 }
 
 /// The 400 for an implausible model id (its echo is bounded and escaped).
@@ -226,8 +271,10 @@ impl Ctx {
             )));
         }
         match self.route {
-            Route::Messages | Route::ChatCompletions => self.metered(parts, body, principal).await,
-            Route::CountTokens | Route::Models(_) => self.passthrough(parts, body, &view, &principal).await,
+            Route::Messages | Route::ChatCompletions | Route::Responses => self.metered(parts, body, principal).await,
+            Route::CountTokens | Route::ResponseOther | Route::Models(_) => {
+                self.passthrough(parts, body, &view, &principal).await
+            }
         }
     }
 
@@ -273,13 +320,15 @@ impl Ctx {
         let up = self.forward(&parts, body).await?;
         let t = Instant::now();
         let (head, body) = up.into_parts();
-        let body =
-            match tokio::time::timeout(self.s.settings.upstream_timeout, Limited::new(body, MAX_ERROR_BODY).collect())
-                .await
-            {
-                Ok(Ok(b)) => b.to_bytes(),
-                _ => return Err(EdgeError::Upstream("Tollgate: the upstream response could not be read".into())),
-            };
+        let body = match tokio::time::timeout(
+            self.s.settings.upstream_timeout,
+            Limited::new(body, self.s.settings.max_response_bytes).collect(),
+        )
+        .await
+        {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => return Err(EdgeError::Upstream("Tollgate: the upstream response could not be read".into())),
+        };
         self.overhead += t.elapsed();
         Ok(self.client_response(head, full(body), true))
     }
@@ -443,6 +492,25 @@ mod tests {
         assert_eq!(route(&Method::GET, "/v1/models", &h).unwrap(), Route::Models(Api::Anthropic));
         assert_eq!(route(&Method::GET, "/v1/messages", &h).unwrap_err().status, 405);
         assert_eq!(route(&Method::POST, "/v2/nothing", &h).unwrap_err().status, 404);
+        // The Responses API: metered create and compact, the stored-response
+        // routes forwarded, anything else an OpenAI-shaped 404 or 405.
+        let r = |m: Method, p: &str| route(&m, p, &HeaderMap::new());
+        assert_eq!(r(Method::POST, "/v1/responses").unwrap(), Route::Responses);
+        assert_eq!(r(Method::POST, "/v1/responses/compact").unwrap(), Route::Responses);
+        assert_eq!(r(Method::POST, "/v1/responses/input_tokens").unwrap(), Route::ResponseOther);
+        assert_eq!(r(Method::GET, "/v1/responses/resp_abc123").unwrap(), Route::ResponseOther);
+        assert_eq!(r(Method::DELETE, "/v1/responses/resp_abc123").unwrap(), Route::ResponseOther);
+        assert_eq!(r(Method::POST, "/v1/responses/resp_abc123/cancel").unwrap(), Route::ResponseOther);
+        assert_eq!(r(Method::GET, "/v1/responses/resp_abc123/input_items").unwrap(), Route::ResponseOther);
+        let wrong = r(Method::POST, "/v1/responses/resp_abc123").unwrap_err();
+        assert_eq!(wrong.status, 405);
+        assert!(wrong.body.contains("accepts GET or DELETE only") && wrong.body.contains("invalid_request_error"));
+        for p in ["/v1/responses/resp_1/other", "/v1/responses/a%2Fb", "/v1/responses/"] {
+            let e = r(Method::GET, p).unwrap_err();
+            assert_eq!(e.status, 404, "{p}");
+            let v: serde_json::Value = serde_json::from_str(&e.body).unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().contains("no route for GET"), "{p}: {v}");
+        }
         assert_eq!(presented_key(&h), None);
         h.insert("authorization", HeaderValue::from_static("Bearer  tg-abc "));
         assert_eq!(presented_key(&h), Some("tg-abc"));

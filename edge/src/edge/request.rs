@@ -34,6 +34,8 @@ struct Fields<'a> {
     #[serde(default, borrow, deserialize_with = "raw")]
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "raw")]
+    max_output_tokens: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
     n: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "raw")]
     stream: Option<&'a RawValue>,
@@ -68,9 +70,12 @@ pub struct Head<'a> {
     pub model: Option<Cow<'a, str>>,
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
+    /// The Responses API's limit (visible and reasoning tokens).
+    pub max_output_tokens: Option<u64>,
     /// Where each output limit sits in the body (to lower it).
     max_tokens_raw: Option<&'a RawValue>,
     max_completion_tokens_raw: Option<&'a RawValue>,
+    max_output_tokens_raw: Option<&'a RawValue>,
     /// Anthropic's extended thinking budget (`thinking.budget_tokens`).
     pub thinking_budget: Option<u64>,
     /// OpenAI's number of choices (1 when absent).
@@ -119,11 +124,13 @@ impl<'a> Head<'a> {
         Ok(Head {
             max_tokens_raw: f.max_tokens,
             max_completion_tokens_raw: f.max_completion_tokens,
+            max_output_tokens_raw: f.max_output_tokens,
             thinking_budget: thinking.and_then(|t| t.budget_tokens),
             text,
             model: field(f.model, "model", "must be a string")?,
             max_tokens: field(f.max_tokens, "max_tokens", positive)?,
             max_completion_tokens: field(f.max_completion_tokens, "max_completion_tokens", positive)?,
+            max_output_tokens: field(f.max_output_tokens, "max_output_tokens", positive)?,
             n: field(f.n, "n", positive)?.unwrap_or(1u64).max(1),
             stream: field(f.stream, "stream", "must be a boolean")?.unwrap_or(false),
             stream_options: f.stream_options,
@@ -144,6 +151,7 @@ impl<'a> Head<'a> {
     pub fn with_output_limit(&self, n: u64, field: &str) -> Option<Bytes> {
         let raw = match field {
             "max_completion_tokens" => self.max_completion_tokens_raw,
+            "max_output_tokens" => self.max_output_tokens_raw,
             _ => self.max_tokens_raw,
         }
         .filter(|r| r.get() != "null")?;

@@ -7,6 +7,7 @@
 
 mod anthropic;
 mod openai;
+mod responses;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -22,7 +23,10 @@ use crate::pricing::{Price, Provider};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     Anthropic,
+    /// OpenAI's Chat Completions.
     OpenAi,
+    /// OpenAI's Responses API (Codex CLI).
+    OpenAiResponses,
 }
 
 /// How admission sizes a request's output.
@@ -38,7 +42,7 @@ impl Api {
     pub fn provider(self) -> Provider {
         match self {
             Api::Anthropic => Provider::Anthropic,
-            Api::OpenAi => Provider::OpenAi,
+            Api::OpenAi | Api::OpenAiResponses => Provider::OpenAi,
         }
     }
 
@@ -46,7 +50,7 @@ impl Api {
     pub fn upstream(self, s: &EdgeSettings) -> &Upstream {
         match self {
             Api::Anthropic => &s.anthropic,
-            Api::OpenAi => &s.openai,
+            Api::OpenAi | Api::OpenAiResponses => &s.openai,
         }
     }
 
@@ -54,7 +58,7 @@ impl Api {
     pub fn credential_var(self) -> &'static str {
         match self {
             Api::Anthropic => "ANTHROPIC_API_KEY",
-            Api::OpenAi => "OPENAI_API_KEY",
+            Api::OpenAi | Api::OpenAiResponses => "OPENAI_API_KEY",
         }
     }
 
@@ -62,16 +66,25 @@ impl Api {
     pub fn credential_header(self, key: &str) -> (&'static str, String) {
         match self {
             Api::Anthropic => ("x-api-key", key.to_string()),
-            Api::OpenAi => ("authorization", format!("Bearer {key}")),
+            Api::OpenAi | Api::OpenAiResponses => ("authorization", format!("Bearer {key}")),
         }
     }
 
     /// The output limit a request states (or, where the API allows none,
-    /// the default `estimate` mode reserves; `strict` then refuses it).
-    pub fn output_limit(self, head: &Head, strict: bool, default: u64) -> Result<OutputLimit, EdgeError> {
+    /// the default `estimate` mode reserves; `strict` then refuses it, or
+    /// reserves the model's maximum `model_max` where the API's clients
+    /// never state one).
+    pub fn output_limit(
+        self,
+        head: &Head,
+        strict: bool,
+        default: u64,
+        model_max: Option<u64>,
+    ) -> Result<OutputLimit, EdgeError> {
         match self {
             Api::Anthropic => anthropic::output_limit(head),
             Api::OpenAi => openai::output_limit(head, strict, default),
+            Api::OpenAiResponses => responses::output_limit(head, strict, default, model_max),
         }
     }
 
@@ -87,6 +100,7 @@ impl Api {
         match self {
             Api::Anthropic => anthropic::json_usage(body),
             Api::OpenAi => openai::json_usage(body),
+            Api::OpenAiResponses => responses::json_usage(body),
         }
     }
 
@@ -95,6 +109,7 @@ impl Api {
         match self {
             Api::Anthropic => meter.anthropic_event(name, data),
             Api::OpenAi => meter.openai_event(data),
+            Api::OpenAiResponses => meter.responses_event(name, data),
         }
     }
 
@@ -103,6 +118,7 @@ impl Api {
         match self {
             Api::Anthropic => anthropic::stream_error_event(message),
             Api::OpenAi => openai::stream_error_event(message),
+            Api::OpenAiResponses => responses::stream_error_event(message),
         }
     }
 
@@ -110,7 +126,7 @@ impl Api {
     pub fn error_body(self, status: u16, message: &str, code: Option<&str>) -> Value {
         match self {
             Api::Anthropic => anthropic::error_body(status, message),
-            Api::OpenAi => openai::error_body(status, message, code),
+            Api::OpenAi | Api::OpenAiResponses => openai::error_body(status, message, code),
         }
     }
 
@@ -118,7 +134,7 @@ impl Api {
     pub fn models_list(self, models: &[&Price]) -> Value {
         match self {
             Api::Anthropic => anthropic::models_list(models),
-            Api::OpenAi => openai::models_list(models),
+            Api::OpenAi | Api::OpenAiResponses => openai::models_list(models),
         }
     }
 }
@@ -134,7 +150,9 @@ mod tests {
     #[test]
     fn each_api_states_its_output_limit_its_own_way() {
         let limit = |api: Api, body: &str, strict: bool| {
-            api.output_limit(&head(body), strict, 4096).map(|l| (l.per_choice, l.field)).map_err(|e| e.status())
+            api.output_limit(&head(body), strict, 4096, Some(128_000))
+                .map(|l| (l.per_choice, l.field))
+                .map_err(|e| e.status())
         };
         assert_eq!(limit(Api::Anthropic, r#"{"max_tokens":10}"#, false), Ok((10, "max_tokens")));
         assert_eq!(limit(Api::Anthropic, r#"{"max_completion_tokens":10}"#, false), Err(400));
@@ -145,6 +163,10 @@ mod tests {
         assert_eq!(limit(Api::OpenAi, r#"{"max_tokens":10}"#, true), Ok((10, "max_tokens")));
         assert_eq!(limit(Api::OpenAi, r#"{}"#, false), Ok((4096, "max_tokens")));
         assert_eq!(limit(Api::OpenAi, r#"{}"#, true), Err(400));
+        // Codex states no limit: strict reserves the model's maximum.
+        assert_eq!(limit(Api::OpenAiResponses, r#"{"max_output_tokens":900}"#, true), Ok((900, "max_output_tokens")));
+        assert_eq!(limit(Api::OpenAiResponses, r#"{}"#, true), Ok((128_000, "max_output_tokens")));
+        assert_eq!(limit(Api::OpenAiResponses, r#"{}"#, false), Ok((4096, "max_output_tokens")));
     }
 
     #[test]
@@ -158,6 +180,15 @@ mod tests {
             .unwrap();
         assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_tokens), (6, 2, 4));
         assert!(r.over(crate::pricing::Modifiers::default()).flex);
+        // Responses: input includes cached and written tokens, output the reasoning.
+        let (u, r) = Api::OpenAiResponses
+            .json_usage(br#"{"service_tier":"priority","usage":{"input_tokens":1000,"input_tokens_details":{"cached_tokens":600,"cache_write_tokens":300},"output_tokens":80,"output_tokens_details":{"reasoning_tokens":64},"total_tokens":1080}}"#)
+            .unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cache_read_tokens, u.cache_write_5m_tokens, u.output_tokens),
+            (100, 600, 300, 80)
+        );
+        assert!(r.over(crate::pricing::Modifiers::default()).fast);
         assert!(Api::Anthropic.json_usage(br#"{"id":"x"}"#).is_none());
         assert!(Api::OpenAi.json_usage(b"not json").is_none());
     }
@@ -168,6 +199,10 @@ mod tests {
         assert!(a.starts_with(b"event: error\ndata: {") && a.ends_with(b"\n\n"));
         let o = Api::OpenAi.stream_error_event("m");
         assert!(o.starts_with(b"data: {\"error\"") && o.ends_with(b"\n\n"));
+        let r = Api::OpenAiResponses.stream_error_event("m");
+        assert!(r.starts_with(b"event: error\ndata: {") && r.ends_with(b"\n\n"));
+        let v: Value = serde_json::from_slice(&r[b"event: error\ndata: ".len()..]).unwrap();
+        assert_eq!((v["type"].as_str(), v["message"].as_str()), (Some("error"), Some("m")));
         assert_eq!(Api::Anthropic.error_body(402, "m", None)["error"]["type"], "billing_error");
         assert_eq!(Api::OpenAi.error_body(402, "m", Some("budget_exceeded"))["error"]["code"], "budget_exceeded");
     }

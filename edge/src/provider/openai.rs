@@ -52,7 +52,7 @@ pub(super) fn stream_error_event(message: &str) -> Bytes {
 /// The error `type` OpenAI uses for a status.
 fn kind(status: u16) -> &'static str {
     match status {
-        400 | 404 | 413 => "invalid_request_error",
+        400 | 404 | 405 | 413 => "invalid_request_error",
         401 => "authentication_error",
         402 => "insufficient_quota",
         403 => "permission_error",

@@ -1,0 +1,59 @@
+//! The OpenAI Responses API (`POST /v1/responses`), which Codex CLI speaks.
+//! Its usage counts differently from Chat Completions: `input_tokens`
+//! includes the cached tokens and those written to the cache, and
+//! `output_tokens` includes the reasoning tokens; a stream reports usage
+//! once, on its terminal event (`response.completed`, `.incomplete` or
+//! `.failed`), with no `[DONE]`.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tollgate_types::domain::Usage;
+
+use super::OutputLimit;
+use crate::edge::request::Head;
+use crate::errors::EdgeError;
+use crate::meter::{read_responses_usage, Reported};
+
+/// `max_output_tokens` (visible and reasoning tokens together). Codex
+/// never sets it: `strict` then reserves the model's maximum (`model_max`),
+/// `estimate` the default.
+pub(super) fn output_limit(
+    head: &Head,
+    strict: bool,
+    default: u64,
+    model_max: Option<u64>,
+) -> Result<OutputLimit, EdgeError> {
+    let per_choice = match (head.max_output_tokens, strict, model_max) {
+        (Some(n), _, _) => n,
+        (None, false, _) => default,
+        (None, true, Some(max)) => max,
+        (None, true, None) => {
+            return Err(EdgeError::BadRequest(
+                "Tollgate (strict admission): set max_output_tokens so the request's cost is bounded".into(),
+            ))
+        }
+    };
+    Ok(OutputLimit { per_choice, field: "max_output_tokens" })
+}
+
+pub(super) fn json_usage(body: &[u8]) -> Option<(Usage, Reported)> {
+    /// Only `usage` and the tier are kept; the rest is skipped.
+    #[derive(serde::Deserialize)]
+    struct WithUsage {
+        usage: Option<Value>,
+        service_tier: Option<String>,
+    }
+    let v: WithUsage = serde_json::from_slice(body).ok()?;
+    let u = v.usage.filter(Value::is_object)?;
+    let mut reported = Reported::default();
+    if let Some(tier) = v.service_tier.as_deref() {
+        reported.read_openai_tier(tier);
+    }
+    Some((read_responses_usage(&u), reported))
+}
+
+/// The Responses stream's `error` event.
+pub(super) fn stream_error_event(message: &str) -> Bytes {
+    let v = json!({"type": "error", "code": "server_error", "message": message, "param": null, "sequence_number": 0});
+    Bytes::from(format!("event: error\ndata: {v}\n\n"))
+}
