@@ -29,6 +29,9 @@ pub fn rates(model: &str) -> Option<[u64; 5]> {
         "claude-opus-5-5" => [4_000, 20_000, 5_000, 8_000, 200],
         "claude-haiku-4-5" => [1_000, 5_000, 1_250, 2_000, 100],
         "gpt-4o" => [2_500, 10_000, 2_500, 2_500, 1_250],
+        // Codex's default model: $2 in, $10 out, writes $2.50, reads $0.10 per MTok
+        // (below 272K prompt tokens).
+        "gpt-6.2-sol" => [2_000, 10_000, 2_500, 5_000, 100],
         _ => return None,
     })
 }

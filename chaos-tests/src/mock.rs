@@ -206,6 +206,8 @@ struct Plan {
     tag: String,
     /// `max_tokens` when the output was cut there, else `end_turn`.
     stop_reason: &'static str,
+    /// Of the output, how many tokens were reasoning (Responses API).
+    reasoning_tokens: u64,
 }
 
 impl Plan {
@@ -280,9 +282,15 @@ async fn respond(state: Arc<State>, req: Request<Incoming>, body_seen: &mut Opti
     let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let api = if path.starts_with("/v1/chat/") { "openai" } else { "anthropic" };
+    let api = if path.starts_with("/v1/responses") {
+        "responses"
+    } else if path.starts_with("/v1/chat/") {
+        "openai"
+    } else {
+        "anthropic"
+    };
     let too_large = || match api {
-        "openai" => openai_error(
+        "openai" | "responses" => openai_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "request_too_large",
@@ -304,7 +312,7 @@ async fn respond(state: Arc<State>, req: Request<Incoming>, body_seen: &mut Opti
     if let Some(want) = &state.cfg.expect_key {
         if &cred != want {
             return match api {
-                "openai" => openai_error(
+                "openai" | "responses" => openai_error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_request_error",
                     "invalid_api_key",
@@ -326,70 +334,82 @@ async fn respond(state: Arc<State>, req: Request<Incoming>, body_seen: &mut Opti
             };
             json_response(StatusCode::OK, &json!({"input_tokens": input_tokens(&bytes)}))
         }
-        (&Method::POST, "/v1/messages") | (&Method::POST, "/v1/chat/completions") => {
-            let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
-                return match api {
-                    "openai" => openai_error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        "invalid_json",
-                        "malformed JSON body",
-                    ),
-                    _ => anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "malformed JSON body", seq),
-                };
-            };
-            let max_tokens =
-                body.get("max_tokens").or_else(|| body.get("max_completion_tokens")).and_then(Value::as_u64);
-            if api == "anthropic" && max_tokens.is_none() {
-                return anthropic_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "max_tokens: Field required",
-                    seq,
-                );
-            }
-            let h = &parts.headers;
-            // What the model would write, cut at max_tokens as a provider
-            // cuts it (its stop_reason then says so).
-            let wanted = header_u64(h, "x-mock-output-tokens").unwrap_or(state.cfg.output_tokens).max(1);
-            let output = wanted.min(max_tokens.unwrap_or(u64::MAX)).max(1);
-            let stop_reason = if wanted > output { "max_tokens" } else { "end_turn" };
-            let plan = Plan {
-                seq,
-                model: body.get("model").and_then(Value::as_str).unwrap_or("unknown").to_string(),
-                stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-                usage: TruthUsage {
-                    input_tokens: input_tokens(&bytes),
-                    output_tokens: output,
-                    cache_write_5m_tokens: header_u64(h, "x-mock-cache-write-5m").unwrap_or(0),
-                    cache_write_1h_tokens: header_u64(h, "x-mock-cache-write-1h").unwrap_or(0),
-                    cache_read_tokens: header_u64(h, "x-mock-cache-read").unwrap_or(0),
-                },
-                error: h.get("x-mock-error").and_then(|v| v.to_str().ok()).map(str::to_string),
-                credential: cred,
-                tag: h.get("x-mock-tag").and_then(|v| v.to_str().ok()).unwrap_or_default().chars().take(200).collect(),
-                stop_reason,
-            };
-            if let Some(resp) = status_error(&state, api, &plan) {
-                return resp;
-            }
-            match (api, plan.stream) {
-                ("anthropic", false) => anthropic_json(&state, plan),
-                ("anthropic", true) => anthropic_sse(state, plan),
-                (_, false) => openai_json(&state, plan),
-                (_, true) => {
-                    let include_usage =
-                        body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-                    openai_sse(state, plan, include_usage)
-                }
-            }
+        (&Method::POST, "/v1/messages" | "/v1/chat/completions" | "/v1/responses" | "/v1/responses/compact") => {
+            metered(state, api, &parts.headers, &bytes, seq, cred)
+        }
+        (&Method::GET, p) if p.starts_with("/v1/responses/") && !p["/v1/responses/".len()..].contains('/') => {
+            // A stored response, as far as a forwarding test needs one.
+            let id = &p["/v1/responses/".len()..];
+            json_response(StatusCode::OK, &json!({"id": id, "object": "response", "status": "completed", "output": []}))
         }
         _ => match api {
-            "openai" => {
+            "openai" | "responses" => {
                 openai_error(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL")
             }
             _ => anthropic_error(StatusCode::NOT_FOUND, "not_found_error", "Not found", seq),
         },
+    }
+}
+
+/// A metered call (`api`: anthropic, openai or responses): its plan from
+/// the body and the `x-mock-*` headers, then the JSON or the stream.
+fn metered(
+    state: Arc<State>,
+    api: &str,
+    h: &hyper::HeaderMap,
+    bytes: &Bytes,
+    seq: u64,
+    cred: String,
+) -> Response<Body> {
+    let Ok(body) = serde_json::from_slice::<Value>(bytes) else {
+        return match api {
+            "openai" | "responses" => {
+                openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json", "malformed JSON body")
+            }
+            _ => anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "malformed JSON body", seq),
+        };
+    };
+    let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(Value::as_u64));
+    if api == "anthropic" && max_tokens.is_none() {
+        return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens: Field required", seq);
+    }
+    // What the model would write, cut at max_tokens as a provider
+    // cuts it (its stop_reason then says so).
+    let wanted = header_u64(h, "x-mock-output-tokens").unwrap_or(state.cfg.output_tokens).max(1);
+    let output = wanted.min(max_tokens.unwrap_or(u64::MAX)).max(1);
+    let stop_reason = if wanted > output { "max_tokens" } else { "end_turn" };
+    let plan = Plan {
+        seq,
+        model: body.get("model").and_then(Value::as_str).unwrap_or("unknown").to_string(),
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        usage: TruthUsage {
+            input_tokens: input_tokens(bytes),
+            output_tokens: output,
+            cache_write_5m_tokens: header_u64(h, "x-mock-cache-write-5m").unwrap_or(0),
+            cache_write_1h_tokens: header_u64(h, "x-mock-cache-write-1h").unwrap_or(0),
+            cache_read_tokens: header_u64(h, "x-mock-cache-read").unwrap_or(0),
+        },
+        error: h.get("x-mock-error").and_then(|v| v.to_str().ok()).map(str::to_string),
+        credential: cred,
+        reasoning_tokens: header_u64(h, "x-mock-reasoning-tokens").unwrap_or(0).min(output),
+        tag: h.get("x-mock-tag").and_then(|v| v.to_str().ok()).unwrap_or_default().chars().take(200).collect(),
+        stop_reason,
+    };
+    if let Some(resp) = status_error(&state, api, &plan) {
+        return resp;
+    }
+    match (api, plan.stream) {
+        ("anthropic", false) => anthropic_json(&state, plan),
+        ("anthropic", true) => anthropic_sse(state, plan),
+        ("responses", false) => responses_json(&state, plan),
+        ("responses", true) => responses_sse(state, plan),
+        (_, false) => openai_json(&state, plan),
+        (_, true) => {
+            let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+            openai_sse(state, plan, include_usage)
+        }
     }
 }
 
@@ -415,8 +435,8 @@ fn status_error(state: &State, api: &str, plan: &Plan) -> Option<Response<Body>>
     let status = StatusCode::from_u16(code).ok()?;
     state.record(&plan.truth(format!("err_mock_{}", plan.seq), api, code, true, TruthUsage::default()));
     Some(match (api, code) {
-        ("openai", 429) => openai_error(status, "requests", "rate_limit_exceeded", "Rate limit reached"),
-        ("openai", _) => openai_error(status, "server_error", "server_error", "The server had an error"),
+        ("openai" | "responses", 429) => openai_error(status, "requests", "rate_limit_exceeded", "Rate limit reached"),
+        ("openai" | "responses", _) => openai_error(status, "server_error", "server_error", "The server had an error"),
         (_, 429) => {
             let mut r = anthropic_error(
                 status,
@@ -617,6 +637,100 @@ fn openai_sse(state: Arc<State>, plan: Plan, include_usage: bool) -> Response<Bo
         frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
         let completed = send_paced(&tx, frames, delay).await;
         state.record(&plan.truth(id.clone(), "openai", 200, completed, plan.usage.clone()));
+    });
+    sse_response(rx)
+}
+
+/// A Responses API `usage`: `input_tokens` includes the cached and the
+/// written tokens, `output_tokens` the reasoning ones.
+fn responses_usage(u: &TruthUsage, reasoning: u64) -> Value {
+    let input = u.input_tokens + u.cache_read_tokens + u.cache_write_5m_tokens;
+    json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": u.cache_read_tokens, "cache_write_tokens": u.cache_write_5m_tokens},
+        "output_tokens": u.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": input + u.output_tokens,
+    })
+}
+
+/// The response object: `completed`, or `incomplete` when the output was
+/// cut at `max_output_tokens`.
+fn responses_object(id: &str, plan: &Plan, usage: Value) -> Value {
+    let cut = plan.stop_reason == "max_tokens";
+    let text = text_for(plan.usage.output_tokens - plan.reasoning_tokens);
+    json!({
+        "id": id, "object": "response", "created_at": 1_764_374_400u64, "model": plan.model,
+        "status": if cut { "incomplete" } else { "completed" },
+        "incomplete_details": if cut { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+        "error": null, "service_tier": "default",
+        "output": [{"id": format!("msg_{id}"), "type": "message", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": usage,
+    })
+}
+
+fn responses_json(state: &State, plan: Plan) -> Response<Body> {
+    let id = format!("resp_mock{:08}", plan.seq);
+    let body = responses_object(&id, &plan, responses_usage(&plan.usage, plan.reasoning_tokens));
+    state.record(&plan.truth(id, "responses", 200, true, plan.usage.clone()));
+    json_response(StatusCode::OK, &body)
+}
+
+/// A Responses stream: `response.created`, text deltas, then the terminal
+/// `response.completed` (or `.incomplete`) that alone carries usage.
+fn responses_sse(state: Arc<State>, plan: Plan) -> Response<Body> {
+    let (tx, rx) = mpsc::channel(4);
+    let delay = Duration::from_millis(state.cfg.event_delay_ms);
+    tokio::spawn(async move {
+        let id = format!("resp_mock{:08}", plan.seq);
+        let mut seq = 0u64;
+        let mut event = |kind: &str, mut data: Value| {
+            data["type"] = json!(kind);
+            data["sequence_number"] = json!(seq);
+            seq += 1;
+            sse_event(kind, &data)
+        };
+        let mut created = responses_object(&id, &plan, Value::Null);
+        created["status"] = json!("in_progress");
+        created["output"] = json!([]);
+        let item = format!("msg_{id}");
+        let mut frames = vec![
+            event("response.created", json!({"response": created})),
+            event(
+                "response.output_item.added",
+                json!({"output_index": 0,
+                "item": {"id": item, "type": "message", "role": "assistant", "status": "in_progress", "content": []}}),
+            ),
+        ];
+        let at = json!({"item_id": item, "output_index": 0, "content_index": 0});
+        let with = |more: Value| {
+            let mut v = at.clone();
+            v.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+            v
+        };
+        frames.push(event(
+            "response.content_part.added",
+            with(json!({"part": {"type": "output_text", "text": "", "annotations": []}})),
+        ));
+        let deltas = plan.usage.output_tokens.clamp(1, 8);
+        for _ in 0..deltas {
+            frames.push(event("response.output_text.delta", with(json!({"delta": "lorem ", "logprobs": []}))));
+        }
+        let text = "lorem ".repeat(deltas as usize);
+        frames.push(event("response.output_text.done", with(json!({"text": text, "logprobs": []}))));
+        let part = json!({"type": "output_text", "text": text, "annotations": []});
+        frames.push(event("response.content_part.done", with(json!({"part": part}))));
+        frames.push(event(
+            "response.output_item.done",
+            json!({"output_index": 0,
+                "item": {"id": item, "type": "message", "role": "assistant", "status": "completed", "content": [part]}}),
+        ));
+        let done = responses_object(&id, &plan, responses_usage(&plan.usage, plan.reasoning_tokens));
+        let terminal = if plan.stop_reason == "max_tokens" { "response.incomplete" } else { "response.completed" };
+        frames.push(event(terminal, json!({"response": done})));
+        let completed = send_paced(&tx, frames, delay).await;
+        state.record(&plan.truth(id.clone(), "responses", 200, completed, plan.usage.clone()));
     });
     sse_response(rx)
 }

@@ -220,3 +220,59 @@ async fn models_and_count_tokens() {
     let v: Value = serde_json::from_str(&resp).unwrap();
     assert_eq!((status, v["input_tokens"].as_u64()), (200, Some((body.len() as u64).div_ceil(4))));
 }
+
+#[tokio::test]
+async fn responses_api_json_and_stream_report_usage_as_openai_does() {
+    let m = mock().await;
+    let bearer = ("authorization", "Bearer sk-upstream");
+    let body = json!({"model": "gpt-6.2-sol", "input": "hi", "max_output_tokens": 500}).to_string();
+    let input = (body.len() as u64).div_ceil(4);
+    let extra = [("x-mock-output-tokens", "300"), ("x-mock-reasoning-tokens", "200")];
+    let extra = [bearer, extra[0], extra[1], ("x-mock-cache-read", "40"), ("x-mock-cache-write-5m", "10")];
+    let (status, ctype, resp) = send(&m, "POST", "/v1/responses", &extra, &body).await;
+    assert_eq!((status, ctype.as_str()), (200, "application/json"));
+    let v: Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!((v["object"].as_str(), v["status"].as_str()), (Some("response"), Some("completed")));
+    // input_tokens includes the cached and written tokens; output the reasoning.
+    let u = &v["usage"];
+    assert_eq!(u["input_tokens"], input + 50);
+    assert_eq!(u["input_tokens_details"], json!({"cached_tokens": 40, "cache_write_tokens": 10}));
+    assert_eq!(
+        (u["output_tokens"].as_u64(), u["output_tokens_details"]["reasoning_tokens"].as_u64()),
+        (Some(300), Some(200))
+    );
+    assert_eq!(u["total_tokens"], input + 50 + 300);
+
+    // A stream cut at max_output_tokens ends incomplete, usage on that event only.
+    let body = json!({"model": "gpt-6.2-sol", "input": "hi", "stream": true, "max_output_tokens": 100}).to_string();
+    let (status, ctype, resp) =
+        send(&m, "POST", "/v1/responses", &[bearer, ("x-mock-output-tokens", "300")], &body).await;
+    assert_eq!((status, ctype.as_str()), (200, "text/event-stream"));
+    let events = sse(&resp);
+    assert_eq!(events[0].0, "response.created");
+    assert_eq!(events.last().unwrap().0, "response.incomplete");
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!((data["type"].as_str(), data["sequence_number"].as_u64()), (Some(name.as_str()), Some(i as u64)));
+    }
+    assert!(events[0].1["response"]["usage"].is_null());
+    let last = &events.last().unwrap().1["response"];
+    assert_eq!(last["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(last["usage"]["output_tokens"], 100);
+
+    let log = read_log(&m.log).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].api, "responses");
+    assert_eq!(
+        log[0].usage,
+        TruthUsage {
+            input_tokens: input,
+            output_tokens: 300,
+            cache_write_5m_tokens: 10,
+            cache_read_tokens: 40,
+            ..Default::default()
+        }
+    );
+    assert_eq!((log[1].usage.output_tokens, log[1].stream, log[1].completed), (100, true, true));
+    let (status, _, resp) = send(&m, "GET", &format!("/v1/responses/{}", log[0].id), &[bearer], "").await;
+    assert_eq!((status, serde_json::from_str::<Value>(&resp).unwrap()["id"].as_str()), (200, Some(log[0].id.as_str())));
+}

@@ -13,5 +13,6 @@ mod hardening;
 mod metering;
 mod price_book_and_gateway_guide;
 mod resilience;
+mod responses;
 mod streams;
 mod tollgate_up;

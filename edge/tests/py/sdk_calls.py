@@ -6,7 +6,8 @@ Reads a JSON plan on stdin:
                "max_tokens": 64, "content": "…", "headers": {…}}, … ]}
 kinds: "anthropic" (messages.create / messages.stream), "openai"
 (chat.completions.create, stream or not; "include_usage": true to ask for
-the usage chunk), "count_tokens", "models", "raw" (urllib: method, path,
+the usage chunk), "responses" (responses.create / responses.stream;
+"max_output_tokens" optional), "count_tokens", "models", "raw" (urllib: method, path,
 headers, body as a string, optional read_bytes to hang up early).
 
 Writes one JSON object per step (in step order) to stdout, as a list:
@@ -91,6 +92,45 @@ def run_anthropic(plan, step):
         return r
 
 
+def responses_usage(u):
+    if u is None:
+        return None
+    return {
+        "input_tokens": u.input_tokens,
+        "cached_tokens": u.input_tokens_details.cached_tokens,
+        "output_tokens": u.output_tokens,
+        "reasoning_tokens": u.output_tokens_details.reasoning_tokens,
+    }
+
+
+def run_responses(plan, step):
+    client = openai.OpenAI(base_url=plan["base_url"] + "/v1", api_key=plan["key"], max_retries=0, timeout=TIMEOUT)
+    kw = dict(model=step["model"], input=step.get("content", "hello"), extra_headers=step.get("headers", {}))
+    if "max_output_tokens" in step:
+        kw["max_output_tokens"] = step["max_output_tokens"]
+    try:
+        if step.get("stream"):
+            events, text = [], ""
+            with client.responses.stream(**kw) as s:
+                for event in s:
+                    events.append(event.type)
+                    if event.type == "response.output_text.delta":
+                        text += event.delta
+                final = s.get_final_response()
+            return {"ok": True, "status": 200, "usage": responses_usage(final.usage), "id": final.id,
+                    "events": events, "text_len": len(text), "response_status": final.status}
+        r = client.responses.create(**kw)
+        return {"ok": True, "status": 200, "usage": responses_usage(r.usage), "id": r.id,
+                "text_len": len(r.output_text), "response_status": r.status}
+    except openai.APIStatusError as e:
+        return error_result(e)
+    except (openai.APIError, RuntimeError) as e:
+        # An error event, or a stream that ended without response.completed.
+        r = error_result(e)
+        r["status"] = r["status"] or 200
+        return r
+
+
 def run_openai(plan, step):
     client = openai.OpenAI(base_url=plan["base_url"] + "/v1", api_key=plan["key"], max_retries=0, timeout=TIMEOUT)
     kw = dict(
@@ -167,7 +207,7 @@ def run_raw(plan, step):
 
 
 KINDS = {"anthropic": run_anthropic, "openai": run_openai, "count_tokens": run_count_tokens,
-         "models": run_models, "raw": run_raw}
+         "models": run_models, "raw": run_raw, "responses": run_responses}
 
 
 def main():

@@ -1,0 +1,114 @@
+//! The OpenAI Responses API, which Codex CLI speaks, through the official
+//! `openai` SDK (`responses.create`, `responses.stream`): metered to the
+//! nano-dollar against the mock's ground truth (cached and written tokens
+//! inside `input_tokens`, reasoning inside `output_tokens`, each counted
+//! once; an incomplete response billed for what it used), the stored-
+//! response routes forwarded uncharged, and a hard cap's denial in
+//! OpenAI's shape with the gateway's message.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tollgate_chaos::mock::TruthRecord;
+
+use crate::sdk::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarded() {
+    let s = setup(&[]).await;
+    let (key_id, secret) = s.principal("eng", "cody@corp.io").await;
+    s.budget("team:eng", "1000").await;
+    let edge = s.edge_with("edge1", &[]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    let codex = json!({"x-mock-cache-read": "4000", "x-mock-cache-write-5m": "300",
+                       "x-mock-output-tokens": "250", "x-mock-reasoning-tokens": "200"});
+    let steps = json!([
+        {"kind": "responses", "model": "gpt-6.2-sol", "content": "plain"},
+        {"kind": "responses", "model": "gpt-6.2-sol", "headers": codex, "content": "a Codex turn"},
+        {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "headers": codex, "content": "streamed"},
+        // Cut at max_output_tokens: the stream ends response.incomplete
+        // (the SDK's get_final_response then raises), billed all the same.
+        {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "max_output_tokens": 40,
+         "headers": {"x-mock-output-tokens": "300"}},
+    ]);
+    let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    for (i, want_ok) in [true, true, true, false].iter().enumerate() {
+        assert_eq!(r[i]["ok"] == true, *want_ok, "step {i}: {}", r[i]);
+    }
+    // The client sees the provider's own usage and events, untouched.
+    let u = &r[1]["usage"];
+    assert_eq!(
+        (u["cached_tokens"].as_u64(), u["output_tokens"].as_u64(), u["reasoning_tokens"].as_u64()),
+        (Some(4000), Some(250), Some(200))
+    );
+    assert_eq!(
+        (r[2]["usage"]["cached_tokens"].as_u64(), r[2]["usage"]["reasoning_tokens"].as_u64()),
+        (Some(4000), Some(200))
+    );
+    let events: Vec<&str> = r[2]["events"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!((events.first(), events.last()), (Some(&"response.created"), Some(&"response.completed")), "{events:?}");
+    assert!(r[3]["message"].as_str().unwrap().contains("response.completed"), "{}", r[3]);
+
+    // The ledger charged exactly what the provider billed, for all four.
+    let row = s.settled("key", &format!("key:{key_id}"), 4).await;
+    let truth = s.mock.truth();
+    let billed: Vec<&TruthRecord> = truth.iter().filter(|t| t.api == "responses" && t.status == 200).collect();
+    assert_eq!(billed.len(), 4, "{truth:?}");
+    assert_eq!(billed[3].usage.output_tokens, 40);
+    let want: u64 = billed.iter().map(|t| truth_cost(t)).sum();
+    assert_eq!((row.requests, row.spent_nano_usd, row.held_nano_usd), (4, want, 0), "ledger vs ground truth");
+    // Codex's turn by hand: input (its bytes / 4) at $2, 4,000 cached at
+    // $0.10, 300 written at $2.50, 250 output (200 of them reasoning) at $10.
+    let t = billed[1];
+    assert_eq!((t.usage.cache_read_tokens, t.usage.cache_write_5m_tokens, t.usage.output_tokens), (4000, 300, 250));
+    assert_eq!(truth_cost(t), t.usage.input_tokens * 2_000 + 4000 * 100 + 300 * 2_500 + 250 * 10_000);
+    assert_eq!(s.row("model", "model:gpt-6.2-sol").await.spent_nano_usd, want);
+
+    // The stored-response routes are forwarded, uncharged; others are an
+    // OpenAI-shaped 404.
+    let auth = json!({"authorization": format!("Bearer {secret}")});
+    let steps = json!([
+        {"kind": "raw", "method": "GET", "path": format!("/v1/responses/{}", billed[0].id), "headers": auth},
+        {"kind": "raw", "method": "GET", "path": "/v1/responses/resp_1/nothing", "headers": auth},
+        {"kind": "raw", "method": "PUT", "path": "/v1/responses/resp_1", "headers": auth},
+    ]);
+    let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    assert_eq!(
+        (r[0]["status"].as_u64(), r[0]["json"]["id"].as_str()),
+        (Some(200), Some(billed[0].id.as_str())),
+        "{}",
+        r[0]
+    );
+    assert_eq!(r[1]["status"], 404);
+    assert_eq!(r[1]["json"]["error"]["type"], "invalid_request_error");
+    assert!(r[1]["json"]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no route for GET /v1/responses/resp_1/nothing"));
+    assert_eq!(
+        (r[2]["status"].as_u64(), r[2]["json"]["error"]["type"].as_str()),
+        (Some(405), Some("invalid_request_error"))
+    );
+    assert_eq!(s.row("key", &format!("key:{key_id}")).await.requests, 4, "forwarding charged nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_cap_denies_a_responses_request_with_the_gateways_message() {
+    let s = setup(&[]).await;
+    let (_, secret) = s.principal("eng", "dee@corp.io").await;
+    s.budget("team:eng", "0.000001").await;
+    let edge = s.edge_with("edge1", &[]);
+    edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let steps = json!([{"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "content": "over budget"}]);
+    let r: Vec<Value> = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
+    assert_eq!(
+        (r[0]["status"].as_u64(), r[0]["error_code"].as_str()),
+        (Some(402), Some("budget_exceeded")),
+        "{}",
+        r[0]
+    );
+    let message = r[0]["message"].as_str().unwrap();
+    assert!(message.starts_with("Tollgate: the monthly budget of team:eng is exhausted"), "{message}");
+    assert!(s.mock.truth().is_empty(), "nothing reached the provider");
+}
