@@ -14,6 +14,7 @@
 //! output_seed_tokens = 8192      #   before 8 requests of a (user, model) are seen
 //! output_floor_tokens = 1024     #   and never less than this (nor more than max_tokens)
 //! clamp_max_tokens = false       # lower max_tokens to fit a hard budget instead of a 402
+//! forward_client_metadata = false # pass Codex's x-codex-turn-metadata (paths, commits) upstream
 //! fail_mode = "closed"           # or "open" (admit up to the allowance)
 //! fail_open_allowance_usd = "10"
 //! max_body_bytes = 33554432
@@ -166,6 +167,7 @@ pub struct EdgeSection {
     pub output_seed_tokens: Option<u64>,
     pub output_floor_tokens: Option<u64>,
     pub clamp_max_tokens: Option<bool>,
+    pub forward_client_metadata: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +280,10 @@ pub struct EdgeSettings {
     /// room with `max_tokens` lowered to what the room pays for, instead of
     /// a 402 (never below the floor or a thinking budget).
     pub clamp_max_tokens: bool,
+    /// Forward Codex's `x-codex-turn-metadata` (it carries local workspace
+    /// paths and commit hashes) to the provider; off, only its turn id is
+    /// read, for attribution.
+    pub forward_client_metadata: bool,
     pub prices: PriceTable,
 }
 
@@ -526,6 +532,9 @@ impl EdgeSettings {
                 floor_tokens: num("TOLLGATE_OUTPUT_FLOOR_TOKENS", e.output_floor_tokens, 1_024)?,
             },
             clamp_max_tokens: env_parse::<bool>("TOLLGATE_CLAMP_MAX_TOKENS")?.or(e.clamp_max_tokens).unwrap_or(false),
+            forward_client_metadata: env_parse::<bool>("TOLLGATE_FORWARD_CLIENT_METADATA")?
+                .or(e.forward_client_metadata)
+                .unwrap_or(false),
             prices,
         };
         s.check()?;

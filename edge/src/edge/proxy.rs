@@ -361,10 +361,15 @@ impl Ctx {
         let uri = format!("{}{pq}", upstream.url);
         let mut b = Request::builder().method(parts.method.clone()).uri(&uri);
         let named = connection_named(&parts.headers);
+        let keep_metadata = self.s.settings.forward_client_metadata;
         for (name, value) in parts.headers.iter() {
-            if !skip_request_header(name) && !named.iter().any(|n| n == name.as_str()) {
-                b = b.header(name, value);
+            if skip_request_header(name)
+                || named.iter().any(|n| n == name.as_str())
+                || (!keep_metadata && name == "x-codex-turn-metadata")
+            {
+                continue;
             }
+            b = b.header(name, value);
         }
         // A GET carries no body upstream, whatever the client sent: a body on
         // a pooled connection would desynchronise it.

@@ -23,7 +23,10 @@ use crate::errors::Api;
 use crate::meter::{Reported, SseParser, StreamMeter};
 use crate::pricing::{Modifiers, Price};
 
-/// The `x-claude-code-*` headers a settle records (empty: not sent).
+/// What the coding agent says a request is for, recorded on its settle
+/// (empty: not sent): Claude Code's `x-claude-code-*` headers, else
+/// Codex's (`session-id`, `thread-id` as the agent, its parent thread, the
+/// subagent kind as the request class, and the turn as the prompt).
 #[derive(Debug, Default)]
 pub(super) struct Attribution {
     pub(super) session: String,
@@ -47,14 +50,37 @@ impl Attribution {
                 .map(|v| v.chars().take(MAX_ATTRIBUTION_ID).collect())
                 .unwrap_or_default()
         };
+        let first = |names: &[&str]| names.iter().map(|n| get(n)).find(|v: &String| !v.is_empty()).unwrap_or_default();
+        let mut prompt = get("x-claude-code-prompt-id");
+        if prompt.is_empty() {
+            prompt = codex_turn(h).unwrap_or_default();
+        }
         Attribution {
-            session: get("x-claude-code-session-id"),
-            agent: get("x-claude-code-agent-id"),
-            parent_agent: get("x-claude-code-parent-agent-id"),
-            request_class: get("x-claude-code-request-class"),
-            prompt: get("x-claude-code-prompt-id"),
+            session: first(&["x-claude-code-session-id", "session-id", "session_id"]),
+            agent: first(&["x-claude-code-agent-id", "thread-id"]),
+            parent_agent: first(&["x-claude-code-parent-agent-id", "x-codex-parent-thread-id"]),
+            request_class: first(&["x-claude-code-request-class", "x-openai-subagent"]),
+            prompt,
         }
     }
+}
+
+/// The turn id in Codex's `x-codex-turn-metadata` (JSON; at most 16 KiB
+/// is read). Nothing else of it is kept: it also carries workspace paths
+/// and commit hashes.
+fn codex_turn(h: &hyper::HeaderMap) -> Option<String> {
+    let v = h.get("x-codex-turn-metadata")?.as_bytes();
+    if v.len() > 16 * 1024 {
+        return None;
+    }
+    #[derive(serde::Deserialize)]
+    struct Turn {
+        #[serde(alias = "turnId")]
+        turn_id: Option<String>,
+    }
+    let id = serde_json::from_slice::<Turn>(v).ok()?.turn_id?;
+    let id: String = id.chars().take(MAX_ATTRIBUTION_ID).collect();
+    id.bytes().all(|b| b.is_ascii_graphic()).then_some(id)
 }
 
 /// What admission decided.

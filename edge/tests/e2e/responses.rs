@@ -112,3 +112,49 @@ async fn a_hard_cap_denies_a_responses_request_with_the_gateways_message() {
     assert!(message.starts_with("Tollgate: the monthly budget of team:eng is exhausted"), "{message}");
     assert!(s.mock.truth().is_empty(), "nothing reached the provider");
 }
+
+/// Codex's headers attribute each settle to its session, thread and turn
+/// (`usage --by session|agent|prompt`, beside Claude Code's); its turn
+/// metadata (workspace paths, commits) does not reach the provider unless
+/// the operator sets `forward_client_metadata`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codex_sessions_threads_and_turns_are_attributed_and_its_metadata_stays_home() {
+    let s = crate::harness::setup(&[]).await;
+    let secret = s.key("eng", "cody@corp.io").await;
+    s.budget("team:eng", "100").await;
+    let edges = [s.edge("quiet", "", &[]), s.edge("open", "forward_client_metadata = true", &[])];
+    let metadata = r#"{"session_id":"sess-c1","turn_id":"turn-7","thread_id":"thr-main","workspaces":{"/home/cody/secret-repo":{"latest_git_commit_hash":"abc123"}}}"#;
+    let body = r#"{"model":"gpt-6.2-sol","input":"fix the bug","stream":false,"store":false}"#;
+    let bearer = format!("Bearer {secret}");
+    let mut saw = Vec::new();
+    for edge in &edges {
+        edge.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let headers = crate::harness::with(
+            &[("authorization", &bearer), ("content-type", "application/json")],
+            &[
+                ("session-id", "sess-c1"),
+                ("thread-id", "thr-main"),
+                ("originator", "codex_exec"),
+                ("x-openai-subagent", "review"),
+                ("x-codex-turn-metadata", metadata),
+            ],
+        );
+        let r = crate::harness::post(&edge.addr, "/v1/responses", &headers, body).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        saw.push(r.mock_saw());
+    }
+    assert!(saw[0].iter().any(|h| h == "session-id") && saw[0].iter().any(|h| h == "thread-id"), "{:?}", saw[0]);
+    assert!(!saw[0].iter().any(|h| h == "x-codex-turn-metadata"), "forwarded by default: {:?}", saw[0]);
+    assert!(saw[1].iter().any(|h| h == "x-codex-turn-metadata"), "not forwarded when allowed: {:?}", saw[1]);
+
+    let want: u64 = s.mock.truth().iter().map(truth_cost).sum();
+    let session = s.settled("session", "session:sess-c1", 2).await;
+    assert_eq!((session.requests, session.spent_nano_usd, session.user.as_str()), (2, want, "cody@corp.io"));
+    assert_eq!(s.row("agent", "agent:thr-main").await.requests, 2);
+    assert_eq!(s.row("prompt", "prompt:turn-7").await.requests, 2);
+    assert_eq!(s.row("request-class", "request-class:review").await.requests, 2);
+    // Nothing else of the metadata was recorded.
+    for by in ["session", "agent", "prompt", "request-class"] {
+        assert!(s.usage(by).await.iter().all(|r| !r.scope.contains("secret-repo") && !r.scope.contains("abc123")));
+    }
+}
