@@ -111,10 +111,50 @@ impl EdgeError {
 
     /// The response in `api`'s shape: status, body and retry advice.
     pub fn in_shape(&self, api: Api) -> ErrorResponse {
-        match self {
+        self.in_shape_for(api, Client::Other)
+    }
+
+    /// The response in `api`'s shape as `client` must get it to show it at
+    /// once: for Codex a refusal for what the request is (budget 402,
+    /// policy 403) is a 400, the one such status it neither retries nor
+    /// replaces with a message of its own.
+    pub fn in_shape_for(&self, api: Api, client: Client) -> ErrorResponse {
+        let mut r = match self {
             EdgeError::BudgetDenied(d) => budget_denied(api, d),
             EdgeError::UpstreamRefusedCredential(m) => error(api, self.status(), m, None).retryable(false),
             other => error(api, other.status(), &other.to_string(), None),
+        };
+        if client == Client::Codex && matches!(r.status, 402 | 403) {
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            let message = v.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or_default();
+            let code = v.pointer("/error/code").and_then(|c| c.as_str());
+            r = error(api, 400, message, code);
+        }
+        r
+    }
+}
+
+/// Who is calling, where that changes how an error must be answered to be
+/// shown. Codex CLI 0.171 retries a 402 or 403 five times (about 6.5 s)
+/// before it shows the message, shows a 429's `insufficient_quota` as its
+/// own generic "Quota exceeded" text, and reads neither `x-should-retry`
+/// nor `retry-after`; a 400 it shows at once, the gateway's message and
+/// all. SDKs get the provider's own statuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Client {
+    #[default]
+    Other,
+    /// `originator: codex_…` (`codex_exec`, `codex_cli_rs`, `codex_vscode`).
+    Codex,
+}
+
+impl Client {
+    pub fn from_headers(h: &hyper::HeaderMap) -> Client {
+        let originator = h.get("originator").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if originator.starts_with("codex") {
+            Client::Codex
+        } else {
+            Client::Other
         }
     }
 }
@@ -268,5 +308,31 @@ mod tests {
         }
         let openai = EdgeError::BudgetDenied(Box::new(denial())).in_shape(Api::OpenAi);
         assert!(openai.body.contains("budget_exceeded"), "{}", openai.body);
+    }
+
+    #[test]
+    fn codex_gets_refusals_as_400s_it_shows_at_once_with_the_gateways_message() {
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(Client::from_headers(&h), Client::Other);
+        h.insert("originator", "codex_exec".parse().unwrap());
+        assert_eq!(Client::from_headers(&h), Client::Codex);
+        let denied = EdgeError::BudgetDenied(Box::new(denial()));
+        let sdk = denied.in_shape_for(Api::OpenAiResponses, Client::Other);
+        let codex = denied.in_shape_for(Api::OpenAiResponses, Client::Codex);
+        assert_eq!((sdk.status, codex.status), (402, 400));
+        let (s, c): (Value, Value) =
+            (serde_json::from_str(&sdk.body).unwrap(), serde_json::from_str(&codex.body).unwrap());
+        assert_eq!(c["error"]["message"], s["error"]["message"]);
+        assert!(c["error"]["message"].as_str().unwrap().starts_with("Tollgate: the monthly budget of team:eng"));
+        assert_eq!(
+            (c["error"]["code"].as_str(), c["error"]["type"].as_str()),
+            (Some("budget_exceeded"), Some("invalid_request_error"))
+        );
+        assert!(!codex.should_retry);
+        let policy = EdgeError::Forbidden("Tollgate: model m is not allowed".into());
+        assert_eq!(policy.in_shape_for(Api::OpenAiResponses, Client::Codex).status, 400);
+        // What Codex retries usefully stays as it is.
+        assert_eq!(EdgeError::Busy("b".into()).in_shape_for(Api::OpenAiResponses, Client::Codex).status, 429);
+        assert_eq!(EdgeError::Unavailable("u".into()).in_shape_for(Api::OpenAiResponses, Client::Codex).status, 503);
     }
 }

@@ -19,7 +19,7 @@ use super::request::{valid_model_id, Head};
 use super::settle::Settler;
 use super::watch::{ConfigView, Principal};
 use super::{KeySlot, Shared};
-use crate::errors::{Api, EdgeError, ErrorResponse};
+use crate::errors::{Api, Client, EdgeError, ErrorResponse};
 
 pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -185,12 +185,13 @@ pub(crate) async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Response<B
             return respond_error(&e);
         }
     };
+    let client = Client::from_headers(req.headers());
     let mut ctx = Ctx::new(s.clone(), route, t0);
     let resp = match ctx.run(req).await {
         Ok(r) => r,
         Err(e) => {
             ctx.overhead = t0.elapsed();
-            respond_error(&e.in_shape(ctx.api))
+            respond_error(&e.in_shape_for(ctx.api, client))
         }
     };
     let model = s.config.current().prices.label(&ctx.model).to_string();

@@ -3,8 +3,9 @@
 //! nano-dollar against the mock's ground truth (cached and written tokens
 //! inside `input_tokens`, reasoning inside `output_tokens`, each counted
 //! once; an incomplete response billed for what it used), the stored-
-//! response routes forwarded uncharged, and a hard cap's denial in
-//! OpenAI's shape with the gateway's message.
+//! response routes forwarded uncharged, a hard cap's denial with the
+//! gateway's message (a 400 for Codex, which shows it at once), and Codex's
+//! sessions, threads and turns attributed.
 
 use std::time::Duration;
 
@@ -100,16 +101,24 @@ async fn a_hard_cap_denies_a_responses_request_with_the_gateways_message() {
     s.budget("team:eng", "0.000001").await;
     let edge = s.edge_with("edge1", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let steps = json!([{"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "content": "over budget"}]);
+    // The SDK gets OpenAI's 402; Codex (by its originator) a 400, the one
+    // refusal it shows at once with the message instead of retrying.
+    let steps = json!([
+        {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "content": "over budget"},
+        {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "content": "over budget",
+         "headers": {"originator": "codex_exec"}},
+    ]);
     let r: Vec<Value> = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
-    assert_eq!(
-        (r[0]["status"].as_u64(), r[0]["error_code"].as_str()),
-        (Some(402), Some("budget_exceeded")),
-        "{}",
-        r[0]
-    );
-    let message = r[0]["message"].as_str().unwrap();
-    assert!(message.starts_with("Tollgate: the monthly budget of team:eng is exhausted"), "{message}");
+    for (i, status) in [402, 400].into_iter().enumerate() {
+        assert_eq!(
+            (r[i]["status"].as_u64(), r[i]["error_code"].as_str()),
+            (Some(status), Some("budget_exceeded")),
+            "{}",
+            r[i]
+        );
+        let message = r[i]["message"].as_str().unwrap();
+        assert!(message.starts_with("Tollgate: the monthly budget of team:eng is exhausted"), "{message}");
+    }
     assert!(s.mock.truth().is_empty(), "nothing reached the provider");
 }
 
