@@ -9,6 +9,7 @@
 mod harness;
 mod sdk;
 
+mod codex;
 mod hardening;
 mod metering;
 mod price_book_and_gateway_guide;
