@@ -65,6 +65,9 @@ pub enum EdgeError {
     /// 413: the request body is over the limit.
     #[error("{0}")]
     TooLarge(String),
+    /// 426: a WebSocket the gateway does not proxy; HTTP serves the same.
+    #[error("{0}")]
+    UpgradeRequired(String),
     /// 429: too many requests of one key at once.
     #[error("{0}")]
     Busy(String),
@@ -101,6 +104,7 @@ impl EdgeError {
             EdgeError::WrongMethod(_) => 405,
             EdgeError::BodyTimeout(_) => 408,
             EdgeError::TooLarge(_) => 413,
+            EdgeError::UpgradeRequired(_) => 426,
             EdgeError::Busy(_) => 429,
             EdgeError::Misconfigured(_) | EdgeError::Internal(_) => 500,
             EdgeError::Upstream(_) | EdgeError::UpstreamRefusedCredential(_) => 502,
@@ -290,6 +294,7 @@ mod tests {
             (EdgeError::WrongMethod(m()), 405, false, None),
             (EdgeError::BodyTimeout(m()), 408, true, None),
             (EdgeError::TooLarge(m()), 413, false, None),
+            (EdgeError::UpgradeRequired(m()), 426, false, None),
             (EdgeError::Busy(m()), 429, true, Some(1)),
             (EdgeError::Misconfigured(m()), 500, false, None),
             (EdgeError::Internal(m()), 500, false, None),

@@ -109,6 +109,18 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
     } else {
         Api::Anthropic
     };
+    if path == "/v1/responses"
+        && h.get("upgrade").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+    {
+        // Codex, told `supports_websockets = true`, falls back to HTTP
+        // streaming (metered the same) on a 426.
+        return Err(EdgeError::UpgradeRequired(
+            "Tollgate serves the Responses API over HTTP (server-sent events), not WebSocket: leave \
+             supports_websockets unset for this provider"
+                .into(),
+        )
+        .in_shape(guess));
+    }
     let r = match path {
         "/v1/messages" => (Method::POST, Route::Messages),
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
@@ -508,6 +520,11 @@ mod tests {
         assert_eq!(r(Method::DELETE, "/v1/responses/resp_abc123").unwrap(), Route::ResponseOther);
         assert_eq!(r(Method::POST, "/v1/responses/resp_abc123/cancel").unwrap(), Route::ResponseOther);
         assert_eq!(r(Method::GET, "/v1/responses/resp_abc123/input_items").unwrap(), Route::ResponseOther);
+        let mut ws = HeaderMap::new();
+        ws.insert("upgrade", HeaderValue::from_static("websocket"));
+        let e = route(&Method::GET, "/v1/responses", &ws).unwrap_err();
+        assert_eq!(e.status, 426);
+        assert!(e.body.contains("not WebSocket"), "{}", e.body);
         let wrong = r(Method::POST, "/v1/responses/resp_abc123").unwrap_err();
         assert_eq!(wrong.status, 405);
         assert!(wrong.body.contains("accepts GET or DELETE only") && wrong.body.contains("invalid_request_error"));

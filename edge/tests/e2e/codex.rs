@@ -1,8 +1,9 @@
 //! The real Codex CLI (`@openai/codex`, pinned in `edge/tests/codex`,
 //! installed by ./test.sh under target/codex) pointed at `tollgate up` as
 //! the README says, answered by the mock provider: its turn is metered to
-//! the nano-dollar and attributed to its session, and a hard cap's refusal
-//! reaches it once, as a message it shows, not a retry loop.
+//! the nano-dollar and attributed to its session, a WebSocket it is told
+//! to try falls back to HTTP at once, and a hard cap's refusal reaches it
+//! once, as a message it shows, not a retry loop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -92,7 +93,8 @@ async fn codex_cli_runs_through_tollgate_up_metered_attributed_and_capped() {
         d.join("codex-home/config.toml"),
         format!(
             "model = \"gpt-6.2-sol\"\nmodel_provider = \"tollgate\"\n\n[model_providers.tollgate]\nname = \"Tollgate\"\n\
-             base_url = \"http://{http}/v1\"\nenv_key = \"TOLLGATE_API_KEY\"\nwire_api = \"responses\"\n"
+             base_url = \"http://{http}/v1\"\nenv_key = \"TOLLGATE_API_KEY\"\nwire_api = \"responses\"\n\
+             supports_websockets = true\n"
         ),
     )
     .unwrap();
@@ -114,6 +116,14 @@ async fn codex_cli_runs_through_tollgate_up_metered_attributed_and_capped() {
     assert!(ok, "codex failed: {stdout}\n{stderr}");
     assert!(stdout.contains("lorem"), "the mock's answer: {stdout}\n{stderr}");
     let session = stderr.lines().find_map(|l| l.strip_prefix("session id: ")).expect("codex names its session").trim();
+    // Told the provider takes WebSockets, Codex tried one, got a 426 and
+    // went on over HTTP at once.
+    let metrics = crate::harness::get(&http, "/metrics").await.body;
+    assert_eq!(
+        crate::harness::metric(&metrics, r#"tollgate_requests_total{route="other",model="",status="426"}"#),
+        Some(1),
+        "{metrics}"
+    );
     // Charged exactly what the provider billed, attributed to Codex's session.
     let truth = mock.truth();
     assert!(!truth.is_empty() && truth.iter().all(|t| t.api == "responses" && t.model == "gpt-6.2-sol"), "{truth:?}");
