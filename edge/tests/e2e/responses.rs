@@ -32,9 +32,13 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
         // (the SDK's get_final_response then raises), billed all the same.
         {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "max_output_tokens": 40,
          "headers": {"x-mock-output-tokens": "300"}},
+        // Compaction reports usage too: metered like a response.
+        {"kind": "raw", "path": "/v1/responses/compact",
+         "headers": {"authorization": format!("Bearer {secret}"), "content-type": "application/json"},
+         "body": json!({"model": "gpt-6.2-sol", "input": "a long history", "previous_response_id": "resp_prev"}).to_string()},
     ]);
     let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
-    for (i, want_ok) in [true, true, true, false].iter().enumerate() {
+    for (i, want_ok) in [true, true, true, false, true].iter().enumerate() {
         assert_eq!(r[i]["ok"] == true, *want_ok, "step {i}: {}", r[i]);
     }
     // The client sees the provider's own usage and events, untouched.
@@ -51,14 +55,14 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
     assert_eq!((events.first(), events.last()), (Some(&"response.created"), Some(&"response.completed")), "{events:?}");
     assert!(r[3]["message"].as_str().unwrap().contains("response.completed"), "{}", r[3]);
 
-    // The ledger charged exactly what the provider billed, for all four.
-    let row = s.settled("key", &format!("key:{key_id}"), 4).await;
+    // The ledger charged exactly what the provider billed, for all five.
+    let row = s.settled("key", &format!("key:{key_id}"), 5).await;
     let truth = s.mock.truth();
     let billed: Vec<&TruthRecord> = truth.iter().filter(|t| t.api == "responses" && t.status == 200).collect();
-    assert_eq!(billed.len(), 4, "{truth:?}");
+    assert_eq!(billed.len(), 5, "{truth:?}");
     assert_eq!(billed[3].usage.output_tokens, 40);
     let want: u64 = billed.iter().map(|t| truth_cost(t)).sum();
-    assert_eq!((row.requests, row.spent_nano_usd, row.held_nano_usd), (4, want, 0), "ledger vs ground truth");
+    assert_eq!((row.requests, row.spent_nano_usd, row.held_nano_usd), (5, want, 0), "ledger vs ground truth");
     // Codex's turn by hand: input (its bytes / 4) at $2, 4,000 cached at
     // $0.10, 300 written at $2.50, 250 output (200 of them reasoning) at $10.
     let t = billed[1];
@@ -91,7 +95,7 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
         (r[2]["status"].as_u64(), r[2]["json"]["error"]["type"].as_str()),
         (Some(405), Some("invalid_request_error"))
     );
-    assert_eq!(s.row("key", &format!("key:{key_id}")).await.requests, 4, "forwarding charged nothing");
+    assert_eq!(s.row("key", &format!("key:{key_id}")).await.requests, 5, "forwarding charged nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +137,8 @@ async fn codex_sessions_threads_and_turns_are_attributed_and_its_metadata_stays_
     s.budget("team:eng", "100").await;
     let edges = [s.edge("quiet", "", &[]), s.edge("open", "forward_client_metadata = true", &[])];
     let metadata = r#"{"session_id":"sess-c1","turn_id":"turn-7","thread_id":"thr-main","workspaces":{"/home/cody/secret-repo":{"latest_git_commit_hash":"abc123"}}}"#;
-    let body = r#"{"model":"gpt-6.2-sol","input":"fix the bug","stream":false,"store":false}"#;
+    // Server-side state (previous_response_id) goes upstream byte for byte.
+    let body = r#"{"model":"gpt-6.2-sol", "previous_response_id":"resp_prev","input":"fix the bug","store":false}"#;
     let bearer = format!("Bearer {secret}");
     let mut saw = Vec::new();
     for edge in &edges {
@@ -150,6 +155,9 @@ async fn codex_sessions_threads_and_turns_are_attributed_and_its_metadata_stays_
         );
         let r = crate::harness::post(&edge.addr, "/v1/responses", &headers, body).await;
         assert_eq!(r.status, 200, "{}", r.body);
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r.header("x-mock-body-sha256"), Some(sha.as_str()));
         saw.push(r.mock_saw());
     }
     assert!(saw[0].iter().any(|h| h == "session-id") && saw[0].iter().any(|h| h == "thread-id"), "{:?}", saw[0]);
