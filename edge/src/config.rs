@@ -15,6 +15,7 @@
 //! output_floor_tokens = 1024     #   and never less than this (nor more than max_tokens)
 //! clamp_max_tokens = false       # lower max_tokens to fit a hard budget instead of a 402
 //! forward_client_metadata = false # pass Codex's x-codex-turn-metadata (paths, commits) upstream
+//! stored_responses = false        # serve GET/DELETE/cancel of stored responses (any key could, by id)
 //! fail_mode = "closed"           # or "open" (admit up to the allowance)
 //! fail_open_allowance_usd = "10"
 //! max_body_bytes = 33554432
@@ -168,6 +169,7 @@ pub struct EdgeSection {
     pub output_floor_tokens: Option<u64>,
     pub clamp_max_tokens: Option<bool>,
     pub forward_client_metadata: Option<bool>,
+    pub stored_responses: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +286,10 @@ pub struct EdgeSettings {
     /// paths and commit hashes) to the provider; off, only its turn id is
     /// read, for attribution.
     pub forward_client_metadata: bool,
+    /// Forward retrieve, delete, cancel and input items of stored
+    /// responses. They all live in the gateway's one OpenAI account, so any
+    /// key that knows an id could reach another user's: off by default.
+    pub stored_responses: bool,
     pub prices: PriceTable,
 }
 
@@ -535,6 +541,7 @@ impl EdgeSettings {
             forward_client_metadata: env_parse::<bool>("TOLLGATE_FORWARD_CLIENT_METADATA")?
                 .or(e.forward_client_metadata)
                 .unwrap_or(false),
+            stored_responses: env_parse::<bool>("TOLLGATE_STORED_RESPONSES")?.or(e.stored_responses).unwrap_or(false),
             prices,
         };
         s.check()?;

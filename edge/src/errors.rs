@@ -118,21 +118,27 @@ impl EdgeError {
         self.in_shape_for(api, Client::Other)
     }
 
-    /// The response in `api`'s shape as `client` must get it to show it at
-    /// once: for Codex a refusal for what the request is (budget 402,
-    /// policy 403) is a 400, the one such status it neither retries nor
-    /// replaces with a message of its own.
+    /// The response in `api`'s shape as `client` must get it: for Codex a
+    /// refusal for what the request is (budget 402, policy 403) is a 400,
+    /// the one such status it neither retries nor replaces with a message
+    /// of its own, and the gateway's 429 (too many requests of one key in
+    /// flight), which Codex would not retry, a 503, which it does.
     pub fn in_shape_for(&self, api: Api, client: Client) -> ErrorResponse {
         let mut r = match self {
             EdgeError::BudgetDenied(d) => budget_denied(api, d),
             EdgeError::UpstreamRefusedCredential(m) => error(api, self.status(), m, None).retryable(false),
             other => error(api, other.status(), &other.to_string(), None),
         };
-        if client == Client::Codex && matches!(r.status, 402 | 403) {
+        let for_codex = match r.status {
+            402 | 403 => Some(400),
+            429 => Some(503),
+            _ => None,
+        };
+        if let (Client::Codex, Some(status)) = (client, for_codex) {
             let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
             let message = v.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or_default();
             let code = v.pointer("/error/code").and_then(|c| c.as_str());
-            r = error(api, 400, message, code);
+            r = error(api, status, message, code);
         }
         r
     }
@@ -336,8 +342,10 @@ mod tests {
         assert!(!codex.should_retry);
         let policy = EdgeError::Forbidden("Tollgate: model m is not allowed".into());
         assert_eq!(policy.in_shape_for(Api::OpenAiResponses, Client::Codex).status, 400);
-        // What Codex retries usefully stays as it is.
-        assert_eq!(EdgeError::Busy("b".into()).in_shape_for(Api::OpenAiResponses, Client::Codex).status, 429);
+        // A 429 Codex would not retry; a 503 it does, after retry-after.
+        let busy = EdgeError::Busy("b".into()).in_shape_for(Api::OpenAiResponses, Client::Codex);
+        assert_eq!((busy.status, busy.should_retry, busy.retry_after_secs), (503, true, Some(2)));
+        assert_eq!(EdgeError::Busy("b".into()).in_shape_for(Api::OpenAiResponses, Client::Other).status, 429);
         assert_eq!(EdgeError::Unavailable("u".into()).in_shape_for(Api::OpenAiResponses, Client::Codex).status, 503);
     }
 }

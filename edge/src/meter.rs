@@ -314,9 +314,10 @@ impl StreamMeter {
     }
 
     /// Folds one Responses API event in: usage and the tier come with the
-    /// terminal event. A completed or incomplete response is whole (an
-    /// incomplete one is billed for what it used); a failed one is whole
-    /// only if it reports usage.
+    /// terminal event. A completed or incomplete response that reports
+    /// usage is whole (an incomplete one is billed for what it used); a
+    /// failed one, or one whose terminal event has no usage, is charged as
+    /// a stream cut short.
     pub fn responses_event(&mut self, name: &str, data: &str) {
         let Ok(v) = serde_json::from_str::<Value>(data) else { return };
         let kind = v.get("type").and_then(Value::as_str).unwrap_or(name);
@@ -324,13 +325,14 @@ impl StreamMeter {
             "response.completed" | "response.incomplete" | "response.failed" => {
                 let response = &v["response"];
                 self.reported.read_openai(response);
-                if let Some(usage) = response.get("usage").filter(|u| u.is_object()) {
+                let usage = response.get("usage").filter(|u| u.is_object());
+                if let Some(usage) = usage {
                     self.usage = read_responses_usage(usage);
                     self.saw_usage = true;
                 }
                 if kind == "response.failed" {
                     self.errored = true;
-                } else {
+                } else if usage.is_some() {
                     self.finished = true;
                 }
             }
@@ -542,11 +544,21 @@ mod tests {
             assert_eq!(m.text_bytes, 9);
             assert!(m.reported.over(Modifiers::default()).flex);
         }
-        // A stream cut before its terminal event has no usage.
+        // A stream cut before its terminal event has no usage; nor does a
+        // terminal event without it make the account whole.
         let mut p = SseParser::default();
         let mut m = StreamMeter::default();
         p.feed(head.as_bytes(), |n, d| m.responses_event(n, d));
         assert!(!m.saw_usage && !m.finished && !m.errored);
+        for terminal in ["response.completed", "response.incomplete", "response.failed"] {
+            let end = ev(
+                terminal,
+                &format!(r#"{{"type":"{terminal}","sequence_number":3,"response":{{"id":"r1","usage":null}}}}"#),
+            );
+            let mut m = StreamMeter::default();
+            SseParser::default().feed(format!("{head}{end}").as_bytes(), |n, d| m.responses_event(n, d));
+            assert!(!m.saw_usage && !m.finished, "{terminal}");
+        }
     }
 
     #[test]

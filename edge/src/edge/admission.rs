@@ -117,6 +117,9 @@ impl Ctx {
             asked: head.modifiers,
             input_estimate: sized.input_estimate,
             reserved: r.amount,
+            reserved_output: clamped
+                .map_or(sized.reserved_output, |n| n.min(sized.reserved_output))
+                .saturating_mul(head.n),
             clamped,
             label: sized.label,
             attribution: Attribution::from_headers(&parts.headers),
@@ -154,6 +157,7 @@ impl Ctx {
         // Where the API allows no limit (OpenAI), estimate mode reserves a
         // default, no more than the model's own maximum.
         let default = max.map_or(settings.openai_default_max_tokens, |l| l.min(settings.openai_default_max_tokens));
+        self.api.refuse(head, strict)?;
         let limit = self.api.output_limit(head, strict, default, max)?;
         if let Some(max) = max.filter(|max| limit.per_choice > *max) {
             return Err(EdgeError::BadRequest(format!(

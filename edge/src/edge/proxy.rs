@@ -285,6 +285,16 @@ impl Ctx {
         }
         match self.route {
             Route::Messages | Route::ChatCompletions | Route::Responses => self.metered(parts, body, principal).await,
+            Route::ResponseOther
+                if !self.s.settings.stored_responses && parts.uri.path() != "/v1/responses/input_tokens" =>
+            {
+                Err(EdgeError::Forbidden(
+                    "Tollgate: stored responses all live in this gateway's one OpenAI account, where any key that \
+                     knows an id could reach another user's, so it does not serve them (an operator can allow it \
+                     with stored_responses = true)"
+                        .into(),
+                ))
+            }
             Route::CountTokens | Route::ResponseOther | Route::Models(_) => {
                 self.passthrough(parts, body, &view, &principal).await
             }

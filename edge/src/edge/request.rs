@@ -49,6 +49,14 @@ struct Fields<'a> {
     service_tier: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "raw")]
     thinking: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    background: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    previous_response_id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    conversation: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "raw")]
+    prompt: Option<&'a RawValue>,
 }
 
 /// Why a body cannot be admitted; each names the field, as the providers do.
@@ -80,6 +88,11 @@ pub struct Head<'a> {
     pub thinking_budget: Option<u64>,
     /// OpenAI's number of choices (1 when absent).
     pub n: u64,
+    /// Responses API: run in the background (answered `queued`, no usage).
+    pub background: bool,
+    /// Responses API: input held by the provider, not in the body
+    /// (`previous_response_id`, `conversation`, a stored `prompt`).
+    pub server_side_input: bool,
     pub stream: bool,
     stream_options: Option<&'a RawValue>,
     /// What the request asks for that changes its price: `speed: "fast"`,
@@ -99,8 +112,17 @@ fn field<'a, T: Deserialize<'a>>(
     }
 }
 
+/// OpenAI's `service_tier`: only the tiers the price book prices (a
+/// request for another, such as `ultrafast`, would be charged too little).
 fn tier(raw: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, BodyError> {
-    field(raw, "service_tier", "must be a string")
+    let t: Option<Cow<str>> = field(raw, "service_tier", "must be a string")?;
+    match t.as_deref() {
+        None | Some("auto" | "default" | "flex" | "priority" | "fast") => Ok(t),
+        Some(_) => Err(BodyError::Field {
+            field: "service_tier",
+            want: "must be auto, default, flex, priority or fast (the tiers this gateway prices)",
+        }),
+    }
 }
 
 impl<'a> Head<'a> {
@@ -132,6 +154,10 @@ impl<'a> Head<'a> {
             max_completion_tokens: field(f.max_completion_tokens, "max_completion_tokens", positive)?,
             max_output_tokens: field(f.max_output_tokens, "max_output_tokens", positive)?,
             n: field(f.n, "n", positive)?.unwrap_or(1u64).max(1),
+            background: field(f.background, "background", "must be a boolean")?.unwrap_or(false),
+            server_side_input: [f.previous_response_id, f.conversation, f.prompt]
+                .iter()
+                .any(|r| r.is_some_and(|r| r.get() != "null")),
             stream: field(f.stream, "stream", "must be a boolean")?.unwrap_or(false),
             stream_options: f.stream_options,
             modifiers: Modifiers {
@@ -153,11 +179,29 @@ impl<'a> Head<'a> {
             "max_completion_tokens" => self.max_completion_tokens_raw,
             "max_output_tokens" => self.max_output_tokens_raw,
             _ => self.max_tokens_raw,
-        }
-        .filter(|r| r.get() != "null")?;
+        };
+        let raw = match raw {
+            // Codex never states it: the lowered limit is added (as the
+            // object's first member), which the provider then enforces.
+            None if field == "max_output_tokens" => {
+                return Some(self.with_first_member("max_output_tokens", &n.to_string()))
+            }
+            Some(r) if r.get() != "null" || field == "max_output_tokens" => r,
+            _ => return None,
+        };
         let start = (raw.get().as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
         let end = start + raw.get().len();
         Some(Bytes::from(format!("{}{n}{}", self.text.get(..start)?, self.text.get(end..)?)))
+    }
+
+    /// The body with `"name":value` added as the object's first member
+    /// (for a field it does not have), every other byte as sent.
+    fn with_first_member(&self, name: &str, value: &str) -> Bytes {
+        let text = self.text;
+        let open = text.len() - text.trim_start().len();
+        let (head, rest) = text.split_at(open + 1);
+        let sep = if rest.trim_start().starts_with('}') { "" } else { "," };
+        Bytes::from(format!("{head}\"{name}\":{value}{sep}{rest}"))
     }
 
     /// Whether `stream_options.include_usage` is `true`.
@@ -177,11 +221,7 @@ impl<'a> Head<'a> {
     pub fn with_include_usage(&self) -> Option<Bytes> {
         let text = self.text;
         let Some(opts) = self.stream_options else {
-            // Absent: add it as the object's first member.
-            let open = text.len() - text.trim_start().len();
-            let (head, rest) = text.split_at(open + 1);
-            let sep = if rest.trim_start().starts_with('}') { "" } else { "," };
-            return Some(Bytes::from(format!("{head}\"stream_options\":{{\"include_usage\":true}}{sep}{rest}")));
+            return Some(self.with_first_member("stream_options", r#"{"include_usage":true}"#));
         };
         let mut map: serde_json::Map<String, serde_json::Value> = match opts.get() {
             "null" => serde_json::Map::new(),
@@ -294,6 +334,18 @@ mod tests {
             .unwrap()
             .with_output_limit(7, "max_tokens")
             .is_none());
+        // The Responses API's limit is added where absent, replaced where null.
+        let lowered = |body: &[u8]| Head::parse(body).unwrap().with_output_limit(7, "max_output_tokens").unwrap();
+        assert_eq!(
+            &lowered(br#"{"model":"m","input":"x"}"#)[..],
+            br#"{"max_output_tokens":7,"model":"m","input":"x"}"#
+        );
+        assert_eq!(&lowered(br#" {}"#)[..], br#" {"max_output_tokens":7}"#);
+        assert_eq!(
+            &lowered(br#"{"max_output_tokens":null,"model":"m"}"#)[..],
+            br#"{"max_output_tokens":7,"model":"m"}"#
+        );
+        assert_eq!(&lowered(br#"{"max_output_tokens":900}"#)[..], br#"{"max_output_tokens":7}"#);
         assert!(Head::parse(br#"{"model":"m","thinking":3}"#).is_err());
     }
 

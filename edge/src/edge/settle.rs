@@ -95,6 +95,8 @@ pub(super) struct Admitted {
     pub(super) input_estimate: u64,
     /// What the hold reserved.
     pub(super) reserved: NanoUsd,
+    /// The output tokens that reservation counts (all choices).
+    pub(super) reserved_output: u64,
     /// The output limit `clamp_max_tokens` lowered the request to.
     pub(super) clamped: Option<u64>,
     /// The model's label on metrics: its listed id, else `other`.
@@ -304,7 +306,8 @@ impl Settler {
                 "stream for {} ended before completion ({why}); charging what is known, estimated",
                 self.adm.model
             );
-            if ended_by != StreamEnd::ClientGone {
+            // The client already has the provider's own error event, if it sent one.
+            if ended_by != StreamEnd::ClientGone && !meter.errored {
                 let _ = tx.send(Ok(Frame::data(stream_error_event(api, why)))).await;
             }
         }
@@ -317,6 +320,11 @@ impl Settler {
         } else {
             let mut usage = meter.usage;
             usage.output_tokens = meter.output_estimate();
+            if api == Api::OpenAiResponses {
+                // Reasoning is never streamed, only billed: what the visible
+                // text suggests is far too little; charge the reserved output.
+                usage.output_tokens = usage.output_tokens.max(self.adm.reserved_output);
+            }
             if !meter.saw_usage {
                 usage.input_tokens = self.adm.input_estimate;
             }

@@ -88,6 +88,18 @@ impl Api {
         }
     }
 
+    /// What this API refuses before admission because its cost could not be
+    /// bounded or metered: a background response (answered `queued`, its
+    /// usage never in this exchange) and, in strict mode, input the
+    /// provider holds (`previous_response_id`, `conversation`, a stored
+    /// `prompt`), which the body's size does not bound.
+    pub fn refuse(self, head: &Head, strict: bool) -> Result<(), EdgeError> {
+        match self {
+            Api::OpenAiResponses => responses::refuse(head, strict),
+            Api::Anthropic | Api::OpenAi => Ok(()),
+        }
+    }
+
     /// Whether the stream must be asked to report usage (and the extra
     /// chunk then hidden from the client).
     pub fn must_ask_for_usage(self, head: &Head) -> bool {
@@ -166,7 +178,25 @@ mod tests {
         // Codex states no limit: strict reserves the model's maximum.
         assert_eq!(limit(Api::OpenAiResponses, r#"{"max_output_tokens":900}"#, true), Ok((900, "max_output_tokens")));
         assert_eq!(limit(Api::OpenAiResponses, r#"{}"#, true), Ok((128_000, "max_output_tokens")));
-        assert_eq!(limit(Api::OpenAiResponses, r#"{}"#, false), Ok((4096, "max_output_tokens")));
+        assert_eq!(limit(Api::OpenAiResponses, r#"{}"#, false), Ok((128_000, "max_output_tokens")));
+    }
+
+    #[test]
+    fn responses_refuses_what_it_cannot_bound_or_meter() {
+        let r = |body: &str, strict: bool| Api::OpenAiResponses.refuse(&head(body), strict).map_err(|e| e.status());
+        assert_eq!(r(r#"{"background":true}"#, false), Err(400));
+        assert_eq!(r(r#"{"background":false}"#, true), Ok(()));
+        for state in
+            [r#"{"previous_response_id":"resp_1"}"#, r#"{"conversation":"conv_1"}"#, r#"{"prompt":{"id":"p"}}"#]
+        {
+            assert_eq!(r(state, true), Err(400), "{state}");
+            assert_eq!(r(state, false), Ok(()), "{state}");
+        }
+        assert_eq!(r(r#"{"previous_response_id":null}"#, true), Ok(()));
+        assert_eq!(Api::OpenAi.refuse(&head(r#"{"background":true}"#), true), Ok(()));
+        // A tier the book does not price is refused, not charged as standard.
+        assert!(Head::parse(br#"{"service_tier":"ultrafast"}"#).is_err());
+        assert!(Head::parse(br#"{"service_tier":"priority"}"#).is_ok());
     }
 
     #[test]

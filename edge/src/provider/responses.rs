@@ -15,8 +15,9 @@ use crate::errors::EdgeError;
 use crate::meter::{read_responses_usage, Reported};
 
 /// `max_output_tokens` (visible and reasoning tokens together). Codex
-/// never sets it: `strict` then reserves the model's maximum (`model_max`),
-/// `estimate` the default.
+/// never sets it: the limit is then the model's maximum (`model_max`; in
+/// `estimate` mode the reservation is sized from recent outputs within
+/// it), else the default.
 pub(super) fn output_limit(
     head: &Head,
     strict: bool,
@@ -25,8 +26,8 @@ pub(super) fn output_limit(
 ) -> Result<OutputLimit, EdgeError> {
     let per_choice = match (head.max_output_tokens, strict, model_max) {
         (Some(n), _, _) => n,
-        (None, false, _) => default,
-        (None, true, Some(max)) => max,
+        (None, _, Some(max)) => max,
+        (None, false, None) => default,
         (None, true, None) => {
             return Err(EdgeError::BadRequest(
                 "Tollgate (strict admission): set max_output_tokens so the request's cost is bounded".into(),
@@ -34,6 +35,25 @@ pub(super) fn output_limit(
         }
     };
     Ok(OutputLimit { per_choice, field: "max_output_tokens" })
+}
+
+pub(super) fn refuse(head: &Head, strict: bool) -> Result<(), EdgeError> {
+    if head.background {
+        return Err(EdgeError::BadRequest(
+            "Tollgate: background responses are not supported: their usage is not in this exchange, so they \
+             could not be charged; send the request without background"
+                .into(),
+        ));
+    }
+    if strict && head.server_side_input {
+        return Err(EdgeError::BadRequest(
+            "Tollgate (strict admission): previous_response_id, conversation and stored prompts bring input the \
+             request's size does not bound; send the whole input (as Codex does over HTTP), or ask the operator \
+             for estimate mode"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn json_usage(body: &[u8]) -> Option<(Usage, Reported)> {

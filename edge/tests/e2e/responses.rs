@@ -19,7 +19,8 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
     let s = setup(&[]).await;
     let (key_id, secret) = s.principal("eng", "cody@corp.io").await;
     s.budget("team:eng", "1000").await;
-    let edge = s.edge_with("edge1", &[]);
+    // This edge serves stored responses (off by default, below).
+    let edge = s.edge_to("edge1", &s.mock.url(), &[], "stored_responses = true", &[]);
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     let codex = json!({"x-mock-cache-read": "4000", "x-mock-cache-write-5m": "300",
@@ -96,6 +97,14 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
         (Some(405), Some("invalid_request_error"))
     );
     assert_eq!(s.row("key", &format!("key:{key_id}")).await.requests, 5, "forwarding charged nothing");
+    // By default they are refused: any key knowing an id could reach them.
+    let closed = s.edge_with("closed", &[]);
+    closed.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let steps =
+        json!([{"kind": "raw", "method": "GET", "path": format!("/v1/responses/{}", billed[0].id), "headers": auth}]);
+    let r = sdk(json!({"base_url": base(&closed), "key": secret, "steps": steps})).await;
+    assert_eq!(r[0]["status"], 403, "{}", r[0]);
+    assert!(r[0]["json"]["error"]["message"].as_str().unwrap().contains("stored_responses = true"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
