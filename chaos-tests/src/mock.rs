@@ -714,6 +714,20 @@ fn responses_sse(state: Arc<State>, plan: Plan) -> Response<Body> {
             with(json!({"part": {"type": "output_text", "text": "", "annotations": []}})),
         ));
         let deltas = plan.usage.output_tokens.clamp(1, 8);
+        if plan.error.as_deref() == Some("midstream") {
+            // The model fails halfway: `response.failed`, billed for what it used.
+            for _ in 0..deltas / 2 {
+                frames.push(event("response.output_text.delta", with(json!({"delta": "lorem ", "logprobs": []}))));
+            }
+            let used = TruthUsage { output_tokens: plan.usage.output_tokens / 2, ..plan.usage.clone() };
+            let mut failed = responses_object(&id, &plan, responses_usage(&used, 0));
+            failed["status"] = json!("failed");
+            failed["error"] = json!({"code": "server_error", "message": "The model failed mid-response"});
+            frames.push(event("response.failed", json!({"response": failed})));
+            let completed = send_paced(&tx, frames, delay).await;
+            state.record(&plan.truth(id.clone(), "responses", 200, completed, used));
+            return;
+        }
         for _ in 0..deltas {
             frames.push(event("response.output_text.delta", with(json!({"delta": "lorem ", "logprobs": []}))));
         }

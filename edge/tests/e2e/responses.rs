@@ -33,13 +33,15 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
         // (the SDK's get_final_response then raises), billed all the same.
         {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "max_output_tokens": 40,
          "headers": {"x-mock-output-tokens": "300"}},
+        // Failed halfway: response.failed carries what it used, and that is billed.
+        {"kind": "responses", "stream": true, "model": "gpt-6.2-sol", "headers": {"x-mock-error": "midstream", "x-mock-output-tokens": "400"}},
         // Compaction reports usage too: metered like a response.
         {"kind": "raw", "path": "/v1/responses/compact",
          "headers": {"authorization": format!("Bearer {secret}"), "content-type": "application/json"},
          "body": json!({"model": "gpt-6.2-sol", "input": "a long history", "previous_response_id": "resp_prev"}).to_string()},
     ]);
     let r = sdk(json!({"base_url": base(&edge), "key": secret, "steps": steps})).await;
-    for (i, want_ok) in [true, true, true, false, true].iter().enumerate() {
+    for (i, want_ok) in [true, true, true, false, false, true].iter().enumerate() {
         assert_eq!(r[i]["ok"] == true, *want_ok, "step {i}: {}", r[i]);
     }
     // The client sees the provider's own usage and events, untouched.
@@ -56,14 +58,15 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
     assert_eq!((events.first(), events.last()), (Some(&"response.created"), Some(&"response.completed")), "{events:?}");
     assert!(r[3]["message"].as_str().unwrap().contains("response.completed"), "{}", r[3]);
 
-    // The ledger charged exactly what the provider billed, for all five.
-    let row = s.settled("key", &format!("key:{key_id}"), 5).await;
+    // The ledger charged exactly what the provider billed, for all six.
+    let row = s.settled("key", &format!("key:{key_id}"), 6).await;
     let truth = s.mock.truth();
     let billed: Vec<&TruthRecord> = truth.iter().filter(|t| t.api == "responses" && t.status == 200).collect();
-    assert_eq!(billed.len(), 5, "{truth:?}");
+    assert_eq!(billed.len(), 6, "{truth:?}");
     assert_eq!(billed[3].usage.output_tokens, 40);
+    assert_eq!(billed[4].usage.output_tokens, 200, "the failed response used half");
     let want: u64 = billed.iter().map(|t| truth_cost(t)).sum();
-    assert_eq!((row.requests, row.spent_nano_usd, row.held_nano_usd), (5, want, 0), "ledger vs ground truth");
+    assert_eq!((row.requests, row.spent_nano_usd, row.held_nano_usd), (6, want, 0), "ledger vs ground truth");
     // Codex's turn by hand: input (its bytes / 4) at $2, 4,000 cached at
     // $0.10, 300 written at $2.50, 250 output (200 of them reasoning) at $10.
     let t = billed[1];
@@ -96,7 +99,7 @@ async fn responses_are_metered_to_the_nano_dollar_and_the_stored_routes_forwarde
         (r[2]["status"].as_u64(), r[2]["json"]["error"]["type"].as_str()),
         (Some(405), Some("invalid_request_error"))
     );
-    assert_eq!(s.row("key", &format!("key:{key_id}")).await.requests, 5, "forwarding charged nothing");
+    assert_eq!(s.row("key", &format!("key:{key_id}")).await.requests, 6, "forwarding charged nothing");
     // By default they are refused: any key knowing an id could reach them.
     let closed = s.edge_with("closed", &[]);
     closed.wait_ready(Duration::from_secs(30)).await.unwrap();
