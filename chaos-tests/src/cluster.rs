@@ -103,6 +103,8 @@ pub struct LedgerCluster {
     pub extra_args: Vec<String>,
     /// TLS flags that replace a node's own (a certificate from another CA).
     pub tls_override: BTreeMap<u64, Vec<String>>,
+    /// Flags one node gets besides everyone's (e.g. its `--region`).
+    pub node_args: BTreeMap<u64, Vec<String>>,
     children: BTreeMap<u64, Child>,
 }
 
@@ -150,6 +152,7 @@ impl LedgerCluster {
             pki,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             tls_override: BTreeMap::new(),
+            node_args: BTreeMap::new(),
             children: BTreeMap::new(),
         })
     }
@@ -190,6 +193,7 @@ impl LedgerCluster {
             .args(self.http.get(&id).map(|a| ["--http", a]).into_iter().flatten())
             .args(tls)
             .args(&self.extra_args)
+            .args(self.node_args.get(&id).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

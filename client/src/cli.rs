@@ -480,12 +480,14 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
                 }
                 members.push(json!({
                     "id": m.id, "addr": m.addr, "reachable": true, "role": s.role, "term": s.term,
+                    "region": if s.region.is_empty() { Value::Null } else { json!(s.region) },
                     "applied_index": s.applied_index, "state_digest": s.state_digest,
                     "leader_id": if s.has_leader { json!(s.leader_id) } else { Value::Null },
                 }));
             }
             Err(e) => members.push(json!({
                 "id": m.id, "addr": m.addr, "reachable": false, "role": Value::Null, "term": Value::Null,
+                "region": Value::Null,
                 "applied_index": Value::Null, "state_digest": Value::Null, "error": e.message(),
             })),
         }
@@ -499,6 +501,7 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
     let cols = [
         Col("ID", false),
         Col("ADDR", false),
+        Col("REGION", false),
         Col("ROLE", false),
         Col("TERM", false),
         Col("APPLIED", true),
@@ -515,7 +518,7 @@ async fn cluster_status(client: &AdminClient, json_out: bool) -> anyhow::Result<
             let role = if m["reachable"] == json!(true) { s("role") } else { "unreachable".to_string() };
             let mut digest = s("state_digest");
             digest.truncate(16);
-            vec![s("id"), s("addr"), role, s("term"), s("applied_index"), digest]
+            vec![s("id"), s("addr"), s("region"), role, s("term"), s("applied_index"), digest]
         }),
     );
     Ok(())

@@ -57,6 +57,9 @@ pub struct LedgerConfig {
     /// The cluster's mutual TLS (a `ledger` certificate for this node's
     /// id); `None` serves and dials plaintext.
     pub tls: Option<Arc<ClusterTls>>,
+    /// Where the node runs (`--region`), reported by `cluster status`; empty
+    /// when not named.
+    pub region: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,8 @@ pub enum ConfigError {
     Timeouts { heartbeat: u64, min: u64, max: u64 },
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("region {0:?} must be 1-64 letters, digits, '-', '_' or '.'")]
+    Region(String),
     #[error("the TLS certificate names {0}, but this is ledger node {1}: issue one with `tollgate cert issue --role ledger --id {1}`")]
     WrongCertificate(Role, NodeId),
 }
@@ -88,6 +93,7 @@ impl LedgerConfig {
             logs_to_keep: 1000,
             proposer: ProposerConfig::default(),
             tls: None,
+            region: String::new(),
         }
     }
 
@@ -107,6 +113,11 @@ impl LedgerConfig {
         }
         if self.proposer.max_batch_cmds == 0 || self.proposer.max_inflight == 0 || self.proposer.max_queued == 0 {
             return Err(ConfigError::Zero("proposer limits"));
+        }
+        let region_ok = self.region.len() <= 64
+            && self.region.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !region_ok {
+            return Err(ConfigError::Region(self.region.clone()));
         }
         if let Some(tls) = &self.tls {
             if tls.role() != &Role::Ledger(self.id) {
@@ -183,6 +194,7 @@ async fn serve(
         sm: sm.clone(),
         gate: gate.clone(),
         tls: cfg.tls.clone(),
+        region: cfg.region.clone(),
     };
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(4096)

@@ -57,7 +57,12 @@ struct LedgerArgs {
     /// initialised (safe to repeat), and write DATA_DIR/admin.token on first boot.
     #[arg(long)]
     bootstrap: bool,
-    /// Leader heartbeat interval in milliseconds.
+    /// Where this node runs (e.g. eu-west), shown by `tollgate admin cluster
+    /// status`: 1-64 letters, digits, '-', '_' or '.'.
+    #[arg(long, env = "TOLLGATE_REGION", default_value = "")]
+    region: String,
+    /// Leader heartbeat interval in milliseconds (raise it with the
+    /// election timeout for round trips between regions).
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     /// Election timeout lower bound in milliseconds (the upper bound is twice it).
@@ -430,6 +435,7 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
     let mut cfg = LedgerConfig::new(a.id, a.grpc, a.data_dir, peers);
     cfg.bootstrap = a.bootstrap;
     cfg.tls = tls.clone();
+    cfg.region = a.region;
     cfg.heartbeat_ms = a.heartbeat_ms;
     cfg.election_timeout_min_ms = a.election_timeout_ms;
     cfg.election_timeout_max_ms = a.election_timeout_ms.saturating_mul(2);

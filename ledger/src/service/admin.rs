@@ -27,6 +27,7 @@ pub struct AdminApi {
     pub sm: StateMachineStore,
     pub gate: Gate,
     pub tls: Option<std::sync::Arc<tollgate_tls::ClusterTls>>,
+    pub region: String,
 }
 
 const ACTOR: &str = "admin-token";
@@ -160,6 +161,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
             members,
+            region: self.region.clone(),
         }))
     }
 

@@ -324,6 +324,40 @@ fn node_outside_the_cluster_says_so() {
     assert!(err.contains("node 4 is not part of an initialized cluster"), "{err}");
 }
 
+/// Each node names its region (`--region`), and `cluster status` shows it,
+/// in the JSON and the table; a region that is not a plain name is refused
+/// at start.
+#[test]
+fn nodes_name_their_regions_in_cluster_status() {
+    let mut c = Cluster::prepare_plaintext(3, &[]);
+    for (id, region) in [(1, "eu-west"), (2, "us-east"), (3, "ap-south")] {
+        c.node_args.insert(id, vec!["--region".into(), region.into()]);
+        c.spawn(id);
+    }
+    c.wait_ready();
+    let s = c.wait_status(&[1], "every member's region", Duration::from_secs(20), |s| {
+        s["members"].as_array().is_some_and(|m| m.iter().all(|m| m["region"].is_string()))
+    });
+    let regions: Vec<&str> = s["members"].as_array().unwrap().iter().map(|m| m["region"].as_str().unwrap()).collect();
+    assert_eq!(regions, ["eu-west", "us-east", "ap-south"], "{s}");
+    let table = c.admin_ok(1, &["cluster", "status"]);
+    let head = table.lines().nth(1).unwrap();
+    assert!(head.starts_with("ID") && head.contains("REGION"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with('2') && l.contains("us-east")), "{table}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(BIN)
+        .args(["ledger", "--id", "1", "--grpc", &addr, "--peers", &format!("1={addr}"), "--region", "eu west"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("region \"eu west\" must be 1-64 letters"), "{err}");
+}
+
 /// A node that fell far behind (its log already compacted away on the
 /// leader) catches up from a snapshot.
 #[test]
