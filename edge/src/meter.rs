@@ -215,14 +215,20 @@ pub fn read_anthropic_usage(usage: &Value, into: &mut Usage) {
 /// Reads an OpenAI `usage` object. `prompt_tokens` includes the cached
 /// tokens and those written to the cache, which have their own rates.
 pub fn read_openai_usage(usage: &Value) -> Usage {
-    let prompt = u(usage, "/prompt_tokens").unwrap_or(0);
-    let cached = u(usage, "/prompt_tokens_details/cached_tokens").unwrap_or(0).min(prompt);
-    let written = u(usage, "/prompt_tokens_details/cache_write_tokens").unwrap_or(0).min(prompt - cached);
+    read_openai_shaped(usage, "prompt_tokens", "completion_tokens")
+}
+
+/// OpenAI's usage: `input` (named so) includes its `_details`' cached and
+/// written tokens, which are split out at their own rates.
+fn read_openai_shaped(usage: &Value, input: &str, output: &str) -> Usage {
+    let total = u(usage, &format!("/{input}")).unwrap_or(0);
+    let cached = u(usage, &format!("/{input}_details/cached_tokens")).unwrap_or(0).min(total);
+    let written = u(usage, &format!("/{input}_details/cache_write_tokens")).unwrap_or(0).min(total - cached);
     Usage {
-        input_tokens: prompt - cached - written,
+        input_tokens: total - cached - written,
         cache_read_tokens: cached,
         cache_write_5m_tokens: written,
-        output_tokens: u(usage, "/completion_tokens").unwrap_or(0),
+        output_tokens: u(usage, &format!("/{output}")).unwrap_or(0),
         ..Default::default()
     }
 }
@@ -232,16 +238,7 @@ pub fn read_openai_usage(usage: &Value) -> Usage {
 /// and `output_tokens` includes the reasoning tokens (billed as output,
 /// never counted twice).
 pub fn read_responses_usage(usage: &Value) -> Usage {
-    let input = u(usage, "/input_tokens").unwrap_or(0);
-    let cached = u(usage, "/input_tokens_details/cached_tokens").unwrap_or(0).min(input);
-    let written = u(usage, "/input_tokens_details/cache_write_tokens").unwrap_or(0).min(input - cached);
-    Usage {
-        input_tokens: input - cached - written,
-        cache_read_tokens: cached,
-        cache_write_5m_tokens: written,
-        output_tokens: u(usage, "/output_tokens").unwrap_or(0),
-        ..Default::default()
-    }
+    read_openai_shaped(usage, "input_tokens", "output_tokens")
 }
 
 /// What a stream reported so far.

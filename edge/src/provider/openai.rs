@@ -29,6 +29,12 @@ pub(super) fn output_limit(head: &Head, strict: bool, default: u64) -> Result<Ou
 }
 
 pub(super) fn json_usage(body: &[u8]) -> Option<(Usage, Reported)> {
+    usage_and_tier(body, read_openai_usage)
+}
+
+/// An OpenAI response's `usage` (read by `read`) and the service tier that
+/// served it; `None` when it reports no usage.
+pub(super) fn usage_and_tier(body: &[u8], read: fn(&Value) -> Usage) -> Option<(Usage, Reported)> {
     /// Only `usage` and the tier are kept; the rest is skipped.
     #[derive(serde::Deserialize)]
     struct WithUsage {
@@ -41,7 +47,7 @@ pub(super) fn json_usage(body: &[u8]) -> Option<(Usage, Reported)> {
     if let Some(tier) = v.service_tier.as_deref() {
         reported.read_openai_tier(tier);
     }
-    Some((read_openai_usage(&u), reported))
+    Some((read(&u), reported))
 }
 
 pub(super) fn stream_error_event(message: &str) -> Bytes {

@@ -6,7 +6,7 @@
 //! `.failed`), with no `[DONE]`.
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use tollgate_types::domain::Usage;
 
 use super::OutputLimit;
@@ -57,19 +57,7 @@ pub(super) fn refuse(head: &Head, strict: bool) -> Result<(), EdgeError> {
 }
 
 pub(super) fn json_usage(body: &[u8]) -> Option<(Usage, Reported)> {
-    /// Only `usage` and the tier are kept; the rest is skipped.
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        usage: Option<Value>,
-        service_tier: Option<String>,
-    }
-    let v: WithUsage = serde_json::from_slice(body).ok()?;
-    let u = v.usage.filter(Value::is_object)?;
-    let mut reported = Reported::default();
-    if let Some(tier) = v.service_tier.as_deref() {
-        reported.read_openai_tier(tier);
-    }
-    Some((read_responses_usage(&u), reported))
+    super::openai::usage_and_tier(body, read_responses_usage)
 }
 
 /// The Responses stream's `error` event.
