@@ -14,3 +14,4 @@ pub mod netns;
 pub mod pki;
 mod procs;
 pub mod run;
+pub mod wan;
