@@ -124,21 +124,19 @@ impl EdgeError {
     /// of its own, and the gateway's 429 (too many requests of one key in
     /// flight), which Codex would not retry, a 503, which it does.
     pub fn in_shape_for(&self, api: Api, client: Client) -> ErrorResponse {
-        let mut r = match self {
-            EdgeError::BudgetDenied(d) => budget_denied(api, d),
-            EdgeError::UpstreamRefusedCredential(m) => error(api, self.status(), m, None).retryable(false),
-            other => error(api, other.status(), &other.to_string(), None),
+        let (status, message, code) = match self {
+            EdgeError::BudgetDenied(d) => (402, denial_message(d), Some("budget_exceeded")),
+            other => (other.status(), other.to_string(), None),
         };
-        let for_codex = match r.status {
-            402 | 403 => Some(400),
-            429 => Some(503),
-            _ => None,
+        let status = match (client, status) {
+            (Client::Codex, 402 | 403) => 400,
+            (Client::Codex, 429) => 503,
+            _ => status,
         };
-        if let (Client::Codex, Some(status)) = (client, for_codex) {
-            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-            let message = v.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or_default();
-            let code = v.pointer("/error/code").and_then(|c| c.as_str());
-            r = error(api, status, message, code);
+        let r = error(api, status, &message, code);
+        // A 502 is retryable, but not when the provider refused our credential.
+        if matches!(self, EdgeError::UpstreamRefusedCredential(_)) {
+            return r.retryable(false);
         }
         r
     }
@@ -190,14 +188,14 @@ fn error(api: Api, status: u16, message: &str, code: Option<&str>) -> ErrorRespo
     ErrorResponse { status, body: body.to_string(), should_retry, retry_after_secs }
 }
 
-/// The 402 for a budget denial, naming the scope, spent, limit and reset.
-fn budget_denied(api: Api, d: &Denial) -> ErrorResponse {
+/// A budget denial's message, naming the scope, spent, limit and reset.
+fn denial_message(d: &Denial) -> String {
     let model = d.model.as_deref().map(|m| format!(" for model {m}")).unwrap_or_default();
     let resets = match d.resets_at_ms {
         Some(ms) => format!("it resets at {}", utc_rfc3339(ms)),
         None => "it does not reset (total budget)".to_string(),
     };
-    let message = format!(
+    format!(
         "Tollgate: the {} budget of {}{model} is exhausted: {} spent and {} held of {} limit; \
          this request needs up to {} more; {resets}. Ask your admin to raise it.",
         d.period.as_str(),
@@ -206,8 +204,7 @@ fn budget_denied(api: Api, d: &Denial) -> ErrorResponse {
         d.held,
         d.limit,
         NanoUsd(d.requested.0),
-    );
-    error(api, 402, &message, Some("budget_exceeded"))
+    )
 }
 
 #[cfg(test)]
@@ -233,7 +230,7 @@ mod tests {
 
     #[test]
     fn anthropic_402_is_a_billing_error_naming_scope_spent_limit_and_reset() {
-        let r = budget_denied(Api::Anthropic, &denial());
+        let r = EdgeError::BudgetDenied(Box::new(denial())).in_shape(Api::Anthropic);
         assert_eq!(r.status, 402);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["type"], "error");
@@ -250,7 +247,8 @@ mod tests {
         d.resets_at_ms = None;
         d.period = Period::Total;
         d.model = Some("gpt-5".into());
-        let v: Value = serde_json::from_str(&budget_denied(Api::OpenAi, &d).body).unwrap();
+        let v: Value =
+            serde_json::from_str(&EdgeError::BudgetDenied(Box::new(d.clone())).in_shape(Api::OpenAi).body).unwrap();
         assert_eq!(v["error"]["type"], "insufficient_quota");
         assert_eq!(v["error"]["code"], "budget_exceeded");
         assert_eq!(v["error"]["param"], Value::Null);
@@ -270,7 +268,7 @@ mod tests {
         for status in [400, 401, 402, 403, 404, 413, 500] {
             assert_eq!(r(status), (false, None), "{status}");
         }
-        assert!(!budget_denied(Api::OpenAi, &denial()).should_retry);
+        assert!(!EdgeError::BudgetDenied(Box::new(denial())).in_shape(Api::OpenAi).should_retry);
         assert_eq!(error(Api::Anthropic, 503, "m", None).retryable(false).retry_after_secs, None);
     }
 

@@ -61,9 +61,11 @@ pub(super) enum Route {
     Responses,
     /// Authenticated and forwarded, not charged.
     CountTokens,
-    /// A stored response: retrieve, delete, cancel, its input items, or
-    /// counting a request's input tokens.
-    ResponseOther,
+    /// Counting a Responses request's input tokens: forwarded, not charged.
+    ResponseInputTokens,
+    /// A stored response: retrieve, delete, cancel, its input items
+    /// (forwarded only with `stored_responses`).
+    StoredResponse,
     Models(Api),
 }
 
@@ -72,7 +74,7 @@ impl Route {
         match self {
             Route::Messages | Route::CountTokens => Api::Anthropic,
             Route::ChatCompletions => Api::OpenAi,
-            Route::Responses | Route::ResponseOther => Api::OpenAiResponses,
+            Route::Responses | Route::ResponseInputTokens | Route::StoredResponse => Api::OpenAiResponses,
             Route::Models(api) => api,
         }
     }
@@ -83,7 +85,8 @@ impl Route {
             Route::ChatCompletions => "/v1/chat/completions",
             Route::CountTokens => "/v1/messages/count_tokens",
             Route::Responses => "/v1/responses",
-            Route::ResponseOther => "/v1/responses/*",
+            Route::ResponseInputTokens => "/v1/responses/input_tokens",
+            Route::StoredResponse => "/v1/responses/*",
             Route::Models(_) => "/v1/models",
         }
     }
@@ -126,10 +129,10 @@ fn route(method: &Method, path: &str, h: &HeaderMap) -> Result<Route, ErrorRespo
         "/v1/messages/count_tokens" => (Method::POST, Route::CountTokens),
         "/v1/chat/completions" => (Method::POST, Route::ChatCompletions),
         "/v1/responses" | "/v1/responses/compact" => (Method::POST, Route::Responses),
-        "/v1/responses/input_tokens" => (Method::POST, Route::ResponseOther),
+        "/v1/responses/input_tokens" => (Method::POST, Route::ResponseInputTokens),
         p if p.starts_with("/v1/responses/") => match stored_response(p) {
             // Retrieve, delete, cancel, list input items.
-            Some(m) if m.contains(method) => (method.clone(), Route::ResponseOther),
+            Some(m) if m.contains(method) => (method.clone(), Route::StoredResponse),
             Some(m) => {
                 let names: Vec<&str> = m.iter().map(Method::as_str).collect();
                 let only = format!("{path} accepts {} only", names.join(" or "));
@@ -285,17 +288,13 @@ impl Ctx {
         }
         match self.route {
             Route::Messages | Route::ChatCompletions | Route::Responses => self.metered(parts, body, principal).await,
-            Route::ResponseOther
-                if !self.s.settings.stored_responses && parts.uri.path() != "/v1/responses/input_tokens" =>
-            {
-                Err(EdgeError::Forbidden(
-                    "Tollgate: stored responses all live in this gateway's one OpenAI account, where any key that \
+            Route::StoredResponse if !self.s.settings.stored_responses => Err(EdgeError::Forbidden(
+                "Tollgate: stored responses all live in this gateway's one OpenAI account, where any key that \
                      knows an id could reach another user's, so it does not serve them (an operator can allow it \
                      with stored_responses = true)"
-                        .into(),
-                ))
-            }
-            Route::CountTokens | Route::ResponseOther | Route::Models(_) => {
+                    .into(),
+            )),
+            Route::CountTokens | Route::ResponseInputTokens | Route::StoredResponse | Route::Models(_) => {
                 self.passthrough(parts, body, &view, &principal).await
             }
         }
@@ -525,11 +524,11 @@ mod tests {
         let r = |m: Method, p: &str| route(&m, p, &HeaderMap::new());
         assert_eq!(r(Method::POST, "/v1/responses").unwrap(), Route::Responses);
         assert_eq!(r(Method::POST, "/v1/responses/compact").unwrap(), Route::Responses);
-        assert_eq!(r(Method::POST, "/v1/responses/input_tokens").unwrap(), Route::ResponseOther);
-        assert_eq!(r(Method::GET, "/v1/responses/resp_abc123").unwrap(), Route::ResponseOther);
-        assert_eq!(r(Method::DELETE, "/v1/responses/resp_abc123").unwrap(), Route::ResponseOther);
-        assert_eq!(r(Method::POST, "/v1/responses/resp_abc123/cancel").unwrap(), Route::ResponseOther);
-        assert_eq!(r(Method::GET, "/v1/responses/resp_abc123/input_items").unwrap(), Route::ResponseOther);
+        assert_eq!(r(Method::POST, "/v1/responses/input_tokens").unwrap(), Route::ResponseInputTokens);
+        assert_eq!(r(Method::GET, "/v1/responses/resp_abc123").unwrap(), Route::StoredResponse);
+        assert_eq!(r(Method::DELETE, "/v1/responses/resp_abc123").unwrap(), Route::StoredResponse);
+        assert_eq!(r(Method::POST, "/v1/responses/resp_abc123/cancel").unwrap(), Route::StoredResponse);
+        assert_eq!(r(Method::GET, "/v1/responses/resp_abc123/input_items").unwrap(), Route::StoredResponse);
         let mut ws = HeaderMap::new();
         ws.insert("upgrade", HeaderValue::from_static("websocket"));
         let e = route(&Method::GET, "/v1/responses", &ws).unwrap_err();
