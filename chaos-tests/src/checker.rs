@@ -101,6 +101,9 @@ pub struct BudgetFigures {
     pub spent: u64,
     pub held: u64,
     pub unsettled: u64,
+    /// Room leased to edges.
+    #[serde(default)]
+    pub leased: u64,
 }
 
 /// One ledger member's final state.
@@ -127,6 +130,10 @@ pub struct Fault {
 #[derive(Debug, Clone, Default)]
 pub struct History {
     pub strict: bool,
+    /// The edges admitted from budget leases.
+    pub leases: bool,
+    /// Each key's team (its hard budget's scope is `team:NAME`).
+    pub key_teams: BTreeMap<String, String>,
     /// `fail_mode = open` with this allowance per edge (nano-USD).
     pub fail_open_allowance: Option<u64>,
     pub edges: usize,
@@ -167,6 +174,8 @@ pub struct Verdict {
     pub double_nano_usd: u64,
     /// Keys or budgets still holding after the run (every hold must end).
     pub holds_left: u64,
+    /// Budgets still leasing room after every lease's ttl.
+    pub leases_left: u64,
     pub digests_agree: bool,
     pub longest_unavailability_ms: u64,
     /// Per fault: the longest window, overlapping it, with admissions failing.
@@ -228,7 +237,7 @@ pub fn check(h: &History) -> Verdict {
 /// fail-open overshoot, each against its bound.
 fn check_caps(h: &History, v: &mut Verdict) {
     for b in h.budgets.iter().filter(|b| b.hard) {
-        let over = (b.spent + b.held).saturating_sub(b.limit);
+        let over = (b.spent + b.held + b.leased).saturating_sub(b.limit);
         if h.fail_open_allowance.is_some() {
             v.fail_open_overshoot_nano_usd += over;
         } else if h.strict {
@@ -288,17 +297,38 @@ fn check_charges(h: &History, v: &mut Verdict) {
     // characters, the mock bills 1 per 4 bytes).
     let client_by_id: HashMap<&str, &ClientRecord> =
         h.clients.iter().filter(|c| !c.response_id.is_empty()).map(|c| (c.response_id.as_str(), c)).collect();
+    // Under leases a request whose edge died before it settled has no hold
+    // to expire on its key: its reservation is charged, as its lease's
+    // unsettled room, to the budgets only. So its key owes nothing for it,
+    // and its team's budget owes all of it.
     let mut lower: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut team_lower: BTreeMap<&str, u64> = BTreeMap::new();
     for t in h.truth.iter().filter(|t| t.status == 200) {
         let cost = truth_cost(t);
         let least = rates(&t.model).map_or(0, |[i, ..]| t.usage.input_tokens * i).min(cost);
-        let owed = match client_by_id.get(t.id.as_str()) {
+        let client = client_by_id.get(t.id.as_str());
+        let settled_by_its_edge = client.is_some_and(|c| !disrupted(c, &h.faults));
+        let owed = match client {
             _ if h.strict => cost,
             Some(c) if !disrupted(c, &h.faults) => cost,
             Some(c) => c.reserved_nano_usd.map_or(least, |r| r.min(cost)),
             None => least,
         };
-        *lower.entry(t.tag.as_str()).or_default() += owed;
+        let key_owes = if h.leases && !settled_by_its_edge { 0 } else { owed };
+        *lower.entry(t.tag.as_str()).or_default() += key_owes;
+        if let Some(team) = h.key_teams.get(&t.tag) {
+            *team_lower.entry(team.as_str()).or_default() += owed;
+        }
+    }
+    for b in h.budgets.iter().filter(|b| b.hard) {
+        let Some(team) = b.scope.strip_prefix("team:") else { continue };
+        let owed = team_lower.get(team).copied().unwrap_or(0);
+        if b.spent < owed {
+            v.lost_charges += 1;
+            v.lost_nano_usd += owed - b.spent;
+            v.violations
+                .push(format!("lost charge: budget {} spent {} < {owed} the upstream billed", b.scope, b.spent));
+        }
     }
     let mut upper: BTreeMap<&str, u64> = BTreeMap::new();
     for c in &h.clients {
@@ -333,6 +363,10 @@ fn check_charges(h: &History, v: &mut Verdict) {
     for b in h.budgets.iter().filter(|b| b.held > 0) {
         v.holds_left += 1;
         v.violations.push(format!("hold left: budget {} still holds {}", b.scope, b.held));
+    }
+    for b in h.budgets.iter().filter(|b| b.leased > 0) {
+        v.leases_left += 1;
+        v.violations.push(format!("lease left: budget {} still leases {} after every ttl", b.scope, b.leased));
     }
 }
 
@@ -411,6 +445,8 @@ mod tests {
         let (k1, k2) = (cost(&truth[0]) + cost(&truth[1]), cost(&truth[2]));
         History {
             strict: true,
+            leases: false,
+            key_teams: BTreeMap::from([("k1".to_string(), "t".to_string()), ("k2".to_string(), "t".to_string())]),
             fail_open_allowance: None,
             edges: 2,
             election_timeout_ms: 600,
@@ -423,6 +459,7 @@ mod tests {
                 spent: k1 + k2,
                 held: 0,
                 unsettled: 0,
+                leased: 0,
             }],
             key_spend: BTreeMap::from([("k1".to_string(), (k1, 0)), ("k2".to_string(), (k2, 0))]),
             members: vec![member(1, 50, "aa"), member(2, 50, "aa"), member(3, 50, "aa")],
@@ -480,6 +517,32 @@ mod tests {
     }
 
     #[test]
+    fn under_leases_a_request_cut_by_its_edge_is_owed_by_its_team_budget_not_its_key() {
+        let mut h = clean();
+        h.leases = true;
+        h.truth.push(TruthRecord { completed: false, ..truth("m4", "k2", 5, 4) });
+        let mut c = client("m4", "k2", "failed", 300);
+        c.status = 200;
+        let reservation = c.worst_case();
+        h.clients.push(c);
+        // The lease's unused room expired as unsettled spend on the budget.
+        h.budgets[0].limit += reservation;
+        h.budgets[0].spent += reservation;
+        let v = check(&h);
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        // Without it the team budget has lost the charge; a lease left is caught.
+        h.budgets[0].spent -= reservation;
+        h.budgets[0].leased = 7;
+        let v = check(&h);
+        assert_eq!((v.lost_charges, v.leases_left), (1, 1), "{:?}", v.violations);
+        // Without leases the key itself owes it (its hold expires on the key).
+        h.leases = false;
+        h.budgets[0].spent += reservation;
+        h.budgets[0].leased = 0;
+        assert_eq!(check(&h).lost_charges, 1);
+    }
+
+    #[test]
     fn in_estimate_mode_a_request_whose_settle_was_lost_owes_only_what_was_reserved() {
         let mut h = clean();
         // Cut on a killed edge after the upstream billed 400 output tokens
@@ -507,10 +570,11 @@ mod tests {
         h.key_spend.get_mut("k2").unwrap().0 -= 1;
         assert_eq!(check(&h).lost_charges, 1);
         // In strict mode the reservation covered the cost: charging less than
-        // the upstream billed is lost, whatever happened.
+        // the upstream billed is lost, whatever happened: on the key and on
+        // its team's budget.
         h.key_spend.get_mut("k2").unwrap().0 += 1;
         h.strict = true;
-        assert_eq!(check(&h).lost_charges, 1);
+        assert_eq!(check(&h).lost_charges, 2);
     }
 
     #[test]

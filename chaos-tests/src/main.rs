@@ -74,6 +74,9 @@ struct RunArgs {
     /// default mutual TLS between every process, e.g. for an A/B comparison.
     #[arg(long)]
     plaintext: bool,
+    /// Budget leases on the edges (`on`, their default) or `off` (a hold per request).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    leases: String,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         keep: a.keep,
         bin_dir,
         tls: !a.plaintext,
+        leases: a.leases == "on",
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

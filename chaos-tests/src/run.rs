@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub bin_dir: PathBuf,
     /// Mutual TLS between every process (the default), else plaintext.
     pub tls: bool,
+    /// Budget leases on the edges (their default).
+    pub leases: bool,
 }
 
 /// The JSON report.
@@ -74,6 +76,8 @@ pub struct Report {
     pub estimate: String,
     /// Whether the processes talked mutual TLS.
     pub tls: bool,
+    /// Whether the edges admitted from budget leases.
+    pub leases: bool,
     pub faults: Vec<Fault>,
     pub requests: checker::RequestCounts,
     pub overspend_nano_usd: u64,
@@ -86,6 +90,8 @@ pub struct Report {
     pub lost_charges: u64,
     pub double_charges: u64,
     pub holds_left: u64,
+    /// Budgets still leasing room after every lease's ttl.
+    pub leases_left: u64,
     pub digests_agree: bool,
     pub longest_unavailability_ms: u64,
     pub unavailability_by_fault: Vec<(String, u64)>,
@@ -251,6 +257,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 
     let history = History {
         strict: cfg.strict,
+        leases: cfg.leases,
+        key_teams: users.iter().map(|u| (u.key_id.clone(), u.team.clone())).collect(),
         fail_open_allowance: cfg.fail_open_allowance,
         edges: cfg.edges,
         election_timeout_ms: ELECTION_TIMEOUT_MS,
@@ -373,7 +381,8 @@ fn write_edge_config(cfg: &RunConfig, dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::write(
         &path,
         format!(
-            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\n{fail_open}{sizing}"
+            "version = 1\n[edge]\nhold_ttl_secs = {HOLD_TTL_SECS}\nadmission_timeout_ms = 3000\nshutdown_grace_secs = 5\nleases = {}\n{fail_open}{sizing}",
+            cfg.leases
         ),
     )?;
     Ok(path)
@@ -579,12 +588,14 @@ async fn usage(admin: &AdminClient, by: &str) -> Result<pb::UsageResponse, tonic
 }
 
 /// Holds of requests whose edge died end by expiry, one ttl after their
-/// last extension: waits (bounded) until nothing is held.
+/// last extension; leases are given back by idle edges, or expire: waits
+/// (bounded) until nothing is held or leased.
 async fn wait_holds_ended(admin: &AdminClient) {
     let deadline = Instant::now() + Duration::from_secs(HOLD_TTL_SECS * 3 + 20);
     loop {
         let held: u64 = usage(admin, "key").await.map(|r| r.rows.iter().map(|r| r.held_nano_usd).sum()).unwrap_or(1);
-        if held == 0 || Instant::now() > deadline {
+        let leased: u64 = usage(admin, "").await.map(|r| r.rows.iter().map(|r| r.leased_nano_usd).sum()).unwrap_or(1);
+        if held + leased == 0 || Instant::now() > deadline {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -636,6 +647,7 @@ async fn budgets(admin: &AdminClient) -> anyhow::Result<Vec<BudgetFigures>> {
             spent: r.spent_nano_usd,
             held: r.held_nano_usd,
             unsettled: r.unsettled_nano_usd,
+            leased: r.leased_nano_usd,
         })
         .collect())
 }
@@ -659,6 +671,7 @@ fn report(cfg: &RunConfig, history: &History, v: Verdict) -> Report {
         edges: cfg.edges,
         estimate: if cfg.strict { "strict" } else { "estimate" }.into(),
         tls: cfg.tls,
+        leases: cfg.leases,
         faults: history.faults.clone(),
         requests: v.requests.clone(),
         overspend_nano_usd: v.overspend_nano_usd,
@@ -670,6 +683,7 @@ fn report(cfg: &RunConfig, history: &History, v: Verdict) -> Report {
         lost_charges: v.lost_charges,
         double_charges: v.double_charges,
         holds_left: v.holds_left,
+        leases_left: v.leases_left,
         digests_agree: v.digests_agree,
         longest_unavailability_ms: v.longest_unavailability_ms,
         unavailability_by_fault: v.unavailability_by_fault.clone(),

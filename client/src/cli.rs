@@ -367,6 +367,7 @@ fn usage_json(u: &pb::UsageRow) -> Value {
         "cache_write_tokens": u.cache_write_tokens,
         "cache_read_tokens": u.cache_read_tokens,
         "excess_nano_usd": u.excess_nano_usd,
+        "leased_nano_usd": u.leased_nano_usd,
         "user": if u.user.is_empty() { Value::Null } else { json!(u.user) },
         "parent_agent": if u.parent_agent.is_empty() { Value::Null } else { json!(u.parent_agent) },
         "first_ms": if u.last_ms == 0 { Value::Null } else { json!(u.first_ms) },

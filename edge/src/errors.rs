@@ -225,6 +225,7 @@ mod tests {
             requested: NanoUsd(520_000_000),
             period: Period::Monthly,
             resets_at_ms: Some(1_796_083_200_000), // 2026-12-01T00:00:00Z
+            leased: NanoUsd::ZERO,
         }
     }
 

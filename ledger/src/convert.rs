@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 
 use crate::money::NanoUsd;
 use crate::proposer::ProposeError;
-use crate::state::{AttribKind, AttribRec, BudgetRec, ErrorCode, HoldId, LedgerState, Rejection};
+use crate::state::{AttribKind, AttribRec, BudgetId, BudgetRec, ErrorCode, HoldId, LeaseGrant, LedgerState, Rejection};
 
 /// A hold id off the wire (absent counts as empty): exactly 16 bytes.
 impl TryFrom<Option<&pb::HoldId>> for HoldId {
@@ -81,8 +81,26 @@ impl From<&BudgetRec> for pb::Budget {
             limit_nano_usd: b.limit.0,
             period: b.period.as_str().to_string(),
             mode: b.mode.as_str().to_string(),
+            id: 0,
         }
     }
+}
+
+impl From<&LeaseGrant> for pb::LeaseGrant {
+    fn from(g: &LeaseGrant) -> pb::LeaseGrant {
+        pb::LeaseGrant {
+            granted_nano_usd: g.granted.0,
+            room_nano_usd: g.room.0,
+            share_nano_usd: g.share.0,
+            expires_at_ms: g.expires_at_ms,
+            duplicate: g.duplicate,
+        }
+    }
+}
+
+/// A budget as the config watch sends it: with the id leases name it by.
+pub(crate) fn budget_with_id((id, b): (&BudgetId, &BudgetRec)) -> pb::Budget {
+    pb::Budget { id: id.0, ..pb::Budget::from(b) }
 }
 
 /// The config edges follow: keys, policies, budgets, limits and prices.
@@ -108,7 +126,7 @@ fn config_snapshot(s: &LedgerState) -> pb::ConfigSnapshot {
                 revoked: k.revoked,
             })
             .collect(),
-        budgets: s.budgets.values().map(pb::Budget::from).collect(),
+        budgets: s.budgets.iter().map(budget_with_id).collect(),
         policies: s
             .policies
             .iter()
@@ -164,8 +182,8 @@ pub fn usage_rows(s: &LedgerState, by: &str) -> Result<Vec<pb::UsageRow>, Status
 /// One row per budget, in the period the state clock is in.
 fn budget_rows(s: &LedgerState) -> Vec<pb::UsageRow> {
     s.budgets
-        .values()
-        .map(|b| {
+        .iter()
+        .map(|(id, b)| {
             // Show the period the state clock is in, even if no entry has rolled it yet.
             let fresh = b.period.start_ms(s.clock_ms) == b.period_start_ms;
             let (settled, unsettled, requests) =
@@ -181,6 +199,7 @@ fn budget_rows(s: &LedgerState) -> Vec<pb::UsageRow> {
                 model: b.model.clone().unwrap_or_default(),
                 period_start_ms: b.period.start_ms(s.clock_ms),
                 excess_nano_usd: if fresh { b.excess.0 } else { 0 },
+                leased_nano_usd: s.leases.leased(*id).0,
                 ..Default::default()
             }
         })

@@ -60,8 +60,8 @@ impl LedgerMetrics {
             self.commit.observe(took);
         }
         // One increment per outcome kind, not per command (a batch has thousands).
-        const NAMES: [&str; 8] =
-            ["granted", "denied", "settled", "settled_duplicate", "released", "extended", "done", "rejected"];
+        const NAMES: [&str; 9] =
+            ["granted", "denied", "settled", "settled_duplicate", "released", "extended", "done", "rejected", "leased"];
         let mut counts = [0u64; NAMES.len()];
         for o in outcomes {
             let i = match o {
@@ -73,6 +73,7 @@ impl LedgerMetrics {
                 Outcome::Extended { .. } => 5,
                 Outcome::Done => 6,
                 Outcome::Rejected(_) => 7,
+                Outcome::Leased(_) => 8,
             };
             counts[i] += 1;
         }

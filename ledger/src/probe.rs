@@ -134,7 +134,8 @@ fn render(
 fn budget_gauges(now: &Registry, sm: &StateMachineStore) -> usize {
     let gauge = |name, help, v: u64| now.gauge(name, help).set(v as f64);
     type Row = ([String; 4], f64);
-    let (clock, holds, limits, spent, held, total): (u64, usize, Vec<Row>, Vec<Row>, Vec<Row>, usize) = sm.read(|a| {
+    type Read = (u64, usize, usize, Vec<Row>, Vec<Row>, Vec<Row>, Vec<Row>, usize);
+    let (clock, holds, leases, limits, spent, held, leased, total): Read = sm.read(|a| {
         let s = &a.state;
         let labels = |b: &crate::state::BudgetRec| {
             [
@@ -144,10 +145,11 @@ fn budget_gauges(now: &Registry, sm: &StateMachineStore) -> usize {
                 b.mode.as_str().to_string(),
             ]
         };
-        let budgets = s.budgets.values().take(MAX_SERIES);
+        let budgets = s.budgets.iter().take(MAX_SERIES).map(|(_, b)| b);
         (
             s.clock_ms,
             s.active_holds(),
+            s.leases.live(),
             budgets.clone().map(|b| (labels(b), b.limit.0 as f64)).collect(),
             // Periods roll over lazily (on the next command that touches
             // the budget): past its period's end, as of the state clock,
@@ -160,11 +162,13 @@ fn budget_gauges(now: &Registry, sm: &StateMachineStore) -> usize {
                 })
                 .collect(),
             budgets.map(|b| (labels(b), b.held.0 as f64)).collect(),
+            s.budgets.iter().take(MAX_SERIES).map(|(id, b)| (labels(b), s.leases.leased(*id).0 as f64)).collect(),
             s.budgets.len(),
         )
     });
     gauge("tollgate_ledger_clock_ms", "The state machine's clock (from the last applied entry).", clock);
     gauge("tollgate_ledger_active_holds", "Holds reserved and not yet settled, released or expired.", holds as u64);
+    gauge("tollgate_ledger_live_leases", "Edge leases with room, over every budget.", leases as u64);
     let names = ["scope", "model", "period", "mode"];
     now.gauges("tollgate_budget_limit_nano_usd", "Budget limit.", names, limits);
     now.gauges(
@@ -174,5 +178,6 @@ fn budget_gauges(now: &Registry, sm: &StateMachineStore) -> usize {
         spent,
     );
     now.gauges("tollgate_budget_held_nano_usd", "Held by live holds.", names, held);
+    now.gauges("tollgate_budget_leased_nano_usd", "Leased to edges (counted like held).", names, leased);
     total.saturating_sub(MAX_SERIES)
 }

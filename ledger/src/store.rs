@@ -360,9 +360,11 @@ pub fn decode_applied_bytes(data: &[u8]) -> Result<Applied, bincode::Error> {
     match crate::codec::decode_snapshot::<Applied>(data) {
         Err(e) if eof(&e) => {
             let d = LedgerState::default();
-            let newest = crate::codec::encode(&(&d.prices, &d.excess, &d.attribution))?;
-            let older = crate::codec::encode(&(&d.limits, &d.tombstones))?;
-            for (suffix, unnamed_tombstones) in [(newest.clone(), false), ([older, newest].concat(), true)] {
+            // Each older format lacks the fields appended since, at its end.
+            let leases = crate::codec::encode(&d.leases)?;
+            let prices = [crate::codec::encode(&(&d.prices, &d.excess, &d.attribution))?, leases.clone()].concat();
+            let limits = [crate::codec::encode(&(&d.limits, &d.tombstones))?, prices.clone()].concat();
+            for (suffix, unnamed_tombstones) in [(leases, false), (prices, false), (limits, true)] {
                 let mut padded = data.to_vec();
                 padded.extend(suffix);
                 let Ok(mut applied) = crate::codec::decode_snapshot::<Applied>(&padded) else { continue };

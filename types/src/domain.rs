@@ -137,9 +137,13 @@ pub struct Denial {
     pub model: Option<String>,
     pub limit: NanoUsd,
     pub spent: NanoUsd,
+    /// Held by holds and leases.
     pub held: NanoUsd,
     pub requested: NanoUsd,
     pub period: Period,
     /// When the period resets; `None` for a `total` budget.
     pub resets_at_ms: Option<u64>,
+    /// The part of `held` leased to edges: room that comes back within a
+    /// lease renewal once a denial pauses the budget's leases.
+    pub leased: NanoUsd,
 }

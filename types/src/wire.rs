@@ -44,6 +44,7 @@ impl From<&Denial> for pb::Denial {
             requested_nano_usd: d.requested.0,
             period: d.period.as_str().to_string(),
             resets_at_ms: d.resets_at_ms.unwrap_or(0),
+            leased_nano_usd: d.leased.0,
         }
     }
 }
@@ -61,6 +62,7 @@ impl From<&pb::Denial> for Denial {
             requested: NanoUsd(d.requested_nano_usd),
             period: Period::parse(&d.period).unwrap_or(Period::Total),
             resets_at_ms: (d.resets_at_ms != 0).then_some(d.resets_at_ms),
+            leased: NanoUsd(d.leased_nano_usd),
         }
     }
 }
@@ -118,6 +120,7 @@ mod tests {
             requested: NanoUsd(3),
             period: Period::Monthly,
             resets_at_ms: Some(99),
+            leased: NanoUsd(1),
         };
         assert_eq!(Denial::from(&pb::Denial::from(&d)), d);
         let unreadable = pb::Denial { scope: "galaxy:x".into(), period: "fortnightly".into(), ..Default::default() };

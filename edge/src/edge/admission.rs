@@ -15,6 +15,7 @@ use tollgate_types::backoff::{self, Retryable};
 use tollgate_types::domain::Denial;
 use tollgate_types::money::NanoUsd;
 
+use super::lease::Ticket;
 use super::outbox::Record;
 use super::proxy::{invalid_model_message, Ctx};
 use super::request::{valid_model_id, BodyError, Head};
@@ -24,6 +25,12 @@ use crate::config::{EstimateMode, FailMode};
 use crate::errors::EdgeError;
 use crate::pricing::Price;
 use crate::provider::OutputLimit;
+
+/// How long a reserve denied because of leased room waits for the leases to
+/// give it back (they renew at least every second), or for this edge's own
+/// settlements to land, asking again every `LEASE_DRAIN_PAUSE`.
+const LEASE_DRAIN: Duration = Duration::from_millis(3_000);
+const LEASE_DRAIN_PAUSE: Duration = Duration::from_millis(250);
 
 /// A request priced and sized, before the ledger is asked.
 struct Sized {
@@ -103,8 +110,19 @@ impl Ctx {
                  lower max_tokens or send less input"
             )));
         }
-        let r = self.reserve_with_clamp(&head, &sized, &principal, amount).await;
-        let fail_open = self.decide(r.outcome, &r.hold, r.amount, &principal, &sized.model)?;
+        let (r, fail_open, lease) = match self.admit_leased(&view, &principal, &sized.model, amount) {
+            Some(ticket) => {
+                self.s.metrics.admission("leased");
+                let r = Reservation { hold: hold_id(), amount, clamped: None, outcome: Err(String::new()) };
+                (r, None, Some(ticket))
+            }
+            None => {
+                let mut r = self.reserve_with_clamp(&head, &sized, &principal, amount).await;
+                let outcome = std::mem::replace(&mut r.outcome, Err(String::new()));
+                let fail_open = self.decide(outcome, &r.hold, r.amount, &principal, &sized.model)?;
+                (r, fail_open, None)
+            }
+        };
         if r.clamped.is_some() {
             self.s.metrics.admission("clamped");
         }
@@ -124,8 +142,22 @@ impl Ctx {
             label: sized.label,
             attribution: Attribution::from_headers(&parts.headers),
             fail_open,
+            lease,
         };
         Ok((adm, head, body))
+    }
+
+    /// Reserves `amount` from this edge's leases on every hard budget of the
+    /// request's chain, if they have the room (`lease`). A chain with no hard
+    /// budget needs no lease, but only while the config is current: a hard
+    /// budget set meanwhile would not be seen.
+    fn admit_leased(&self, view: &ConfigView, p: &Principal, model: &str, amount: NanoUsd) -> Option<Ticket> {
+        let leases = self.s.leases.as_ref()?;
+        let chain = view.hard_chain(p, model)?;
+        if chain.is_empty() && !self.s.config.is_live() {
+            return None;
+        }
+        leases.try_admit(&chain, amount.0)
     }
 
     /// Prices the model, checks its output limit, the policies and the
@@ -216,6 +248,31 @@ impl Ctx {
                 ttl_ms,
             };
             r.outcome = self.reserve_once(&req).await;
+            let mut waited = Duration::ZERO;
+            while let Ok(pb::ReserveResult { outcome: Some(pb::reserve_result::Outcome::Denied(d)) }) = &r.outcome {
+                // Leased room (another edge's, or this one's) would make
+                // room (or, under clamp, more room): the denial paused the
+                // budget's leases, which give their room back at their next
+                // renewal. Ask again till then.
+                let unleased = d.spent_nano_usd.saturating_add(d.held_nano_usd.saturating_sub(d.leased_nano_usd));
+                let fits = unleased.saturating_add(r.amount.0) <= d.limit_nano_usd;
+                let clamp = self.s.settings.clamp_max_tokens && unleased < d.limit_nano_usd;
+                let leases_help = d.leased_nano_usd > 0 && (fits || clamp);
+                // So do this edge's own settlements not yet landed (a hold
+                // still counts its whole reservation until its settle does).
+                let own_settles = self.s.outbox.depth() > 0;
+                if !(leases_help || own_settles) || waited >= LEASE_DRAIN {
+                    break;
+                }
+                let t = tokio::time::Instant::now();
+                if leases_help {
+                    tokio::time::sleep(LEASE_DRAIN_PAUSE).await;
+                } else {
+                    self.s.outbox.flush(LEASE_DRAIN_PAUSE).await;
+                }
+                waited += t.elapsed().max(Duration::from_millis(20));
+                r.outcome = self.reserve_once(&req).await;
+            }
             let Ok(pb::ReserveResult { outcome: Some(pb::reserve_result::Outcome::Denied(d)) }) = &r.outcome else {
                 break;
             };

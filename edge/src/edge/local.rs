@@ -25,6 +25,9 @@ pub(super) fn ops(s: &Shared, req: &Request<Incoming>) -> Option<Response<Body>>
             plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: the config watch is not current\n".into())
         }
         "/metrics" => {
+            if let Some(leases) = &s.leases {
+                s.metrics.lease_room.set(leases.room() as f64);
+            }
             let mut text = s.metrics.render(s.outbox.depth(), s.fail_open.outstanding());
             if let Some(more) = &s.embedded {
                 text.push_str(&more());

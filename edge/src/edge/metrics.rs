@@ -19,6 +19,8 @@ pub struct Metrics {
     upstream: Histogram,
     pub open_streams: metrics::Gauge,
     pub config_index: metrics::Gauge,
+    /// Lease room no request holds (set when scraped).
+    pub lease_room: metrics::Gauge,
     /// Set when scraped, from the outbox and the fail-open allowance.
     outbox_depth: metrics::Gauge,
     fail_open_outstanding: metrics::Gauge,
@@ -35,8 +37,9 @@ impl Default for Metrics {
             ),
             admissions: r.counters(
                 "tollgate_admissions_total",
-                "Admission decisions: granted, denied (budget), error (ledger unreachable or refused), fail_open \
-                 (admitted without the ledger), clamped (max_tokens lowered to a budget's room).",
+                "Admission decisions: leased (admitted locally from this edge's budget leases), granted (a \
+                 per-request hold), denied (budget), error (ledger unreachable or refused), fail_open (admitted \
+                 without the ledger), clamped (max_tokens lowered to a budget's room).",
                 ["result"],
             ),
             spend: r.counters(
@@ -71,6 +74,10 @@ impl Default for Metrics {
             open_streams: r.gauge("tollgate_open_streams", "Streaming responses in progress."),
             config_index: r
                 .gauge("tollgate_config_index", "Ledger log index of the config (keys, policies) this edge holds."),
+            lease_room: r.gauge(
+                "tollgate_lease_room_nano_usd",
+                "Room in this edge's budget leases that no request in flight holds, over every budget.",
+            ),
             outbox_depth: r.gauge(
                 "tollgate_outbox_depth",
                 "Settlements and releases written but not yet acknowledged by the ledger.",
@@ -89,7 +96,7 @@ impl Metrics {
         self.requests.add([route, model, &status.to_string()], 1);
     }
 
-    /// `result`: granted, denied, error, fail_open or clamped.
+    /// `result`: leased, granted, denied, error, fail_open or clamped.
     pub fn admission(&self, result: &str) {
         self.admissions.add([result], 1);
     }

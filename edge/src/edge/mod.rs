@@ -7,6 +7,7 @@
 mod admission;
 mod fail_open;
 mod headers;
+mod lease;
 mod ledger;
 mod local;
 mod metrics;
@@ -36,6 +37,7 @@ use tollgate_tls::http::HttpTls;
 use tollgate_tls::ClusterTls;
 
 use fail_open::FailOpen;
+use lease::Leases;
 use ledger::Ledger;
 
 use crate::config::EdgeSettings;
@@ -70,6 +72,8 @@ pub(crate) struct Shared {
     pub(crate) per_key: Arc<Limiter<String>>,
     /// Recent output tokens per (user, model), for `estimate` reservations.
     pub(crate) output_history: sizing::OutputHistory,
+    /// This edge's budget leases (`leases = true`, the default).
+    pub(crate) leases: Option<Arc<Leases>>,
 }
 
 /// Renders more Prometheus text for the edge's `/metrics`.
@@ -108,6 +112,7 @@ impl Shared {
             http: upstream_client()?,
             per_key: Limiter::new(settings.max_concurrent_per_key),
             output_history: sizing::OutputHistory::new(settings.sizing),
+            leases: settings.leases.then(|| Leases::new(settings.lease_ttl)),
             settings,
             config,
             ledger,
@@ -182,6 +187,9 @@ impl Edge {
         let shared = Shared::new(settings, coalescer, nodes, config, metrics, embedded)?;
         tokio::spawn(follow);
         let stop = CancellationToken::new();
+        if let Some(leases) = &shared.leases {
+            tokio::spawn(leases.clone().run(shared.nodes.clone(), stop.clone()));
+        }
         let stopped = stop.clone();
         if let Some(l) = ops_listener {
             tokio::spawn(serve(l, shared.clone(), stopped.clone(), None, Listener::Ops));

@@ -38,8 +38,18 @@ const RELEASE: u8 = 2;
 const PASS: usize = 4096;
 /// Most records one group commit writes.
 const COMMIT: usize = 1024;
+/// How long a pass waits after a new leased settle, so that those arriving
+/// meanwhile go in the same batched call (one Raft entry): nothing waits on
+/// them (the lease already counts their reservation). A hold's settle or
+/// release goes at once: its hold keeps budget room until it lands.
+const LINGER: Duration = Duration::from_millis(100);
 
 impl Record {
+    /// May wait for others to share its call (see [`LINGER`]).
+    fn lingers(&self) -> bool {
+        matches!(self, Record::Settle(s) if !s.lease_holder.is_empty())
+    }
+
     fn hold(&self) -> Vec<u8> {
         match self {
             Record::Settle(s) => s.hold_id.as_ref().map(|h| h.id.clone()).unwrap_or_default(),
@@ -76,6 +86,8 @@ pub struct Outbox {
     tree: sled::Tree,
     writes: mpsc::Sender<Write>,
     wake: Arc<Notify>,
+    /// Woken for records that may linger.
+    lazy: Arc<Notify>,
     /// Records written and not yet acknowledged (`tree.len()` walks the tree).
     depth: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
@@ -104,7 +116,9 @@ impl Outbox {
             .iter()
             .values()
             .filter_map(|v| match Record::decode(&v.ok()?)? {
-                Record::Settle(s) if !s.fail_open_key_id.is_empty() => Some(s.cost_nano_usd),
+                Record::Settle(s) if !s.fail_open_key_id.is_empty() && s.lease_holder.is_empty() => {
+                    Some(s.cost_nano_usd)
+                }
                 _ => None,
             })
             .fold(0, u64::saturating_add);
@@ -112,7 +126,8 @@ impl Outbox {
         let (writes, rx) = mpsc::channel(COMMIT * 4);
         let wake = Arc::new(Notify::new());
         let depth = Arc::new(AtomicI64::new(tree.len() as i64));
-        let outbox = Outbox { tree, writes, wake, depth, metrics, fail_open: fail_open.clone() };
+        let lazy = Arc::new(Notify::new());
+        let outbox = Outbox { tree, writes, wake, lazy, depth, metrics, fail_open: fail_open.clone() };
         tokio::spawn(writer(db, outbox.clone(), rx));
         tokio::spawn(drain(outbox.clone(), ledger));
         outbox.wake.notify_one();
@@ -182,10 +197,15 @@ async fn writer(db: sled::Db, outbox: Outbox, mut rx: mpsc::Receiver<Write>) {
         if let Err(e) = &result {
             tracing::error!("outbox: {e}");
         }
+        let urgent = batch.iter().any(|(r, _)| !r.lingers());
         for (_, reply) in batch {
             let _ = reply.send(result.clone());
         }
-        outbox.wake.notify_one();
+        if urgent {
+            outbox.wake.notify_one();
+        } else {
+            outbox.lazy.notify_one();
+        }
     }
 }
 
@@ -199,7 +219,8 @@ enum Sent {
 async fn send(c: &dyn Ledger, outbox: &Outbox, record: Record) -> Sent {
     match record {
         Record::Settle(s) => {
-            let fail_open_cost = (!s.fail_open_key_id.is_empty()).then_some(NanoUsd(s.cost_nano_usd));
+            let fail_open = !s.fail_open_key_id.is_empty() && s.lease_holder.is_empty();
+            let fail_open_cost = fail_open.then_some(NanoUsd(s.cost_nano_usd));
             let sent = settle(c, outbox, *s).await;
             if let (Sent::Done, Some(cost)) = (&sent, fail_open_cost) {
                 // The ledger knows this spend now.
@@ -250,6 +271,10 @@ async fn drain(outbox: Outbox, ledger: Arc<dyn Ledger>) {
         match pause {
             None => tokio::select! {
                 _ = outbox.wake.notified() => {}
+                _ = outbox.lazy.notified() => tokio::select! {
+                    _ = outbox.wake.notified() => {}
+                    _ = tokio::time::sleep(LINGER) => {}
+                },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             },
             Some(p) => tokio::time::sleep(p).await,
@@ -310,6 +335,8 @@ mod tests {
             parent_agent_id: "a0".into(),
             request_class: "main".into(),
             prompt_id: "p1".into(),
+            lease_holder: "0123456789abcdef".into(),
+            reserved_nano_usd: 1_500,
         }));
         assert_eq!(Record::decode(&s.encode()), Some(s.clone()));
         assert_eq!(s.hold(), vec![7; 16]);

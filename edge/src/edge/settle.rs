@@ -16,6 +16,7 @@ use tollgate_proto::v1 as pb;
 use tollgate_types::domain::Usage;
 use tollgate_types::money::NanoUsd;
 
+use super::lease::Ticket;
 use super::outbox::Record;
 use super::watch::Principal;
 use super::{KeySlot, Shared};
@@ -106,6 +107,9 @@ pub(super) struct Admitted {
     /// Admitted without the ledger (`fail_mode = open`): the reservation
     /// taken from this edge's allowance. Its settle charges the key directly.
     pub(super) fail_open: Option<NanoUsd>,
+    /// Admitted from this edge's leases: no hold exists; its settle names
+    /// the lease holder and its cost comes out of the leases.
+    pub(super) lease: Option<Ticket>,
 }
 
 /// Settles one admitted request, once.
@@ -126,7 +130,7 @@ impl Drop for Settler {
         if self.done {
             return;
         }
-        match self.adm.fail_open {
+        match self.adm.fail_open.or(self.adm.lease.as_ref().map(|_| self.adm.reserved)) {
             // No hold may exist to expire: charge the reservation, the most
             // the request can have cost, marked estimated.
             Some(amount) => {
@@ -146,6 +150,14 @@ impl Settler {
         if let Some(amount) = self.adm.fail_open {
             // Nothing was billed: the allowance is free again.
             self.s.fail_open.give_back(amount);
+        }
+        if let (Some(t), Some(leases)) = (&self.adm.lease, &self.s.leases) {
+            // No hold to release: the reservation is lease room again, and
+            // the ledger counts the request at no cost (as it counts a
+            // released hold's).
+            leases.finish(t, 0);
+            self.write(Usage::default(), NanoUsd::ZERO, false);
+            return;
         }
         let outbox = self.s.outbox.clone();
         let guard = self.s.pending.token();
@@ -173,6 +185,9 @@ impl Settler {
         if let Some(amount) = self.adm.fail_open {
             s.fail_open.settled(amount, cost);
         }
+        if let (Some(t), Some(leases)) = (&self.adm.lease, &s.leases) {
+            leases.finish(t, cost.0);
+        }
         if !estimated {
             s.output_history.observe(&self.adm.principal.user, &self.adm.label, usage.output_tokens);
         }
@@ -183,7 +198,19 @@ impl Settler {
         s.metrics.tokens(m, "cache_write_5m", usage.cache_write_5m_tokens);
         s.metrics.tokens(m, "cache_write_1h", usage.cache_write_1h_tokens);
         s.metrics.tokens(m, "cache_read", usage.cache_read_tokens);
-        let open = self.adm.fail_open.is_some();
+        self.write(usage, cost, estimated);
+    }
+
+    /// Writes the settle record through the outbox, on a spawned task.
+    fn write(&mut self, usage: Usage, cost: NanoUsd, estimated: bool) {
+        let s = &self.s;
+        // Admitted with no hold (fail-open, or from leases): the ledger is
+        // told the key and model, which a hold would have recorded.
+        let open = self.adm.fail_open.is_some() || self.adm.lease.is_some();
+        let lease_holder = match (&self.adm.lease, &s.leases) {
+            (Some(_), Some(leases)) => leases.holder().to_string(),
+            _ => String::new(),
+        };
         let record = Record::Settle(Box::new(pb::SettleRequest {
             hold_id: Some(self.adm.hold.clone()),
             cost_nano_usd: cost.0,
@@ -197,6 +224,8 @@ impl Settler {
             fail_open_key_id: if open { self.adm.principal.key_id.clone() } else { String::new() },
             model: if open { self.adm.model.clone() } else { String::new() },
             ttl_ms: if open { s.settings.hold_ttl.as_millis() as u64 } else { 0 },
+            reserved_nano_usd: if lease_holder.is_empty() { 0 } else { self.adm.reserved.0 },
+            lease_holder,
         }));
         let outbox = s.outbox.clone();
         let guard = s.pending.token();
@@ -288,7 +317,8 @@ impl Settler {
                         }
                     }
                 },
-                _ = extend.tick() => {
+                // A leased request has no hold to extend.
+                _ = extend.tick(), if self.adm.lease.is_none() => {
                     extends += 1;
                     self.extend_hold(extends, ttl);
                 }

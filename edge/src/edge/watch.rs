@@ -35,6 +35,12 @@ pub struct ConfigView {
     pub max_request_nano_usd: u64,
     /// This edge's book with the ledger's price overrides and discount.
     pub prices: Arc<PriceTable>,
+    /// Hard budgets by scope (`org`, `team:NAME`, …): (model or every
+    /// model, id, limit). Empty when the ledger names no budget ids (an
+    /// older version): leases need them.
+    hard_budgets: HashMap<String, Vec<(Option<String>, u64, u64)>>,
+    /// Every budget has its own id (a ledger that predates leases sends none).
+    budget_ids: bool,
 }
 
 /// Hex SHA-256 of a key secret, as the ledger stores it.
@@ -75,7 +81,43 @@ impl ConfigView {
         let policies = s.policies.iter().map(|p| (p.scope.clone(), p.allowed_models.clone())).collect();
         let overrides: Vec<_> = s.prices.iter().map(tollgate_types::domain::ModelPrice::from).collect();
         let prices = Arc::new(base.with_overrides(&overrides, s.discount_bp, s.index));
-        ConfigView { index: s.index, keys, policies, max_request_nano_usd: s.max_request_nano_usd, prices }
+        let mut hard_budgets: HashMap<String, Vec<_>> = HashMap::new();
+        let ids: std::collections::HashSet<u64> = s.budgets.iter().map(|b| b.id).collect();
+        let budget_ids = ids.len() == s.budgets.len();
+        if budget_ids {
+            for b in s.budgets.iter().filter(|b| b.mode == "hard") {
+                let model = (!b.model.is_empty()).then(|| b.model.clone());
+                hard_budgets.entry(b.scope.clone()).or_default().push((model, b.id, b.limit_nano_usd));
+            }
+        }
+        ConfigView {
+            index: s.index,
+            keys,
+            policies,
+            max_request_nano_usd: s.max_request_nano_usd,
+            prices,
+            hard_budgets,
+            budget_ids,
+        }
+    }
+
+    /// The hard budgets a request by `p` for `model` counts against, as
+    /// (id, limit); `None` when they cannot be known (the ledger sent no ids).
+    pub fn hard_chain(&self, p: &Principal, model: &str) -> Option<Vec<(u64, u64)>> {
+        if !self.budget_ids {
+            return None;
+        }
+        let chain =
+            ["org".to_string(), format!("team:{}", p.team), format!("user:{}", p.user), format!("key:{}", p.key_id)];
+        let mut out = Vec::new();
+        for scope in chain {
+            for (m, id, limit) in self.hard_budgets.get(&scope).into_iter().flatten() {
+                if m.as_deref().is_none_or(|m| m == model) {
+                    out.push((*id, *limit));
+                }
+            }
+        }
+        Some(out)
     }
 
     /// The principal of a presented secret, if the key exists and is not revoked.

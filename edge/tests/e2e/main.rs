@@ -11,6 +11,7 @@ mod sdk;
 
 mod codex;
 mod hardening;
+mod leases;
 mod metering;
 mod price_book_and_gateway_guide;
 mod resilience;

@@ -87,7 +87,8 @@ async fn an_edge_killed_with_settlements_pending_replays_its_outbox_once() {
     let s = setup(&[]).await;
     let (key_id, secret) = s.principal("eng", "fay@corp.io").await;
     s.budget("team:eng", "1000").await;
-    let mut edge = s.edge_with("edge1", &[]);
+    // Holds: their replay is what this checks (`leases` checks leased settles).
+    let mut edge = s.edge_with_holds("edge1");
     edge.wait_ready(Duration::from_secs(30)).await.unwrap();
 
     // Warm-up, so the edge holds open connections to the ledger.
@@ -223,7 +224,9 @@ async fn fail_open_admits_up_to_its_allowance_and_charges_once_the_ledger_is_bac
     let cfg = s.dir.join("edge.toml");
     std::fs::write(
         &cfg,
-        "version = 1\n[edge]\nfail_mode = \"open\"\nfail_open_allowance_usd = \"0.005\"\nadmission_timeout_ms = 1000\n",
+        // A hold per request: what is admitted without the ledger is then
+        // the allowance alone (with leases, their room first: see `leases`).
+        "version = 1\n[edge]\nleases = false\nfail_mode = \"open\"\nfail_open_allowance_usd = \"0.005\"\nadmission_timeout_ms = 1000\n",
     )
     .unwrap();
     let edge = s.edge_with("edge1", &["--config", cfg.to_str().unwrap()]);

@@ -78,6 +78,16 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// An edge with a hold per request (`leases = false`), for tests of
+    /// what holds do.
+    pub fn edge_with_holds(&self, name: &str) -> EdgeProc {
+        let cfg = self.dir.join(format!("{name}-holds.toml"));
+        std::fs::write(&cfg, "version = 1\n[edge]\nleases = false\n").unwrap();
+        self.edge_with(name, &["--config", cfg.to_str().unwrap()])
+    }
+}
+
 pub fn base(e: &EdgeProc) -> String {
     format!("http://{}", e.addr)
 }

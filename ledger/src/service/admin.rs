@@ -219,6 +219,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             limit_nano_usd: limit.0,
             period: period.as_str().to_string(),
             mode: mode.as_str().to_string(),
+            id: 0,
         };
         Ok(Response::new(pb::SetBudgetResponse { index, budget: Some(budget) }))
     }
@@ -239,7 +240,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         if let Some(mut leader) = self.read_at_leader().await? {
             return leader.list_budgets(forwarded(&req, pb::ListBudgetsRequest {})).await;
         }
-        let budgets = self.sm.read(|a| a.state.budgets.values().map(pb::Budget::from).collect());
+        let budgets = self.sm.read(|a| a.state.budgets.iter().map(crate::convert::budget_with_id).collect());
         Ok(Response::new(pb::ListBudgetsResponse { budgets }))
     }
 

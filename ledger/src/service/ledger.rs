@@ -11,7 +11,7 @@ use super::{unexpected, MAX_ITEMS_PER_CALL};
 use crate::money::NanoUsd;
 use crate::probe::LedgerProbe;
 use crate::proposer::Proposer;
-use crate::state::{Attribution, Command, HoldId, Outcome, Usage, MAX_ATTRIBUTION_ID_BYTES};
+use crate::state::{Attribution, BudgetId, Command, HoldId, LeaseAsk, Outcome, Usage, MAX_ATTRIBUTION_ID_BYTES};
 use crate::store::StateMachineStore;
 
 fn check_items(n: usize) -> Result<(), Status> {
@@ -31,6 +31,26 @@ fn check_key_model(key: &str, model: &str) -> Result<(), String> {
         return Err("model must be 1-128 bytes with no whitespace or control characters".to_string());
     }
     Ok(())
+}
+
+/// The caller's role from its certificate (`edge:NAME`); empty without TLS.
+fn caller<T>(req: &Request<T>) -> String {
+    match tollgate_tls::peer(req).map(|p| &p.role) {
+        Some(Ok(role)) => role.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The most bytes of an edge's own name for its leases.
+const MAX_EDGE_HOLDER_BYTES: usize = 64;
+
+/// A lease holder as the ledger names it: the caller's certificate name and
+/// the edge process's own name, so no caller can reach another's leases.
+fn holder_name(caller: &str, holder: &str) -> Result<String, String> {
+    if holder.is_empty() || holder.len() > MAX_EDGE_HOLDER_BYTES || holder.chars().any(|c| c.is_control()) {
+        return Err(format!("a lease holder must be 1-{MAX_EDGE_HOLDER_BYTES} bytes with no control characters"));
+    }
+    Ok(format!("{caller}/{holder}"))
 }
 
 /// Builds one command per item; an item that fails its checks gets an
@@ -112,6 +132,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
 
     async fn settle(&self, req: Request<pb::SettleBatch>) -> Result<Response<pb::SettleResults>, Status> {
         use pb::settle_result::Outcome as R;
+        let caller = caller(&req);
         let batch = req.into_inner();
         let results = propose_items(
             &self.proposer,
@@ -140,7 +161,20 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
                     request_class: some(&r.request_class),
                     prompt: some(&r.prompt_id),
                 };
-                let cmd = if r.fail_open_key_id.is_empty() {
+                let cmd = if !r.lease_holder.is_empty() {
+                    check_key_model(&r.fail_open_key_id, &r.model)?;
+                    Command::LeasedSettle {
+                        hold,
+                        holder: holder_name(&caller, &r.lease_holder)?,
+                        key: r.fail_open_key_id.clone(),
+                        model: r.model.clone(),
+                        cost,
+                        reserved: NanoUsd(r.reserved_nano_usd),
+                        usage,
+                        estimated: r.estimated,
+                        ttl_ms: r.ttl_ms,
+                    }
+                } else if r.fail_open_key_id.is_empty() {
                     Command::Settle { hold, cost, usage, estimated: r.estimated, session: None }
                 } else {
                     check_key_model(&r.fail_open_key_id, &r.model)?;
@@ -177,10 +211,7 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
 
     async fn release(&self, req: Request<pb::ReleaseBatch>) -> Result<Response<pb::ReleaseResults>, Status> {
         // Tombstones are bounded per caller: name it by its certificate.
-        let caller = match tollgate_tls::peer(&req).map(|p| &p.role) {
-            Some(Ok(role)) => role.to_string(),
-            _ => String::new(),
-        };
+        let caller = caller(&req);
         let batch = req.into_inner();
         let results = propose_items(
             &self.proposer,
@@ -215,6 +246,39 @@ impl pb::ledger_service_server::LedgerService for LedgerApi {
         .await?;
         let results = results.into_iter().map(|o| pb::ExtendResult { outcome: Some(o) }).collect();
         Ok(Response::new(pb::ExtendResults { results }))
+    }
+
+    async fn lease(&self, req: Request<pb::LeaseBatch>) -> Result<Response<pb::LeaseResults>, Status> {
+        use pb::lease_result::Outcome as R;
+        // Leases are bounded per caller and named by it: one edge cannot
+        // settle against, or give back, another's.
+        let caller = caller(&req);
+        let batch = req.into_inner();
+        let results = propose_items(
+            &self.proposer,
+            &batch.requests,
+            |r| {
+                Ok(Command::Lease(LeaseAsk {
+                    holder: holder_name(&caller, &r.holder)?,
+                    caller: caller.clone(),
+                    budget: BudgetId(r.budget_id),
+                    seq: r.seq,
+                    add: NanoUsd(r.add_nano_usd),
+                    give_back: NanoUsd(r.give_back_nano_usd),
+                    ttl_ms: r.ttl_ms,
+                    limit: NanoUsd(r.limit_nano_usd),
+                }))
+            },
+            |o| match o {
+                Outcome::Leased(g) => R::Grant(pb::LeaseGrant::from(g)),
+                Outcome::Rejected(r) => R::Error(r.into()),
+                other => R::Error(unexpected(other)),
+            },
+            R::Error,
+        )
+        .await?;
+        let results = results.into_iter().map(|o| pb::LeaseResult { outcome: Some(o) }).collect();
+        Ok(Response::new(pb::LeaseResults { results }))
     }
 
     type WatchConfigStream = ConfigStream;

@@ -173,6 +173,7 @@ impl LedgerState {
             self.next_budget_id += 1;
             id
         });
+        let leased = self.leases.leased(id);
         let b = self.budgets.entry(id).or_insert_with(|| BudgetRec {
             scope: scope.clone(),
             model: model.clone(),
@@ -188,7 +189,7 @@ impl LedgerState {
             requests: 0,
             updated: stamp.clone(),
         });
-        b.roll(now);
+        b.roll(now, leased);
         if b.period != *period {
             // The counters carry over as they are: the ledger does not
             // know how past spend splits into the new period's windows
@@ -203,7 +204,7 @@ impl LedgerState {
         b.updated = stamp.clone();
         // A limit lowered below what is already used is recorded as
         // excess, not hidden: nothing new is admitted until it is paid off.
-        let used = b.spent().saturating_add(b.held);
+        let used = b.spent().saturating_add(b.held).saturating_add(leased);
         if used > b.limit.saturating_add(b.excess) {
             b.excess = used.saturating_sub(b.limit);
         }

@@ -38,17 +38,18 @@ impl BudgetRec {
         self.settled.saturating_add(self.unsettled)
     }
 
-    /// Starts a new period if `now_ms` is past the current one.
-    pub(super) fn roll(&mut self, now_ms: u64) {
+    /// Starts a new period if `now_ms` is past the current one. `leased`
+    /// is the room leases hold on this budget (kept in the lease book).
+    pub(super) fn roll(&mut self, now_ms: u64, leased: NanoUsd) {
         let start = self.period.start_ms(now_ms);
         if start != self.period_start_ms {
             self.period_start_ms = start;
             self.epoch += 1;
             self.settled = NanoUsd::ZERO;
             self.unsettled = NanoUsd::ZERO;
-            // Live holds carry over; if a lowered limit left them above it,
-            // that part stays recorded as excess.
-            self.excess = self.held.saturating_sub(self.limit);
+            // Live holds and leases carry over; if a lowered limit left
+            // them above it, that part stays recorded as excess.
+            self.excess = self.held.saturating_add(leased).saturating_sub(self.limit);
             self.requests = 0;
         }
     }

@@ -13,7 +13,7 @@ impl LedgerState {
     pub(super) fn assert_cap(&self, id: BudgetId) {
         if let Some(b) = self.budgets.get(&id) {
             if b.mode == Mode::Hard {
-                let used = b.spent().saturating_add(b.held);
+                let used = b.spent().saturating_add(b.held).saturating_add(self.leases.leased(id));
                 assert!(
                     used <= b.limit.saturating_add(b.excess),
                     "hard cap violated on budget {} ({}): used {} > limit {} + excess {}",
@@ -68,9 +68,14 @@ impl LedgerState {
             if b.held != want {
                 return Err(format!("budget {} held {} but live holds sum to {}", id.0, b.held, want));
             }
-            if b.mode == Mode::Hard && b.spent().saturating_add(b.held) > b.limit.saturating_add(b.excess) {
+            let used = b.spent().saturating_add(b.held).saturating_add(self.leases.leased(*id));
+            if b.mode == Mode::Hard && used > b.limit.saturating_add(b.excess) {
                 return Err(format!("budget {} over its hard limit", id.0));
             }
+        }
+        self.leases.check(self.clock_ms)?;
+        if let Some(id) = self.leases.budgets.keys().find(|id| !self.budgets.contains_key(id)) {
+            return Err(format!("leases on budget {} that does not exist", id.0));
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ mod admin;
 mod attribution;
 mod budget;
 mod invariants;
+mod lease;
 mod tombstones;
 mod types;
 
@@ -22,6 +23,11 @@ use sha2::{Digest, Sha256};
 
 pub use attribution::{AttribKind, AttribRec, AttribTable};
 pub use budget::BudgetRec;
+use lease::LeasedSettle;
+pub use lease::{
+    BudgetLeases, LeaseAsk, LeaseBook, LeaseGrant, LeaseRec, LEASE_PAUSE_MS, MAX_HOLDER_BYTES, MAX_LEASES_PER_CALLER,
+    MAX_LEASE_TTL_MS,
+};
 pub use tollgate_types::period::{utc_rfc3339, Period};
 pub use types::*;
 
@@ -143,6 +149,8 @@ pub struct LedgerState {
     pub excess: BTreeMap<String, NanoUsd>,
     /// Usage by session, agent, request class and prompt (bounded).
     pub attribution: AttribTable,
+    /// Budget leases, by budget and holder. Last: older snapshots decode.
+    pub leases: LeaseBook,
     /// Derived: live holds by expiry.
     #[serde(skip)]
     expiries: OrdSet<(u64, HoldId)>,
@@ -177,6 +185,7 @@ impl LedgerState {
     /// Rebuilds the derived indexes after deserialization.
     pub fn rebuild_indexes(&mut self) {
         self.attribution.rebuild();
+        self.leases.rebuild();
         self.expiries = OrdSet::new();
         self.forgets = OrdSet::new();
         for (id, h) in &self.holds {
@@ -214,9 +223,13 @@ impl LedgerState {
         self.expiries.len()
     }
 
-    /// The earliest expiry of a live hold, so the leader can tick then.
+    /// The earliest expiry of a live hold or lease timer, so the leader can tick then.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiries.get_min().map(|(t, _)| *t)
+        let hold = self.expiries.get_min().map(|(t, _)| *t);
+        match (hold, self.leases.next_timer_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Applies one log entry. Never fails: a bad command yields a rejection
@@ -251,6 +264,7 @@ impl LedgerState {
                 self.untrack_tombstone(at, id);
             }
         }
+        self.fire_lease_timers();
     }
 
     fn apply_cmd(&mut self, index: u64, cmd: &Command) -> Outcome {
@@ -264,8 +278,13 @@ impl LedgerState {
             Command::Charge { hold, key, model, cost, usage, estimated, session: _, ttl_ms } => {
                 self.charge_direct(*hold, key, model, *cost, usage, *estimated, *ttl_ms)
             }
+            Command::Lease(ask) => self.lease(ask),
+            Command::LeasedSettle { hold, holder, key, model, cost, reserved, usage, estimated, ttl_ms } => {
+                let what = LeasedSettle { key, model, cost: *cost, reserved: *reserved, usage, estimated: *estimated };
+                self.leased_settle(*hold, holder, &what, *ttl_ms)
+            }
             Command::Attributed { attribution, cmd } => {
-                if !matches!(**cmd, Command::Settle { .. } | Command::Charge { .. }) {
+                if !matches!(**cmd, Command::Settle { .. } | Command::Charge { .. } | Command::LeasedSettle { .. }) {
                     return Outcome::reject(
                         ErrorCode::InvalidArgument,
                         "only a settle or a charge carries attribution",
@@ -274,7 +293,9 @@ impl LedgerState {
                 let out = self.apply_cmd(index, cmd);
                 if let (
                     Outcome::Settled { charged, duplicate: false },
-                    Command::Settle { hold, usage, .. } | Command::Charge { hold, usage, .. },
+                    Command::Settle { hold, usage, .. }
+                    | Command::Charge { hold, usage, .. }
+                    | Command::LeasedSettle { hold, usage, .. },
                 ) = (&out, &**cmd)
                 {
                     if let Some(info) = self.holds.get(hold).and_then(|h| h.info.clone()) {
@@ -387,8 +408,9 @@ impl LedgerState {
         let ids = self.chain_budgets(&team, &user, key, model);
         let now = self.clock_ms;
         for id in &ids {
+            let leased = self.leases.leased(*id);
             let b = self.budgets.get_mut(id).expect("chain budget exists");
-            b.roll(now);
+            b.roll(now, leased);
             // Soft budgets too: a hold that would overflow a sum is refused,
             // never saturated (a saturated `held` loses other holds on release).
             let fits = b.held.checked_add(amount).and_then(|h| h.checked_add(b.spent())).is_some();
@@ -396,18 +418,23 @@ impl LedgerState {
                 return Outcome::reject(InvalidArgument, format!("reserving {amount} would overflow {}", b.scope));
             }
             if b.mode == Mode::Hard {
-                let used = b.spent().saturating_add(b.held);
+                // Leased room counts like held (the denial reports it as held).
+                let held = b.held.saturating_add(leased);
+                let used = b.spent().saturating_add(held);
                 if used.checked_add(amount).is_none_or(|total| total > b.limit) {
-                    return Outcome::Denied(Denial {
+                    let denial = Denial {
                         scope: b.scope.clone(),
                         model: b.model.clone(),
                         limit: b.limit,
                         spent: b.spent(),
-                        held: b.held,
+                        held,
                         requested: amount,
                         period: b.period,
                         resets_at_ms: b.period.end_ms(now),
-                    });
+                        leased,
+                    };
+                    self.pause_leases(*id);
+                    return Outcome::Denied(denial);
                 }
             }
         }
@@ -446,8 +473,9 @@ impl LedgerState {
     fn charge(&mut self, info: &HoldInfo, cost: NanoUsd, replacing: Option<NanoUsd>, usage: &Usage, estimated: bool) {
         let now = self.clock_ms;
         for (id, charged_epoch) in &info.charges {
+            let leased = self.leases.leased(*id);
             let Some(b) = self.budgets.get_mut(id) else { continue };
-            b.roll(now);
+            b.roll(now, leased);
             let reserved = match replacing {
                 Some(unsettled) if b.epoch == *charged_epoch => {
                     b.unsettled = b.unsettled.saturating_sub(unsettled);
@@ -559,10 +587,11 @@ impl LedgerState {
         let now = self.clock_ms;
         let mut charges = Vec::with_capacity(ids.len());
         for id in &ids {
+            let leased = self.leases.leased(*id);
             let b = self.budgets.get_mut(id).expect("chain budget exists");
-            b.roll(now);
+            b.roll(now, leased);
             if b.mode == Mode::Hard {
-                let used = b.spent().saturating_add(b.held).saturating_add(cost);
+                let used = b.spent().saturating_add(b.held).saturating_add(leased).saturating_add(cost);
                 let allowed = b.limit.saturating_add(b.excess);
                 b.excess = b.excess.saturating_add(used.saturating_sub(allowed));
             }
@@ -637,8 +666,9 @@ impl LedgerState {
         let now = self.clock_ms;
         let mut charges = Vec::with_capacity(info.charges.len());
         for (id, _) in &info.charges {
+            let leased = self.leases.leased(*id);
             if let Some(b) = self.budgets.get_mut(id) {
-                b.roll(now);
+                b.roll(now, leased);
                 b.held = b.held.saturating_sub(info.amount);
                 b.unsettled = b.unsettled.saturating_add(info.amount);
                 charges.push((*id, b.epoch));

@@ -99,6 +99,25 @@ pub enum Command {
     /// bounded per-session/agent/class/prompt usage. Appended last: older
     /// logs still decode.
     Attributed { attribution: Attribution, cmd: Box<Command> },
+    /// Grow, give back or renew an edge's lease on a hard budget
+    /// (`state::lease`). Appended last: older logs still decode.
+    Lease(super::LeaseAsk),
+    /// Settle a request an edge admitted under its leases, on the request's
+    /// own id: its cost comes out of `holder`'s lease room on each budget
+    /// of the key's chain. Exactly once per id. Appended last.
+    LeasedSettle {
+        hold: HoldId,
+        holder: String,
+        key: String,
+        model: String,
+        cost: NanoUsd,
+        /// What the edge reserved for it: a cost above is recorded as excess.
+        reserved: NanoUsd,
+        usage: Usage,
+        estimated: bool,
+        /// How long the settled id is remembered (duplicates answered).
+        ttl_ms: u64,
+    },
 }
 
 /// The longest attribution id (session, agent, class, prompt) kept.
@@ -258,6 +277,7 @@ pub enum Outcome {
     Extended { expires_at_ms: u64 },
     Done,
     Rejected(Rejection),
+    Leased(super::LeaseGrant),
 }
 
 impl Outcome {

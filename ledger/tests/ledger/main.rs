@@ -3,6 +3,7 @@
 //! suite on sled, and snapshot format compatibility. The multi-process
 //! cluster tests live with the binary (`node/tests`).
 
+mod lease_scenarios;
 mod snapshot_format;
 mod state_invariants;
 mod state_scenarios;

@@ -1,9 +1,10 @@
 //! Property tests of the budget state machine: random sequences of reserves,
-//! settles, releases, extends and ticks, with time moving across day
+//! settles, releases, extends, ticks, lease grants and leased settles by
+//! two edges, with time moving across day
 //! boundaries, checked after every entry against the design's invariants and
 //! against a small reference model written independently of the code:
-//! 1. hard cap: spent + held <= limit, except recorded excess from settles
-//!    above their reservation (and the model says exactly how much);
+//! 1. hard cap: spent + held + leased <= limit, except recorded excess from
+//!    settles above their reservation (and the model says exactly how much);
 //! 2. determinism: two replicas, one restored from a snapshot mid-way, end
 //!    with the same digest;
 //! 3. exactly once: a second settle changes nothing and reports the first;
@@ -69,6 +70,9 @@ struct MBudget {
     unsettled: u64,
     held: u64,
     excess: u64,
+    leased: u64,
+    /// No lease room is granted before this.
+    paused_until: u64,
 }
 
 impl MBudget {
@@ -78,10 +82,28 @@ impl MBudget {
             self.pstart = s;
             self.settled = 0;
             self.unsettled = 0;
-            self.excess = self.held.saturating_sub(self.spec.limit);
+            self.excess = (self.held + self.leased).saturating_sub(self.spec.limit);
         }
     }
+
+    fn spent(&self) -> u64 {
+        self.settled + self.unsettled
+    }
 }
+
+/// One edge's lease on one budget.
+#[derive(Debug, Clone, Default)]
+struct MLease {
+    room: u64,
+    expires: u64,
+    unsettled: u64,
+    /// The period its unsettled remainder was charged in.
+    unsettled_pstart: u64,
+    seq: u64,
+    last_granted: u64,
+}
+
+const HOLDERS: [&str; 2] = ["edge:a/1", "edge:b/7"];
 
 #[derive(Debug, Clone, PartialEq)]
 enum MState {
@@ -110,6 +132,8 @@ struct Model {
     holds: BTreeMap<u128, MHold>,
     /// Released before any reserve was seen, with when they are forgotten.
     tombstones: Vec<(u128, u64)>,
+    /// By (holder, budget).
+    leases: BTreeMap<(usize, usize), MLease>,
 }
 
 impl Model {
@@ -147,6 +171,111 @@ impl Model {
         }
         self.holds.retain(|_, h| matches!(h.state, MState::Active(_)) || h.forget_at > now);
         self.tombstones.retain(|(_, at)| *at > now);
+        for ((_, bi), l) in self.leases.iter_mut() {
+            if l.room > 0 && l.expires <= now {
+                let b = &mut self.budgets[*bi];
+                b.roll(now);
+                if l.unsettled_pstart != b.pstart {
+                    l.unsettled = 0;
+                }
+                b.unsettled += l.room;
+                b.leased -= l.room;
+                l.unsettled += l.room;
+                l.unsettled_pstart = b.pstart;
+                l.room = 0;
+            }
+        }
+        self.leases.retain(|_, l| l.room > 0 || l.expires + MAX_TTL_MS > now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lease(&mut self, holder: usize, bi: usize, seq: u64, add: u64, give: u64, ttl: u64, limit_ok: bool) -> String {
+        let now = self.clock;
+        if ttl == 0 || ttl > MAX_LEASE_TTL_MS || self.budgets[bi].spec.mode != Mode::Hard {
+            return "rejected".into();
+        }
+        let mut l = match self.leases.get(&(holder, bi)) {
+            Some(l) if seq == l.seq => return format!("leased:{}:{}:dup", l.last_granted, l.room),
+            Some(l) if seq < l.seq => return "rejected".into(),
+            Some(l) => l.clone(),
+            None => MLease::default(),
+        };
+        let others = self.leases.iter().filter(|((h, b), l)| *b == bi && *h != holder && l.room > 0).count() as u64;
+        let b = &mut self.budgets[bi];
+        b.roll(now);
+        let back = give.min(l.room);
+        l.room -= back;
+        b.leased -= back;
+        if l.unsettled_pstart == b.pstart {
+            let take = (give - back).min(l.unsettled);
+            l.unsettled -= take;
+            b.unsettled -= take;
+        }
+        let pool = b.spec.limit.saturating_sub(b.spent() + b.held);
+        let free = pool.saturating_sub(b.leased);
+        let share = if now < b.paused_until || !limit_ok { 0 } else { pool / (2 * (others + 1)) };
+        let granted = add.min(share.saturating_sub(l.room)).min(free);
+        l.room += granted;
+        b.leased += granted;
+        l.expires = if l.room > 0 { l.expires.max(now + ttl) } else { l.expires.max(now) };
+        l.seq = seq;
+        l.last_granted = granted;
+        let out = format!("leased:{granted}:{}", l.room);
+        self.leases.insert((holder, bi), l);
+        out
+    }
+
+    fn leased_settle(&mut self, id: u128, holder: usize, key: usize, model: usize, cost: u64, reserved: u64) -> String {
+        if self.tombstones.iter().any(|(t, _)| *t == id) {
+            return "rejected".into();
+        }
+        if let Some(h) = self.holds.get(&id) {
+            return match h.state {
+                MState::Settled(c) => format!("dup:{c}"),
+                _ => "rejected".into(),
+            };
+        }
+        let now = self.clock;
+        let chain: Vec<usize> =
+            (0..self.budgets.len()).filter(|i| self.on_chain(&self.budgets[*i].spec, key, model)).collect();
+        let mut budgets = Vec::new();
+        for &i in &chain {
+            let b = &mut self.budgets[i];
+            b.roll(now);
+            let mut rest = cost;
+            if let Some(l) = self.leases.get_mut(&(holder, i)) {
+                let from_room = rest.min(l.room);
+                l.room -= from_room;
+                b.leased -= from_room;
+                rest -= from_room;
+                if l.unsettled_pstart == b.pstart {
+                    let from_unsettled = rest.min(l.unsettled);
+                    l.unsettled -= from_unsettled;
+                    b.unsettled -= from_unsettled;
+                    rest -= from_unsettled;
+                }
+            }
+            let _ = rest;
+            b.settled += cost;
+            b.excess += cost.saturating_sub(reserved);
+            if b.spec.mode == Mode::Hard {
+                b.excess = b.excess.max((b.spent() + b.held + b.leased).saturating_sub(b.spec.limit));
+            }
+            budgets.push((i, b.pstart));
+        }
+        self.holds.insert(
+            id,
+            MHold {
+                key,
+                model,
+                amount: reserved,
+                ttl: MAX_TTL_MS,
+                budgets,
+                state: MState::Settled(cost),
+                forget_at: now + MAX_TTL_MS,
+            },
+        );
+        format!("settled:{cost}")
     }
 
     /// Returns the expected outcome kind: granted, denied(scope) or rejected.
@@ -166,7 +295,10 @@ impl Model {
         for &i in &chain {
             let b = &mut self.budgets[i];
             b.roll(now);
-            if b.spec.mode == Mode::Hard && b.settled + b.unsettled + b.held + amount > b.spec.limit {
+            if b.spec.mode == Mode::Hard && b.settled + b.unsettled + b.held + b.leased + amount > b.spec.limit {
+                if b.leased > 0 {
+                    b.paused_until = now + LEASE_PAUSE_MS;
+                }
                 return format!("denied:{}", b.spec.scope);
             }
         }
@@ -272,6 +404,9 @@ fn kind(o: &Outcome) -> String {
         Outcome::Extended { expires_at_ms } => format!("extended:{expires_at_ms}"),
         Outcome::Done => "done".into(),
         Outcome::Rejected(_) => "rejected".into(),
+        Outcome::Leased(g) => {
+            format!("leased:{}:{}{}", g.granted.0, g.room.0, if g.duplicate { ":dup" } else { "" })
+        }
     }
 }
 
@@ -300,6 +435,24 @@ enum Op {
         ttl: u64,
     },
     Tick,
+    Lease {
+        holder: usize,
+        budget: usize,
+        seq: u64,
+        add: u64,
+        give: u64,
+        ttl: u64,
+        limit_ok: bool,
+    },
+    LeasedSettle {
+        hold: u8,
+        holder: usize,
+        key: usize,
+        model: usize,
+        cost: u64,
+        reserved: u64,
+        session: Option<u8>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -310,6 +463,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..24).prop_map(|hold| Op::Release { hold }),
         1 => (0u8..24, 1u64..6_000).prop_map(|(hold, ttl)| Op::Extend { hold, ttl }),
         1 => Just(Op::Tick),
+        3 => (0usize..2, 0usize..5, 1u64..8, 0u64..700, 0u64..300, 1u64..9_000, prop::bool::weighted(0.9))
+            .prop_map(|(holder, budget, seq, add, give, ttl, limit_ok)| Op::Lease { holder, budget, seq, add, give, ttl, limit_ok }),
+        3 => (0u8..24, 0usize..2, 0usize..4, 0usize..2, 0u64..300, 0u64..300, prop::option::of(0u8..3))
+            .prop_map(|(hold, holder, key, model, cost, reserved, session)| Op::LeasedSettle { hold, holder, key, model, cost, reserved, session }),
     ]
 }
 
@@ -354,7 +511,7 @@ fn history() -> impl Strategy<Value = Vec<(i64, Vec<Op>)>> {
     prop::collection::vec((-500i64..40_000, prop::collection::vec(op(), 1..6)), 1..120)
 }
 
-fn to_cmd(op: &Op) -> Command {
+fn to_cmd(op: &Op, specs: &[BudgetSpec]) -> Command {
     let hid = |h: u8| HoldId(0xABCD_0000 + h as u128);
     match op {
         Op::Reserve { hold, key, model, amount, ttl } => Command::Reserve {
@@ -387,6 +544,36 @@ fn to_cmd(op: &Op) -> Command {
         Op::Release { hold } => Command::Release { hold: hid(*hold) },
         Op::Extend { hold, ttl } => Command::Extend { hold: hid(*hold), ttl_ms: *ttl },
         Op::Tick => Command::Tick,
+        Op::Lease { holder, budget, seq, add, give, ttl, limit_ok } => Command::Lease(LeaseAsk {
+            holder: HOLDERS[*holder].into(),
+            caller: HOLDERS[*holder].split('/').next().unwrap().into(),
+            budget: BudgetId(*budget as u64),
+            seq: *seq,
+            add: NanoUsd(*add),
+            give_back: NanoUsd(*give),
+            ttl_ms: *ttl,
+            limit: NanoUsd(specs[*budget].limit + u64::from(!*limit_ok)),
+        }),
+        Op::LeasedSettle { hold, holder, key, model, cost, reserved, session } => {
+            let settle = Command::LeasedSettle {
+                hold: hid(*hold),
+                holder: HOLDERS[*holder].into(),
+                key: KEYS[*key].0.into(),
+                model: MODELS[*model].into(),
+                cost: NanoUsd(*cost),
+                reserved: NanoUsd(*reserved),
+                usage: Usage { input_tokens: *cost, ..Default::default() },
+                estimated: false,
+                ttl_ms: 60_000,
+            };
+            match session {
+                None => settle,
+                Some(n) => Command::Attributed {
+                    attribution: Attribution { session: Some(format!("s{n}")), ..Default::default() },
+                    cmd: Box::new(settle),
+                },
+            }
+        }
     }
 }
 
@@ -398,6 +585,12 @@ fn model_apply(m: &mut Model, op: &Op) -> String {
         Op::Release { hold } => m.release(hid(*hold)),
         Op::Extend { hold, ttl } => m.extend(hid(*hold), *ttl),
         Op::Tick => "done".into(),
+        Op::Lease { holder, budget, seq, add, give, ttl, limit_ok } => {
+            m.lease(*holder, *budget, *seq, *add, *give, *ttl, *limit_ok)
+        }
+        Op::LeasedSettle { hold, holder, key, model, cost, reserved, .. } => {
+            m.leased_settle(hid(*hold), *holder, *key, *model, *cost, *reserved)
+        }
     }
 }
 
@@ -409,16 +602,17 @@ struct Acct {
     unsettled: u64,
     held: u64,
     excess: u64,
+    leased: u64,
     limit: u64,
 }
 
 /// Effective (period-aware) accounting of a budget as of `clock`:
-/// (settled, unsettled, held, excess).
-fn effective(a: Acct, clock: u64) -> (u64, u64, u64, u64) {
+/// (settled, unsettled, held, excess, leased).
+fn effective(a: Acct, clock: u64) -> (u64, u64, u64, u64, u64) {
     if a.period.start_ms(clock) == a.pstart {
-        (a.settled, a.unsettled, a.held, a.excess)
+        (a.settled, a.unsettled, a.held, a.excess, a.leased)
     } else {
-        (0, 0, a.held, a.held.saturating_sub(a.limit))
+        (0, 0, a.held, (a.held + a.leased).saturating_sub(a.limit), a.leased)
     }
 }
 
@@ -435,9 +629,11 @@ proptest! {
             clock: START_MS,
             budgets: specs.iter().map(|s| MBudget {
                 spec: s.clone(), pstart: s.period.start_ms(START_MS), settled: 0, unsettled: 0, held: 0, excess: 0,
+                leased: 0, paused_until: 0,
             }).collect(),
             holds: BTreeMap::new(),
             tombstones: Vec::new(),
+            leases: BTreeMap::new(),
         };
         let mut replica = state.clone();
         let mut leader_time = START_MS as i64;
@@ -445,7 +641,7 @@ proptest! {
         for (step, (dt, ops)) in hist.iter().enumerate() {
             index += 1;
             leader_time += dt;
-            let batch = Batch { time_ms: leader_time as u64, cmds: ops.iter().map(to_cmd).collect() };
+            let batch = Batch { time_ms: leader_time as u64, cmds: ops.iter().map(|o| to_cmd(o, &specs)).collect() };
             let before = state.clone();
             let outcomes = state.apply(index, &batch);
             model.advance(batch.time_ms);
@@ -466,6 +662,7 @@ proptest! {
                         unsettled: b.unsettled.0,
                         held: b.held.0,
                         excess: b.excess.0,
+                        leased: state.leases.leased(BudgetId(i as u64)).0,
                         limit: b.limit.0,
                     },
                     state.clock_ms,
@@ -478,24 +675,25 @@ proptest! {
                         unsettled: mb.unsettled,
                         held: mb.held,
                         excess: mb.excess,
+                        leased: mb.leased,
                         limit: mb.spec.limit,
                     },
                     model.clock,
                 );
                 prop_assert_eq!(got, want, "budget {} ({}) after step {}", i, b.scope, step);
                 if b.mode == Mode::Hard {
-                    prop_assert!(got.0 + got.1 + got.2 <= b.limit.0 + got.3, "hard cap broken on {}", b.scope);
+                    prop_assert!(got.0 + got.1 + got.2 + got.4 <= b.limit.0 + got.3, "hard cap broken on {}", b.scope);
                 }
             }
             // Invariant 3: replaying a settle that already happened changes no budget.
             for op in ops {
                 let settled = |h: &u8| model.holds.get(&(0xABCD_0000 + *h as u128)).is_some_and(|m| matches!(m.state, MState::Settled(_)));
-                if let Op::Settle { hold, .. } = op.clone() {
+                if let Op::Settle { hold, .. } | Op::LeasedSettle { hold, .. } = op.clone() {
                     if !settled(&hold) {
                         continue;
                     }
                     let hold = &hold;
-                    let again = Batch { time_ms: batch.time_ms, cmds: vec![to_cmd(&Op::Settle { hold: *hold, cost: 599, session: Some(1) })] };
+                    let again = Batch { time_ms: batch.time_ms, cmds: vec![to_cmd(&Op::Settle { hold: *hold, cost: 599, session: Some(1) }, &specs)] };
                     let mut probe = state.clone();
                     let o = probe.apply(index, &again);
                     prop_assert!(matches!(o[0], Outcome::Settled { duplicate: true, .. }), "a second settle was applied: {:?}", o);

@@ -82,6 +82,11 @@ struct Args {
     /// Edge and ledger without TLS (for an A/B against the default mutual TLS).
     #[arg(long)]
     plaintext: bool,
+    /// Run the phase through the edge twice, interleaved: an edge with
+    /// budget leases off (a Raft commit per request), then one with them on
+    /// (the default); each prints Raft entries and ledger CPU per 1,000 requests.
+    #[arg(long)]
+    compare_leases: bool,
 }
 
 /// The edge's flags for reaching the ledger over the cluster's TLS, if on.
@@ -424,12 +429,11 @@ async fn main() -> anyhow::Result<()> {
         println!("keeping data and logs in {}", dir.keep().display());
     }
 
-    let cluster = LedgerCluster::start_with(
-        &bin,
-        &dir_path,
-        args.nodes,
-        if args.plaintext { Transport::Plaintext } else { Transport::Tls },
-    )?;
+    let transport = if args.plaintext { Transport::Plaintext } else { Transport::Tls };
+    let mut cluster = LedgerCluster::prepare(&bin, &dir_path, args.nodes, transport, true, &[])?;
+    for id in 1..=args.nodes {
+        cluster.spawn(id)?;
+    }
     let secret = principals(&cluster).await?;
     let client = http_client(1024);
     if !args.skip_latency {
@@ -452,14 +456,8 @@ async fn latency(
 ) -> anyhow::Result<()> {
     let mock = MockProc::start(mock_bin, dir, None, false, &["--event-delay-ms", "0"])?;
     mock.wait_ready(Duration::from_secs(10)).await?;
-    let flags = edge_flags(cluster, "edge-latency")?;
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let edge = EdgeProc::start(bin, dir, "edge-latency", &cluster.servers(), &format!("http://{}", mock.addr), &flags)?;
-    edge.wait_ready(Duration::from_secs(30)).await?;
     let body = request_body(args.prompt_bytes, false);
     let direct: Uri = format!("http://{}/v1/messages", mock.addr).parse()?;
-    let via: Uri = format!("http://{}/v1/messages", edge.addr).parse()?;
-    wait_admitted(client, &via, secret, &body).await?;
     println!(
         "\nadded latency: {} non-streaming requests/s (open loop), {} s per phase after a {} s warmup, {}-byte requests",
         args.rate,
@@ -469,42 +467,112 @@ async fn latency(
     );
     println!("  latency = scheduled send → last body byte; service = actual send → last body byte");
     let a = phase(client, &Target { label: "(a) direct", uri: direct.clone(), key: None }, &body, args).await;
+    let modes: &[(&str, &str)] = if args.compare_leases {
+        &[("(b) leases off", "false"), ("(b) leases on", "true")]
+    } else {
+        &[("(b) via the edge", "true")]
+    };
+    let mut through = Vec::new();
+    for (i, (label, leases)) in modes.iter().enumerate() {
+        let name = format!("edge-latency-{i}");
+        let flags = edge_flags(cluster, &name)?;
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let upstream = format!("http://{}", mock.addr);
+        let env = [("TOLLGATE_LEASES", *leases)];
+        let edge = EdgeProc::start_with_env(bin, dir, &name, &cluster.servers(), &upstream, &flags, &env)?;
+        edge.wait_ready(Duration::from_secs(30)).await?;
+        let via: Uri = format!("http://{}/v1/messages", edge.addr).parse()?;
+        wait_admitted(client, &via, secret, &body).await?;
+        through.push((label, through_edge(args, client, cluster, &edge, label, &via, secret, &body).await));
+    }
+    let c = phase(client, &Target { label: "(c) direct again", uri: direct, key: None }, &body, args).await;
+    for (label, b) in &through {
+        let added = |f: &dyn Fn(&PhaseStats) -> f64| f(b) - (f(&a) + f(&c)) / 2.0;
+        println!(
+            "  added by the edge, {label} (b − mean of a and c): p50 {:.2} ms, p99 {:.2} ms (service time: p50 {:.2} ms, p99 {:.2} ms); goal p99 < 0.5 ms",
+            added(&|s| s.p(0.50)),
+            added(&|s| s.p(0.99)),
+            added(&|s| s.service_p(0.50)),
+            added(&|s| s.service_p(0.99)),
+        );
+    }
+    Ok(())
+}
+
+/// The ledger node's committed proposals (Raft entries it appended as
+/// leader) and CPU time in ms, summed over the nodes.
+async fn ledger_counters(client: &Http, cluster: &LedgerCluster) -> (u64, u64) {
+    let (mut entries, mut cpu_ms) = (0, 0);
+    for (id, http) in &cluster.http {
+        let text = scrape(client, http).await;
+        entries += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tollgate_ledger_proposals_total{result=\"committed\"} ")?.trim().parse::<f64>().ok()
+            })
+            .unwrap_or(0.0) as u64;
+        cpu_ms += cluster.pid(*id).and_then(cpu_time_ms).unwrap_or(0);
+    }
+    (entries, cpu_ms)
+}
+
+/// User + system CPU time of a process, in ms (from /proc/PID/stat, at 100 ticks/s).
+fn cpu_time_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10)
+}
+
+/// Warmup, then phase (b) through `edge`, with the edge's own histograms
+/// and the ledger's entries and CPU per 1,000 requests.
+#[allow(clippy::too_many_arguments)]
+async fn through_edge(
+    args: &Args,
+    client: &Http,
+    cluster: &LedgerCluster,
+    edge: &EdgeProc,
+    label: &'static str,
+    via: &Uri,
+    secret: &str,
+    body: &Bytes,
+) -> PhaseStats {
     if args.warmup > 0 {
         let t = Target { label: "warmup", uri: via.clone(), key: Some(secret.into()) };
-        let _ = open_loop(client, &t, &body, args.rate, args.warmup).await;
+        let _ = open_loop(client, &t, body, args.rate, args.warmup).await;
     }
     let before = scrape(client, &edge.addr).await;
-    let b = {
-        let t = Target { label: "(b) via the edge", uri: via.clone(), key: Some(secret.into()) };
-        let st = open_loop(client, &t, &body, args.rate, args.seconds).await;
-        print_phase(&t, &st);
-        st
-    };
+    let (entries0, cpu0) = ledger_counters(client, cluster).await;
+    let t = Target { label, uri: via.clone(), key: Some(secret.into()) };
+    let st = open_loop(client, &t, body, args.rate, args.seconds).await;
+    print_phase(&t, &st);
+    // Settlements drain after the last response (the outbox lingers a little).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let after = scrape(client, &edge.addr).await;
-    let c = phase(client, &Target { label: "(c) direct again", uri: direct, key: None }, &body, args).await;
-    let added = |f: &dyn Fn(&PhaseStats) -> f64| f(&b) - (f(&a) + f(&c)) / 2.0;
-    println!(
-        "  added by the edge (b − mean of a and c): p50 {:.2} ms, p99 {:.2} ms (service time: p50 {:.2} ms, p99 {:.2} ms); goal p99 < 2 ms",
-        added(&|s| s.p(0.50)),
-        added(&|s| s.p(0.99)),
-        added(&|s| s.service_p(0.50)),
-        added(&|s| s.service_p(0.99)),
-    );
+    let (entries1, cpu1) = ledger_counters(client, cluster).await;
     for (name, what) in [
         ("tollgate_gateway_overhead_seconds", "time in the edge, upstream excluded"),
         ("tollgate_upstream_latency_seconds", "edge → mock, to response headers"),
     ] {
         let h = parse_hist(&after, name).since(&parse_hist(&before, name));
-        println!("  edge's own histogram, phase (b), {what}: {}", h.summary());
+        println!("    edge's own histogram, {what}: {}", h.summary());
     }
+    let per_k = |n: u64| n as f64 * 1000.0 / st.ok.max(1) as f64;
+    println!(
+        "    ledger: {} Raft entries ({:.1} per 1,000 requests), {} ms CPU ({:.1} ms per 1,000 requests)",
+        entries1.saturating_sub(entries0),
+        per_k(entries1.saturating_sub(entries0)),
+        cpu1.saturating_sub(cpu0),
+        per_k(cpu1.saturating_sub(cpu0)),
+    );
     if let Some(pid) = edge.pid() {
         println!(
-            "  edge RSS after the latency phases: {:.1} MB (peak {:.1} MB)",
+            "    edge RSS: {:.1} MB (peak {:.1} MB)",
             mb(proc_kb(pid, "VmRSS").unwrap_or(0)),
             mb(proc_kb(pid, "VmHWM").unwrap_or(0))
         );
     }
-    Ok(())
+    st
 }
 
 fn print_phase(t: &Target, st: &PhaseStats) {

@@ -79,6 +79,7 @@ impl Ledger for FakeLedger {
                     requested_nano_usd: req.amount_nano_usd,
                     period: "total".into(),
                     resets_at_ms: 0,
+                    leased_nano_usd: 0,
                 })
             };
             Ok(pb::ReserveResult { outcome: Some(outcome) })
@@ -105,6 +106,8 @@ fn edge(dir: &tempfile::TempDir, ledger: Arc<FakeLedger>, tune: impl FnOnce(&mut
         ..Default::default()
     };
     let mut settings = EdgeSettings::resolve(&FileConfig::parse("version = 1").unwrap(), &flags, None).unwrap();
+    // The per-request path; `leases_admit_locally_…` turns leases on.
+    settings.leases = false;
     tune(&mut settings);
     let base = Arc::new(PriceTable::builtin());
     let config = ConfigCache::new(base.clone());
@@ -117,6 +120,14 @@ fn edge(dir: &tempfile::TempDir, ledger: Arc<FakeLedger>, tune: impl FnOnce(&mut
             name: "laptop".into(),
             secret_sha256: secret_hash("tg-k1"),
             revoked: false,
+        }],
+        budgets: vec![pb::Budget {
+            scope: "team:eng".into(),
+            limit_nano_usd: 1_000_000_000_000,
+            period: "monthly".into(),
+            mode: "hard".into(),
+            id: 4,
+            ..Default::default()
         }],
         in_touch: true,
         ..Default::default()
@@ -243,4 +254,36 @@ async fn fail_open_admits_within_the_allowance_then_refuses() {
         assert_eq!(adm.fail_open, Some(NanoUsd(one)));
     }
     assert!(matches!(admit(&s, SONNET).await, Err(EdgeError::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn leases_admit_locally_once_granted_and_fall_back_to_a_hold_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(FakeLedger::with_room(u64::MAX / 4));
+    let s = edge(&dir, ledger.clone(), |st| st.leases = true);
+    // No lease yet on the team's hard budget: a per-request hold.
+    let (first, _) = admit(&s, SONNET).await.unwrap();
+    assert!(first.lease.is_none());
+    assert_eq!(ledger.reserves().len(), 1);
+    // The renewer asked for the team budget (id 4) at its limit; granted.
+    let leases = s.leases.clone().unwrap();
+    let asks = leases.plan(Duration::from_millis(100));
+    assert_eq!(asks.len(), 1);
+    let (req, p) = asks[0].clone();
+    assert_eq!((req.budget_id, req.limit_nano_usd), (4, 1_000_000_000_000));
+    assert!(req.add_nano_usd >= 2 * first.reserved.0);
+    let g = pb::LeaseGrant {
+        granted_nano_usd: req.add_nano_usd,
+        room_nano_usd: req.add_nano_usd,
+        share_nano_usd: u64::MAX,
+        expires_at_ms: 1,
+        duplicate: false,
+    };
+    leases.apply(4, p, super::super::lease::Answer::Granted(g));
+    // Now admitted from the lease: the ledger is not asked.
+    let (second, _) = admit(&s, SONNET).await.unwrap();
+    assert!(second.lease.is_some());
+    assert_eq!(second.reserved, first.reserved);
+    assert_eq!(ledger.reserves().len(), 1);
+    assert_eq!(leases.room(), req.add_nano_usd - second.reserved.0);
 }
