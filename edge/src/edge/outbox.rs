@@ -309,8 +309,10 @@ async fn drain(outbox: Outbox, ledger: Arc<dyn Ledger>) {
             backoff = pauses();
             None
         };
-        if failed == 0 && sent > 0 && !outbox.tree.is_empty() {
-            // More may be waiting beyond this pass: go again at once.
+        if failed == 0 && sent == PASS {
+            // More may be waiting beyond a full pass: go again at once.
+            // (Records written during the pass woke the drain themselves,
+            // at once or after the linger.)
             outbox.wake.notify_one();
         }
     }

@@ -87,6 +87,11 @@ struct Args {
     /// (the default); each prints Raft entries and ledger CPU per 1,000 requests.
     #[arg(long)]
     compare_leases: bool,
+    /// Also a closed loop: this many connections, each sending its next
+    /// request as soon as the last one is answered, for `--seconds`, straight
+    /// to the mock and through each edge (0: skip).
+    #[arg(long, default_value_t = 0)]
+    connections: usize,
 }
 
 /// The edge's flags for reaching the ledger over the cluster's TLS, if on.
@@ -473,6 +478,7 @@ async fn latency(
         &[("(b) via the edge", "true")]
     };
     let mut through = Vec::new();
+    let mut edges = Vec::new();
     for (i, (label, leases)) in modes.iter().enumerate() {
         let name = format!("edge-latency-{i}");
         let flags = edge_flags(cluster, &name)?;
@@ -484,8 +490,9 @@ async fn latency(
         let via: Uri = format!("http://{}/v1/messages", edge.addr).parse()?;
         wait_admitted(client, &via, secret, &body).await?;
         through.push((label, through_edge(args, client, cluster, &edge, label, &via, secret, &body).await));
+        edges.push((label, edge));
     }
-    let c = phase(client, &Target { label: "(c) direct again", uri: direct, key: None }, &body, args).await;
+    let c = phase(client, &Target { label: "(c) direct again", uri: direct.clone(), key: None }, &body, args).await;
     for (label, b) in &through {
         let added = |f: &dyn Fn(&PhaseStats) -> f64| f(b) - (f(&a) + f(&c)) / 2.0;
         println!(
@@ -496,7 +503,95 @@ async fn latency(
             added(&|s| s.service_p(0.99)),
         );
     }
+    if args.connections > 0 {
+        println!(
+            "\nclosed loop: {} connections, each sending as soon as it is answered, {} s per phase",
+            args.connections, args.seconds
+        );
+        let direct_st = closed_loop(&Target { label: "direct", uri: direct.clone(), key: None }, &body, args).await;
+        for (label, edge) in &edges {
+            let via: Uri = format!("http://{}/v1/messages", edge.addr).parse()?;
+            let st = closed_loop(&Target { label, uri: via, key: Some(secret.into()) }, &body, args).await;
+            println!(
+                "  added by the edge, {label}: p50 {:.2} ms, p99 {:.2} ms",
+                st.service_p(0.50) - direct_st.service_p(0.50),
+                st.service_p(0.99) - direct_st.service_p(0.99)
+            );
+        }
+        closed_loop(&Target { label: "direct again", uri: direct, key: None }, &body, args).await;
+    }
     Ok(())
+}
+
+/// `--connections` workers, each on its own keep-alive connection, sending
+/// back to back for `--seconds` (after the warmup); prints and returns the
+/// latencies (service time: there is no schedule to be late for).
+async fn closed_loop(t: &Target, body: &Bytes, args: &Args) -> PhaseStats {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let until = measure_from + Duration::from_secs(args.seconds);
+    for _ in 0..args.connections {
+        let (tx, body, uri, key) = (tx.clone(), body.clone(), t.uri.clone(), t.key.clone());
+        tokio::spawn(async move {
+            let client = http_client(1);
+            while Instant::now() < until {
+                let sent = Instant::now();
+                let req = messages_request(&uri, key.as_deref(), &body);
+                let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&client, req)).await {
+                    Err(_) => Outcome::Error("timed out".into()),
+                    Ok(Err(e)) => Outcome::Error(e),
+                    Ok(Ok((200, _))) => Outcome::Ok,
+                    Ok(Ok((status, _))) => Outcome::Status(status),
+                };
+                if sent < measure_from {
+                    continue;
+                }
+                let us = sent.elapsed().as_micros() as u64;
+                let _ = tx.send(Sample { total_us: us, service_us: us, lag_us: 0, outcome });
+            }
+        });
+    }
+    drop(tx);
+    let mut st = PhaseStats::default();
+    while let Some(s) = rx.recv().await {
+        match s.outcome {
+            Outcome::Ok => {
+                st.ok += 1;
+                st.total.push(s.total_us);
+                st.service.push(s.service_us);
+            }
+            Outcome::Status(code) => {
+                st.non_200 += 1;
+                if st.first_problems.len() < 3 {
+                    st.first_problems.push(format!("HTTP {code}"));
+                }
+            }
+            Outcome::Error(e) => {
+                st.errors += 1;
+                if st.first_problems.len() < 3 {
+                    st.first_problems.push(e);
+                }
+            }
+        }
+    }
+    st.total.sort_unstable();
+    st.service.sort_unstable();
+    println!(
+        "  {:<16} p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms | {:.0} requests/s | {} ok, {} non-200, {} errors",
+        t.label,
+        st.p(0.50),
+        st.p(0.99),
+        st.max(),
+        st.ok as f64 / args.seconds.max(1) as f64,
+        st.ok,
+        st.non_200,
+        st.errors
+    );
+    if !st.first_problems.is_empty() {
+        println!("    first problems: {}", st.first_problems.join("; "));
+    }
+    st
 }
 
 /// The ledger node's committed proposals (Raft entries it appended as
