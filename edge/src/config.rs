@@ -18,6 +18,7 @@
 //! stored_responses = false        # serve GET/DELETE/cancel of stored responses (any key could, by id)
 //! leases = true                  # admit locally from budget leases (false: a Raft commit per request)
 //! lease_ttl_secs = 10            # a lease's life; renewed in the background
+//! region = "eu-west"             # prefer ledger nodes of this region (their --region)
 //! fail_mode = "closed"           # or "open" (admit up to the allowance)
 //! fail_open_allowance_usd = "10"
 //! max_body_bytes = 33554432
@@ -174,6 +175,7 @@ pub struct EdgeSection {
     pub stored_responses: Option<bool>,
     pub leases: Option<bool>,
     pub lease_ttl_secs: Option<u64>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +301,8 @@ pub struct EdgeSettings {
     pub leases: bool,
     /// How long a lease is granted for; renewed in the background.
     pub lease_ttl: Duration,
+    /// This edge's region: ledger nodes of the same region come first.
+    pub region: Option<String>,
     pub prices: PriceTable,
 }
 
@@ -316,6 +320,7 @@ pub struct Overrides {
     pub http_tls_cert: Option<PathBuf>,
     pub http_tls_key: Option<PathBuf>,
     pub ops_listen: Option<SocketAddr>,
+    pub region: Option<String>,
 }
 
 /// Whether `addr` (`host:port`) is on this machine only: a loopback IP or
@@ -553,6 +558,7 @@ impl EdgeSettings {
             stored_responses: env_parse::<bool>("TOLLGATE_STORED_RESPONSES")?.or(e.stored_responses).unwrap_or(false),
             leases: env_parse::<bool>("TOLLGATE_LEASES")?.or(e.leases).unwrap_or(true),
             lease_ttl: secs("TOLLGATE_LEASE_TTL_SECS", e.lease_ttl_secs, 10)?,
+            region: flags.region.clone().or(env("TOLLGATE_REGION")).or(e.region.clone()).filter(|r| !r.is_empty()),
             prices,
         };
         s.check()?;

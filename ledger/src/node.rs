@@ -39,8 +39,12 @@ pub struct LedgerConfig {
     pub grpc_addr: SocketAddr,
     /// Where the log, vote, snapshots and the admin token live.
     pub data_dir: PathBuf,
-    /// Every voter's id and advertised gRPC address (`host:port`).
+    /// Every member's id and advertised gRPC address (`host:port`).
     pub peers: BTreeMap<NodeId, String>,
+    /// The members of `peers` that do not vote (`--learners`): they
+    /// replicate the log and serve config, reads and edges (forwarding
+    /// writes) in a region that has no voter. The leader adds them.
+    pub learners: std::collections::BTreeSet<NodeId>,
     /// Initialise the cluster with `peers` as voters if it is not yet initialised.
     pub bootstrap: bool,
     /// Leader heartbeat interval.
@@ -68,6 +72,8 @@ pub enum ConfigError {
     SelfNotInPeers(NodeId),
     #[error("node id 0 is reserved; use ids from 1")]
     ZeroId,
+    #[error("--learners: {0}")]
+    Learner(String),
     #[error("election timeout {min}..{max} ms must be a range above 3 x heartbeat {heartbeat} ms")]
     Timeouts { heartbeat: u64, min: u64, max: u64 },
     #[error("{0} must be greater than zero")]
@@ -85,6 +91,7 @@ impl LedgerConfig {
             grpc_addr,
             data_dir,
             peers,
+            learners: Default::default(),
             bootstrap: false,
             heartbeat_ms: 100,
             election_timeout_min_ms: 600,
@@ -110,6 +117,15 @@ impl LedgerConfig {
         }
         if self.snapshot_every_entries == 0 {
             return Err(ConfigError::Zero("snapshot_every_entries"));
+        }
+        if let Some(id) = self.learners.iter().find(|id| !self.peers.contains_key(id)) {
+            return Err(ConfigError::Learner(format!("learner {id} is not in --peers")));
+        }
+        if self.learners.len() >= self.peers.len() {
+            return Err(ConfigError::Learner("at least one member of --peers must vote".into()));
+        }
+        if self.bootstrap && self.learners.contains(&self.id) {
+            return Err(ConfigError::Learner(format!("node {} is a learner and cannot bootstrap", self.id)));
         }
         if self.proposer.max_batch_cmds == 0 || self.proposer.max_inflight == 0 || self.proposer.max_queued == 0 {
             return Err(ConfigError::Zero("proposer limits"));
@@ -275,6 +291,9 @@ impl LedgerNode {
             tokio::spawn(registrar.run(shutdown.clone()));
         }
         tokio::spawn(ticker(raft.clone(), proposer.clone(), sm.clone(), shutdown.clone()));
+        if !cfg.learners.is_empty() {
+            tokio::spawn(add_learners(raft.clone(), cfg.clone(), shutdown.clone()));
+        }
         Ok(LedgerNode {
             id: cfg.id,
             raft,
@@ -332,8 +351,12 @@ async fn bootstrap(raft: &Raft, cfg: &LedgerConfig) -> anyhow::Result<()> {
     if raft.is_initialized().await? {
         return Ok(());
     }
-    let members: BTreeMap<NodeId, BasicNode> =
-        cfg.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+    let members: BTreeMap<NodeId, BasicNode> = cfg
+        .peers
+        .iter()
+        .filter(|(id, _)| !cfg.learners.contains(id))
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
     match raft.initialize(members).await {
         Ok(()) => {
             tracing::info!(voters = ?cfg.peers.keys().collect::<Vec<_>>(), "initialised the cluster");
@@ -468,6 +491,32 @@ impl TokenRegistrar {
 
 /// On the leader, proposes a tick when holds are due to expire and no other
 /// traffic would advance the state machine's clock.
+/// While this node leads, adds each `--learners` member the membership
+/// lacks (once a second; adding does not wait for it to catch up).
+async fn add_learners(raft: Raft, cfg: LedgerConfig, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+        let missing: Vec<NodeId> = {
+            let m = raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            let membership = m.membership_config.membership().clone();
+            cfg.learners.iter().copied().filter(|id| membership.get_node(id).is_none()).collect()
+        };
+        for id in missing {
+            let node = BasicNode { addr: cfg.peers[&id].clone() };
+            match raft.add_learner(id, node, false).await {
+                Ok(_) => tracing::info!(learner = id, "added a learner"),
+                Err(e) => tracing::warn!(learner = id, "adding a learner: {e}"),
+            }
+        }
+    }
+}
+
 async fn ticker(raft: Raft, proposer: Proposer, sm: StateMachineStore, stop: CancellationToken) {
     loop {
         tokio::select! {

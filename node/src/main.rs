@@ -61,6 +61,11 @@ struct LedgerArgs {
     /// status`: 1-64 letters, digits, '-', '_' or '.'.
     #[arg(long, env = "TOLLGATE_REGION", default_value = "")]
     region: String,
+    /// Ids of --peers that do not vote (e.g. `--learners 4,5`): they copy the
+    /// log and serve config and edges where a region has no voter. Give every
+    /// node the same list; the leader adds them.
+    #[arg(long, value_delimiter = ',')]
+    learners: Vec<u64>,
     /// Leader heartbeat interval in milliseconds (raise it with the
     /// election timeout for round trips between regions).
     #[arg(long, default_value_t = 100)]
@@ -128,6 +133,11 @@ struct EdgeArgs {
     /// operations port that clients' traffic cannot crowd out).
     #[arg(long)]
     ops_listen: Option<SocketAddr>,
+    /// The region this edge runs in: the ledger nodes of the same region
+    /// (as their `--region` says) are preferred for the config watch and
+    /// lease renewals [env: TOLLGATE_REGION].
+    #[arg(long)]
+    region: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +166,7 @@ fn edge_settings(a: &EdgeArgs, ledger_default: Option<Vec<String>>) -> Result<Ed
         http_tls_cert: a.http_tls_cert.clone(),
         http_tls_key: a.http_tls_key.clone(),
         ops_listen: a.ops_listen,
+        region: a.region.clone(),
     };
     EdgeSettings::resolve(&file, &flags, ledger_default)
 }
@@ -436,6 +447,7 @@ async fn run_ledger(a: LedgerArgs) -> ExitCode {
     cfg.bootstrap = a.bootstrap;
     cfg.tls = tls.clone();
     cfg.region = a.region;
+    cfg.learners = a.learners.iter().copied().collect();
     cfg.heartbeat_ms = a.heartbeat_ms;
     cfg.election_timeout_min_ms = a.election_timeout_ms;
     cfg.election_timeout_max_ms = a.election_timeout_ms.saturating_mul(2);

@@ -52,6 +52,11 @@ const ASK_AGAIN: Duration = Duration::from_secs(1);
 const MAX_SLOTS: usize = 4096;
 /// The most asks one renewal call carries (the ledger's bound per call).
 const MAX_ASKS: usize = 1000;
+/// A renewal call unanswered this long is sent again (elsewhere).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// After moving to another ledger node, how long before trying the first
+/// (this edge's region's) again.
+const RETURN_AFTER: Duration = Duration::from_secs(30);
 
 /// A request admitted from leases: what it reserved on which budgets.
 #[derive(Debug)]
@@ -319,9 +324,11 @@ impl Leases {
 
     /// The renewer: every tick (or when admission found a lease missing or
     /// short), sends what `plan` asks in one call, preferring the first
-    /// ledger node listed (this edge's own region) and moving on when it fails.
+    /// ledger node listed (this edge's own region), moving on when it fails
+    /// and coming back to it after `RETURN_AFTER`.
     pub(crate) async fn run(self: Arc<Self>, nodes: LedgerClient, stop: CancellationToken) {
         let mut node = 0usize;
+        let mut moved_at = Instant::now();
         let mut last = Instant::now();
         loop {
             tokio::select! {
@@ -333,6 +340,10 @@ impl Leases {
                 return;
             }
             let now = Instant::now();
+            if !node.is_multiple_of(nodes.len()) && now.duration_since(moved_at) >= RETURN_AFTER {
+                // Back to the first node (this edge's region's) once in a while.
+                node = 0;
+            }
             let asks = self.plan(now.duration_since(last));
             last = now;
             if asks.is_empty() {
@@ -341,7 +352,7 @@ impl Leases {
             let batch = pb::LeaseBatch { requests: asks.iter().map(|(r, _)| r.clone()).collect() };
             let mut client = nodes.at(node);
             let call = client.lease(batch);
-            let answers: Vec<Answer> = match tokio::time::timeout(Duration::from_secs(5), call).await {
+            let answers: Vec<Answer> = match tokio::time::timeout(CALL_TIMEOUT, call).await {
                 Ok(Ok(r)) => {
                     let results = r.into_inner().results;
                     if results.len() != asks.len() {
@@ -359,11 +370,13 @@ impl Leases {
                 Ok(Err(st)) => {
                     tracing::debug!("lease renewal at ledger node {node}: {}", st.message());
                     node = node.wrapping_add(1);
+                    moved_at = Instant::now();
                     let a = if tollgate_client::retryable(&st) { Answer::NotSent } else { Answer::Unknown };
                     vec![a; asks.len()]
                 }
                 Err(_) => {
                     node = node.wrapping_add(1);
+                    moved_at = Instant::now();
                     vec![Answer::Unknown; asks.len()]
                 }
             };

@@ -167,7 +167,11 @@ impl Edge {
             }
         }
         let metrics = Arc::new(Metrics::default());
-        let nodes = LedgerClient::new(&settings.ledger, Duration::from_secs(10), tls)
+        let ledger = match &settings.region {
+            Some(region) => own_region_first(&settings.ledger, region, tls.clone()).await,
+            None => settings.ledger.clone(),
+        };
+        let nodes = LedgerClient::new(&ledger, Duration::from_secs(10), tls)
             .map_err(|s| anyhow::anyhow!("ledger addresses: {}", s.message()))?;
         let config = ConfigCache::new(Arc::new(settings.prices.clone()));
         let coalescer = Arc::new(Coalescer::start(nodes.clone(), CoalescerConfig::default()));
@@ -236,6 +240,49 @@ impl Edge {
         } else {
             tracing::info!("outbox flushed");
         }
+    }
+}
+
+/// The ledger addresses with the nodes of `region` first (each asked its
+/// region, for at most a second, all at once); otherwise in the order given.
+/// The config watch and lease renewals start at the first and come back to
+/// it (`watch::ConfigCache::follow`), so an edge talks to its own region's
+/// node while it is up.
+async fn own_region_first(ledger: &[String], region: &str, tls: Option<Arc<ClusterTls>>) -> Vec<String> {
+    let asks = ledger.iter().map(|addr| {
+        let tls = tls.clone();
+        async move {
+            let status = tollgate_client::AdminClient::node_status_at(addr, Duration::from_secs(1), tls).await;
+            status.map(|s| s.region).unwrap_or_default()
+        }
+    });
+    let regions = futures::future::join_all(asks).await;
+    let ordered = by_region(ledger, &regions, region);
+    let list: Vec<String> =
+        ordered.iter().map(|(a, r)| format!("{a} ({})", if r.is_empty() { "?" } else { r })).collect();
+    tracing::info!("region {region}: ledger nodes in order of preference: {}", list.join(", "));
+    ordered.into_iter().map(|(a, _)| a).collect()
+}
+
+/// `ledger` with its nodes of `region` first, each with its region (empty:
+/// unknown); otherwise in the order given.
+fn by_region(ledger: &[String], regions: &[String], region: &str) -> Vec<(String, String)> {
+    let mut ordered: Vec<(String, String)> = ledger.iter().cloned().zip(regions.iter().cloned()).collect();
+    ordered.sort_by_key(|(_, r)| r != region);
+    ordered
+}
+
+#[cfg(test)]
+mod region_tests {
+    #[test]
+    fn own_region_nodes_come_first_and_the_rest_keep_their_order() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let ledger = s(&["n1:7070", "n2:7070", "n3:7070", "n4:7070"]);
+        let regions = s(&["us", "eu", "", "eu"]);
+        let got: Vec<String> = super::by_region(&ledger, &regions, "eu").into_iter().map(|(a, _)| a).collect();
+        assert_eq!(got, s(&["n2:7070", "n4:7070", "n1:7070", "n3:7070"]));
+        let none: Vec<String> = super::by_region(&ledger, &regions, "ap").into_iter().map(|(a, _)| a).collect();
+        assert_eq!(none, ledger);
     }
 }
 

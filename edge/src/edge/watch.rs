@@ -148,6 +148,8 @@ pub const WATCH_HEARTBEAT: Duration = Duration::from_secs(1);
 /// from the majority shows up here within this bound, not at the TCP
 /// timeout minutes later.
 pub const WATCH_STALE_AFTER: Duration = Duration::from_secs(3);
+/// How often a watch following another node tries the first one again.
+const RETURN_AFTER: Duration = Duration::from_secs(30);
 
 /// `heard_ms` before anything was heard.
 const NEVER: u64 = u64::MAX;
@@ -235,6 +237,7 @@ impl ConfigCache {
         let request = pb::WatchConfigRequest { heartbeat_ms: WATCH_HEARTBEAT.as_millis() as u32 };
         loop {
             let mut client = ledger.at(i);
+            let mut preferred = i.is_multiple_of(ledger.len());
             i = i.wrapping_add(1);
             // A frozen node accepts the connection and never answers: the
             // call itself is bounded too.
@@ -243,7 +246,22 @@ impl ConfigCache {
                 Ok(Err(s)) => tracing::debug!("config watch could not start: {}", s.message()),
                 Ok(Ok(resp)) => {
                     let mut stream = resp.into_inner();
+                    let mut since = tokio::time::Instant::now();
                     loop {
+                        // Away from the first node (this edge's region's, when
+                        // it has one): go back as soon as it answers, in touch.
+                        if !preferred && since.elapsed() >= RETURN_AFTER {
+                            since = tokio::time::Instant::now();
+                            if let Some((s, first)) = Self::open_in_touch(&ledger, request).await {
+                                tracing::info!("config watch back on the first ledger node");
+                                if self.install(ConfigView::from_snapshot(&first, &self.base), true) {
+                                    on_index(first.index);
+                                }
+                                stream = s;
+                                preferred = true;
+                                i = 1;
+                            }
+                        }
                         match tokio::time::timeout(WATCH_STALE_AFTER, stream.message()).await {
                             Ok(Ok(Some(snap))) => {
                                 if snap.in_touch {
@@ -278,6 +296,20 @@ impl ConfigCache {
             self.live.store(false, Ordering::Release);
             tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;
         }
+    }
+
+    /// A watch on the first ledger node and its first config, if it answers
+    /// within a second, in touch with the leader.
+    async fn open_in_touch(
+        ledger: &LedgerClient,
+        request: pb::WatchConfigRequest,
+    ) -> Option<(tonic::Streaming<pb::ConfigSnapshot>, pb::ConfigSnapshot)> {
+        let open = async {
+            let mut stream = ledger.at(0).watch_config(request).await.ok()?.into_inner();
+            let first = stream.message().await.ok()??;
+            (first.in_touch && !first.heartbeat).then_some((stream, first))
+        };
+        tokio::time::timeout(Duration::from_secs(1), open).await.ok()?
     }
 }
 

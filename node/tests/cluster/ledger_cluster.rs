@@ -676,3 +676,43 @@ fn ops_endpoints_report_role_readiness_and_budgets() {
     let (_, m) = http_get(&c.http[&survivor], "/metrics").unwrap();
     assert_eq!(metric(&m, "tollgate_raft_in_touch"), Some(0.0), "{m}");
 }
+
+/// A learner (`--learners 4`) in a region with no voter: the leader adds
+/// it, it copies the log to the same digest, serves the config watch and
+/// forwards writes, and it is not in the quorum: with it and one voter
+/// down, the two other voters still commit.
+#[test]
+fn a_learner_copies_the_log_serves_config_and_is_not_in_the_quorum() {
+    let mut c = Cluster::prepare_plaintext(4, &["--learners", "4"]);
+    for (id, region) in [(1, "eu-west"), (2, "us-east"), (3, "ap-south"), (4, "sa-east")] {
+        c.node_args.insert(id, vec!["--region".into(), region.into()]);
+        c.spawn(id);
+    }
+    c.wait_ready();
+    let s = c.wait_status(&[1], "node 4 a learner", Duration::from_secs(20), |s| {
+        s["members"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == 4 && m["role"] == "learner"))
+    });
+    let roles: Vec<&str> = s["members"].as_array().unwrap().iter().filter_map(|m| m["role"].as_str()).collect();
+    assert_eq!(roles.iter().filter(|r| **r == "learner").count(), 1, "{s}");
+    // A write through the learner is forwarded to the leader.
+    c.admin_ok(4, &["team", "create", "via-learner"]);
+    c.admin_ok(1, &["team", "create", "via-voter"]);
+    c.wait_status(&[1], "the learner caught up", Duration::from_secs(20), |s| converged(s, 4));
+    // Its config watch has both teams, sent in touch with the leader.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let snap = rt.block_on(async {
+        let mut client = c.ledger_client(&[c.addrs[&4].clone()]).at(0);
+        let req = pb::WatchConfigRequest { heartbeat_ms: 0 };
+        let mut stream = client.watch_config(req).await.unwrap().into_inner();
+        stream.message().await.unwrap().unwrap()
+    });
+    let teams: Vec<&str> = snap.teams.iter().map(|t| t.name.as_str()).collect();
+    assert!(teams.contains(&"via-learner") && teams.contains(&"via-voter"), "{teams:?}");
+    assert!(snap.in_touch);
+    // Not in the quorum: the learner and a voter down, the others commit.
+    let leader = c.leader(&[1]).unwrap();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    c.kill9(4);
+    c.kill9(follower);
+    c.admin_ok(leader, &["team", "create", "two-of-three"]);
+}
