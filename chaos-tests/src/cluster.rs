@@ -105,6 +105,9 @@ pub struct LedgerCluster {
     pub tls_override: BTreeMap<u64, Vec<String>>,
     /// Flags one node gets besides everyone's (e.g. its `--region`).
     pub node_args: BTreeMap<u64, Vec<String>>,
+    /// The address the members reach a node at, when not the one it
+    /// listens on (e.g. a `wan` relay in front of it).
+    pub advertised: BTreeMap<u64, String>,
     children: BTreeMap<u64, Child>,
 }
 
@@ -153,12 +156,14 @@ impl LedgerCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             tls_override: BTreeMap::new(),
             node_args: BTreeMap::new(),
+            advertised: BTreeMap::new(),
             children: BTreeMap::new(),
         })
     }
 
     pub fn peers(&self) -> String {
-        self.addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",")
+        let addr = |i: &u64, a: &String| self.advertised.get(i).unwrap_or(a).clone();
+        self.addrs.iter().map(|(i, a)| format!("{i}={}", addr(i, a))).collect::<Vec<_>>().join(",")
     }
 
     pub fn data_dir(&self, id: u64) -> PathBuf {

@@ -15,9 +15,9 @@
 //! one whose answer was lost is sent again with the same number, so the
 //! ledger answers it rather than granting twice.
 //!
-//! One background task renews: it sizes each lease to a short horizon of
-//! this edge's recent reservations on the budget (at least two of the
-//! largest), within the share the ledger allows; gives back what is idle,
+//! One background task renews: it sizes each lease to half its ttl of this
+//! edge's recent reservations on the budget (at least two of the largest),
+//! so it rides out a leader election, within the share the ledger allows; gives back what is idle,
 //! above the share, or left when a lease ran out; and extends leases before
 //! they expire. Never on a request's path. The ledger's own expiry is
 //! later than the edge's (the edge counts from when it sent the ask, and
@@ -35,8 +35,6 @@ use tollgate_client::LedgerClient;
 use tollgate_proto::v1 as pb;
 use tonic::Code;
 
-/// Leases are sized to cover this long of recent reservations.
-const HORIZON: Duration = Duration::from_secs(2);
 /// How often the renewer looks at the leases (it sends only when one needs it).
 const TICK: Duration = Duration::from_millis(100);
 /// A lease no request asked of for this long is given back.
@@ -252,7 +250,9 @@ impl Leases {
             let target = if idle {
                 0
             } else {
-                let horizon = s.rate.saturating_mul(HORIZON.as_millis() as u64) / 1000;
+                // Half the ttl of recent reservations: enough to ride out
+                // a leader election (a few election timeouts) without a grant.
+                let horizon = s.rate.saturating_mul((self.ttl / 2).as_millis() as u64) / 1000;
                 horizon.max(s.largest.saturating_mul(2))
             };
             // Given back: everything when idle or no longer admissible (a
@@ -268,11 +268,15 @@ impl Leases {
                 0
             };
             let left = s.avail - give_back;
-            let want_more = !idle && left < target / 2 + 1 && target > 0 && now >= s.ask_after;
-            let add = if want_more { target.saturating_sub(left) } else { 0 };
             // Renewed while requests still ride on it, before it runs out.
             let renew = due(s, renew_after)
                 || (live && s.deadline.is_some_and(|d| d.saturating_duration_since(now) < self.ttl / 2));
+            // Topped up to the target with every renewal (so a lease holds
+            // close to its horizon when the ledger stops answering), and at
+            // once when below half of it.
+            let want_more =
+                !idle && target > 0 && now >= s.ask_after && (left < target / 2 + 1 || (renew && left < target));
+            let add = if want_more { target.saturating_sub(left) } else { 0 };
             if add == 0 && give_back == 0 && !renew {
                 continue;
             }

@@ -1,0 +1,412 @@
+//! `region-bench`: admission across three regions on loopback, joined by the
+//! harness's user-space WAN (`tollgate_chaos::wan`: every byte to a ledger
+//! node from another region is delayed `--one-way-ms` each way, with jitter,
+//! in order). One voter per region (`--region r1..r3`, WAN-sized Raft
+//! timeouts), one edge per region listing its own region's node first and
+//! reaching the others through the WAN, one mock provider.
+//!
+//! For leases off, then on: an open loop of `--rate` requests/s through each
+//! region's edge for `--seconds`, printing per region the latency a client
+//! sees and the edge's own time (upstream excluded), and the Raft entries
+//! per 1,000 requests; then the leader's node is killed (its region dies)
+//! while the load goes on, printing per surviving region the longest time
+//! with no request admitted, and the node is restarted. Prints figures,
+//! asserts nothing; every loop is bounded in time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Mutex;
+use tollgate_chaos::cluster::{free_port, set_budget, sibling_binaries, EdgeProc, LedgerCluster, MockProc, Transport};
+use tollgate_chaos::wan::{Delay, WanLink};
+use tollgate_proto::v1 as pb;
+use tollgate_tls::Role;
+
+#[derive(Parser)]
+struct Args {
+    /// Delay each way between regions, in ms (60 ms round trip by default).
+    #[arg(long, default_value_t = 30)]
+    one_way_ms: u64,
+    /// Up to this much more per chunk, in ms.
+    #[arg(long, default_value_t = 2)]
+    jitter_ms: u64,
+    /// Requests per second through each region's edge.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Length of each measured phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Skip the leader-region failure phase.
+    #[arg(long)]
+    skip_failover: bool,
+    /// Keep the data dirs and logs here.
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
+    /// Only this mode: `on` or `off` (default: off, then on).
+    #[arg(long)]
+    leases: Option<String>,
+}
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+const REGIONS: [&str; 3] = ["r1", "r2", "r3"];
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn body() -> Bytes {
+    let v = serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}],
+    });
+    Bytes::from(v.to_string())
+}
+
+/// One request through `edge`: its latency in µs, or why it failed.
+async fn one(client: &Http, edge: &str, key: &str, body: &Bytes) -> Result<u64, String> {
+    let req = Request::post(format!("http://{edge}/v1/messages"))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .expect("a valid request");
+    let sent = Instant::now();
+    let resp = tokio::time::timeout(TIMEOUT, client.request(req)).await.map_err(|_| "timed out".to_string())?;
+    let resp = resp.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if status != 200 {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let msg = v["error"]["message"].as_str().unwrap_or_default().chars().take(160).collect::<String>();
+        return Err(format!("HTTP {status}: {msg}"));
+    }
+    Ok(sent.elapsed().as_micros() as u64)
+}
+
+/// (send time since `t0`, latency or failure) of every request of one region.
+type Samples = Arc<Mutex<Vec<(Duration, Result<u64, String>)>>>;
+
+/// An open loop of `rate`/s through `edge` until `until`.
+async fn load(client: Http, edge: String, key: String, rate: u64, t0: Instant, until: Instant, out: Samples) {
+    let body = body();
+    let every = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut i = 0u32;
+    let mut tasks = Vec::new();
+    loop {
+        let due = t0 + every * i;
+        if due >= until {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let (client, edge, key, body, out) = (client.clone(), edge.clone(), key.clone(), body.clone(), out.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = one(&client, &edge, &key, &body).await;
+            out.lock().await.push((due.duration_since(t0), r));
+        }));
+        i += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+async fn scrape(client: &Http, addr: &str) -> String {
+    let Ok(req) = Request::get(format!("http://{addr}/metrics")).body(Full::new(Bytes::new())) else {
+        return String::new();
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+        Ok(Ok(r)) => String::from_utf8_lossy(&r.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
+            .into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// Raft entries committed so far, over the nodes that answer.
+async fn entries(client: &Http, cluster: &LedgerCluster) -> u64 {
+    let mut n = 0.0;
+    for http in cluster.http.values() {
+        let text = scrape(client, http).await;
+        n += text
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_ledger_proposals_total{result=\"committed\"} ")?.trim().parse().ok())
+            .unwrap_or(0.0);
+    }
+    n as u64
+}
+
+fn buckets(text: &str) -> Vec<(f64, u64)> {
+    let name = "tollgate_gateway_overhead_seconds_bucket{le=\"";
+    text.lines()
+        .filter_map(|l| {
+            let (le, n) = l.strip_prefix(name)?.split_once("\"} ")?;
+            Some((le.parse().ok()?, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The edge's own `tollgate_gateway_overhead_seconds` (upstream excluded)
+/// between two scrapes: the upper bound of the bucket holding the median
+/// and the 99th percentile.
+fn overhead(before: &str, after: &str) -> String {
+    let old = buckets(before);
+    let buckets: Vec<(f64, u64)> = buckets(after)
+        .into_iter()
+        .map(|(le, n)| (le, n - old.iter().find(|(l, _)| *l == le).map_or(0, |(_, m)| *m)))
+        .collect();
+    let count = buckets.last().map_or(0, |b| b.1);
+    let bound = |q: f64| {
+        let want = ((count as f64) * q).ceil() as u64;
+        buckets.iter().find(|(_, n)| *n >= want.max(1)).map_or("?".into(), |(le, _)| format!("≤ {} ms", le * 1000.0))
+    };
+    format!("p50 {}, p99 {}", bound(0.5), bound(0.99))
+}
+
+struct World {
+    cluster: LedgerCluster,
+    _links: Vec<WanLink>,
+    /// Per region: its node's direct address and the WAN address others use.
+    direct: BTreeMap<u64, String>,
+    wan: BTreeMap<u64, String>,
+    mock: MockProc,
+    key: String,
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl World {
+    /// Region `k`'s edge: its own node first, the others through the WAN.
+    fn edge(&self, k: u64, leases: bool) -> anyhow::Result<EdgeProc> {
+        let mut ledger = vec![self.direct[&k].clone()];
+        ledger.extend(self.wan.iter().filter(|(j, _)| **j != k).map(|(_, a)| a.clone()));
+        let name = format!("edge-{}-{}", REGIONS[k as usize - 1], if leases { "leases" } else { "holds" });
+        let mut flags = self.cluster.tls_flags(&Role::Edge(name.clone()))?;
+        flags.extend(["--region".to_string(), REGIONS[k as usize - 1].to_string()]);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let env = [("TOLLGATE_LEASES", if leases { "true" } else { "false" })];
+        EdgeProc::start_with_env(&self.bin, &self.dir, &name, &ledger, &self.mock.url(), &flags, &env)
+    }
+}
+
+async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<World> {
+    let (bin, mock_bin) = sibling_binaries()?;
+    let timeouts = ["--heartbeat-ms", "250", "--election-timeout-ms", "1500"];
+    let mut cluster = LedgerCluster::prepare(&bin, dir, 3, Transport::Tls, true, &timeouts)?;
+    let delay =
+        Delay { one_way: Duration::from_millis(args.one_way_ms), jitter: Duration::from_millis(args.jitter_ms) };
+    let (mut links, mut direct, mut wan) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    for (k, addr) in cluster.addrs.clone() {
+        let target: SocketAddr = addr.parse()?;
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let link = WanLink::start(listen, target, delay, k).await?;
+        // Every member reaches node k through its WAN link.
+        cluster.advertised.insert(k, link.addr.to_string());
+        direct.insert(k, addr);
+        wan.insert(k, link.addr.to_string());
+        links.push(link);
+        cluster.node_args.insert(k, vec!["--region".into(), REGIONS[k as usize - 1].into()]);
+    }
+    for k in 1..=3 {
+        cluster.spawn(k)?;
+    }
+    let admin = cluster.admin(Duration::from_secs(60)).await.context("the ledger did not come up")?;
+    admin.call(pb::CreateTeamRequest { name: "geo".into() }, |mut c, r| async move { c.create_team(r).await }).await?;
+    let user = pb::CreateUserRequest { email: "geo@corp.io".into(), team: "geo".into() };
+    admin.call(user, |mut c, r| async move { c.create_user(r).await }).await?;
+    let key = pb::CreateKeyRequest { user: "geo@corp.io".into(), name: "region-bench".into() };
+    let key = admin.call(key, |mut c, r| async move { c.create_key(r).await }).await?.secret;
+    for scope in ["org", "team:geo", "user:geo@corp.io"] {
+        set_budget(&admin, scope, "1000000").await?;
+    }
+    let mock = MockProc::start(&mock_bin, dir, None, false, &["--event-delay-ms", "0"])?;
+    mock.wait_ready(Duration::from_secs(10)).await?;
+    Ok(World { cluster, _links: links, direct, wan, mock, key, dir: dir.to_path_buf(), bin })
+}
+
+async fn leader(w: &World) -> Option<u64> {
+    for addr in w.direct.values() {
+        if let Ok(s) = tollgate_client::AdminClient::node_status_at(
+            addr,
+            Duration::from_secs(2),
+            w.cluster.client_tls(&Role::Admin("bench".into())).ok().flatten(),
+        )
+        .await
+        {
+            if s.has_leader {
+                return Some(s.leader_id);
+            }
+        }
+    }
+    None
+}
+
+/// Loads every region's edge at once for `secs`; returns each region's samples.
+async fn phase(
+    client: &Http,
+    args: &Args,
+    edges: &BTreeMap<u64, EdgeProc>,
+    key: &str,
+    secs: u64,
+) -> BTreeMap<u64, Samples> {
+    let t0 = Instant::now() + Duration::from_millis(10);
+    let until = t0 + Duration::from_secs(secs);
+    let mut out = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (k, e) in edges {
+        let s: Samples = Arc::default();
+        out.insert(*k, s.clone());
+        tasks.push(tokio::spawn(load(client.clone(), e.addr.clone(), key.to_string(), args.rate, t0, until, s)));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    out
+}
+
+async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow::Result<()> {
+    let label = if leases { "leases on" } else { "leases off (a hold per request)" };
+    let mut edges = BTreeMap::new();
+    for k in 1..=3u64 {
+        let e = w.edge(k, leases)?;
+        e.wait_ready(Duration::from_secs(30)).await?;
+        edges.insert(k, e);
+    }
+    // Warm up (and let the leases be granted).
+    let _ = phase(client, args, &edges, &w.key, 3).await;
+    let mut before = BTreeMap::new();
+    for (k, e) in &edges {
+        before.insert(*k, scrape(client, &e.addr).await);
+    }
+    let e0 = entries(client, &w.cluster).await;
+    let samples = phase(client, args, &edges, &w.key, args.seconds).await;
+    let e1 = entries(client, &w.cluster).await;
+    let lead = leader(w).await.unwrap_or(0);
+    println!("\n{label}: {} requests/s per region for {} s; leader in region r{lead}", args.rate, args.seconds);
+    let mut total = 0u64;
+    for (k, s) in &samples {
+        let s = s.lock().await;
+        let mut ok: Vec<u64> = s.iter().filter_map(|(_, r)| r.as_ref().ok().copied()).collect();
+        ok.sort_unstable();
+        total += ok.len() as u64;
+        let failed = s.len() - ok.len();
+        let own = overhead(&before[k], &scrape(client, &edges[k].addr).await);
+        println!(
+            "  region r{k}{}: client latency p50 {:.2} ms, p99 {:.2} ms | time in the edge {own} | {} ok, {failed} failed",
+            if *k == lead { " (leader's)" } else { "" },
+            pct(&ok, 0.5),
+            pct(&ok, 0.99),
+            ok.len()
+        );
+    }
+    println!(
+        "  Raft entries: {} ({:.1} per 1,000 requests)",
+        e1.saturating_sub(e0),
+        e1.saturating_sub(e0) as f64 * 1000.0 / total.max(1) as f64
+    );
+    if args.skip_failover {
+        return Ok(());
+    }
+    // The leader's region dies: its node and its edge.
+    let Some(lead) = leader(w).await else { bail!("no leader before the failover") };
+    let load_secs = 10u64;
+    let killer = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Instant::now()
+    };
+    let mut killed_at = None;
+    let samples = {
+        let run = phase(client, args, &edges, &w.key, load_secs);
+        tokio::pin!(run);
+        tokio::pin!(killer);
+        let t0 = Instant::now();
+        loop {
+            tokio::select! {
+                at = &mut killer, if killed_at.is_none() => {
+                    w.cluster.kill9(lead);
+                    killed_at = Some(at.duration_since(t0));
+                }
+                s = &mut run => break s,
+            }
+        }
+    };
+    let killed_at = killed_at.unwrap_or_default();
+    println!("  the leader's region r{lead} dies {:.1} s into a {load_secs} s load:", killed_at.as_secs_f64());
+    for (k, s) in &samples {
+        if *k == lead {
+            continue;
+        }
+        let s = s.lock().await;
+        // The longest run of failures, and the last success before the first
+        // failure after the kill to the first success after it.
+        // Successes by when they were answered.
+        let mut done: Vec<Duration> =
+            s.iter().filter_map(|(t, r)| r.as_ref().ok().map(|us| *t + Duration::from_micros(*us))).collect();
+        done.sort_unstable();
+        let (mut last_ok, mut gap) = (Duration::ZERO, Duration::ZERO);
+        for t in done {
+            if t > killed_at {
+                gap = gap.max(t.saturating_sub(last_ok.max(killed_at)));
+            }
+            last_ok = t;
+        }
+        let failed: Vec<&String> = s.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+        println!(
+            "    region r{k}: longest time with nothing admitted after the kill {:.2} s; {} requests failed{}",
+            gap.as_secs_f64(),
+            failed.len(),
+            failed.first().map(|e| format!(", the first: {e}")).unwrap_or_default()
+        );
+    }
+    drop(edges);
+    w.cluster.spawn(lead)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leader(w).await.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    println!(
+        "region-bench: 3 regions, one voter and one edge each; {} ms each way between regions (±{} ms), mutual TLS",
+        args.one_way_ms, args.jitter_ms
+    );
+    let mut w = start(&args, &dir).await?;
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    let client: Http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(c);
+    let modes: &[bool] = match args.leases.as_deref() {
+        Some("on") => &[true],
+        Some("off") => &[false],
+        _ => &[false, true],
+    };
+    for &leases in modes {
+        mode(&client, &args, &mut w, leases).await?;
+    }
+    Ok(())
+}
