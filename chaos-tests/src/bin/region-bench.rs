@@ -180,26 +180,41 @@ fn overhead(before: &str, after: &str) -> String {
 struct World {
     cluster: LedgerCluster,
     _links: Vec<WanLink>,
-    /// Per region: its node's direct address and the WAN address others use.
+    /// Per region: its node's own address (the members reach it through
+    /// its WAN link).
     direct: BTreeMap<u64, String>,
-    wan: BTreeMap<u64, String>,
     mock: MockProc,
+    delay: Delay,
     key: String,
     dir: std::path::PathBuf,
     bin: std::path::PathBuf,
 }
 
 impl World {
-    /// Region `k`'s edge: its own node first, the others through the WAN.
-    fn edge(&self, k: u64, leases: bool) -> anyhow::Result<EdgeProc> {
-        let mut ledger = vec![self.direct[&k].clone()];
-        ledger.extend(self.wan.iter().filter(|(j, _)| **j != k).map(|(_, a)| a.clone()));
+    /// Region `k`'s edge: its own node first, the others through the WAN,
+    /// each through a link of its own (cut them all to cut the region's
+    /// edge off from the ledger).
+    async fn edge(&self, k: u64, leases: bool) -> anyhow::Result<(EdgeProc, Vec<WanLink>)> {
+        let mut ledger = Vec::new();
+        let mut links = Vec::new();
+        for (j, addr) in &self.direct {
+            let delay = if *j == k { Delay { one_way: Duration::ZERO, jitter: Duration::ZERO } } else { self.delay };
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            let link = WanLink::start(listen, addr.parse()?, delay, k * 10 + j).await?;
+            let a = link.addr.to_string();
+            if *j == k {
+                ledger.insert(0, a);
+            } else {
+                ledger.push(a);
+            }
+            links.push(link);
+        }
         let name = format!("edge-{}-{}", REGIONS[k as usize - 1], if leases { "leases" } else { "holds" });
         let mut flags = self.cluster.tls_flags(&Role::Edge(name.clone()))?;
         flags.extend(["--region".to_string(), REGIONS[k as usize - 1].to_string()]);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let env = [("TOLLGATE_LEASES", if leases { "true" } else { "false" })];
-        EdgeProc::start_with_env(&self.bin, &self.dir, &name, &ledger, &self.mock.url(), &flags, &env)
+        Ok((EdgeProc::start_with_env(&self.bin, &self.dir, &name, &ledger, &self.mock.url(), &flags, &env)?, links))
     }
 }
 
@@ -209,7 +224,7 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<World> {
     let mut cluster = LedgerCluster::prepare(&bin, dir, 3, Transport::Tls, true, &timeouts)?;
     let delay =
         Delay { one_way: Duration::from_millis(args.one_way_ms), jitter: Duration::from_millis(args.jitter_ms) };
-    let (mut links, mut direct, mut wan) = (Vec::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut links, mut direct) = (Vec::new(), BTreeMap::new());
     for (k, addr) in cluster.addrs.clone() {
         let target: SocketAddr = addr.parse()?;
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -217,7 +232,6 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<World> {
         // Every member reaches node k through its WAN link.
         cluster.advertised.insert(k, link.addr.to_string());
         direct.insert(k, addr);
-        wan.insert(k, link.addr.to_string());
         links.push(link);
         cluster.node_args.insert(k, vec!["--region".into(), REGIONS[k as usize - 1].into()]);
     }
@@ -235,7 +249,7 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<World> {
     }
     let mock = MockProc::start(&mock_bin, dir, None, false, &["--event-delay-ms", "0"])?;
     mock.wait_ready(Duration::from_secs(10)).await?;
-    Ok(World { cluster, _links: links, direct, wan, mock, key, dir: dir.to_path_buf(), bin })
+    Ok(World { cluster, _links: links, direct, mock, delay, key, dir: dir.to_path_buf(), bin })
 }
 
 async fn leader(w: &World) -> Option<u64> {
@@ -281,10 +295,12 @@ async fn phase(
 async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow::Result<()> {
     let label = if leases { "leases on" } else { "leases off (a hold per request)" };
     let mut edges = BTreeMap::new();
+    let mut edge_links = BTreeMap::new();
     for k in 1..=3u64 {
-        let e = w.edge(k, leases)?;
+        let (e, links) = w.edge(k, leases).await?;
         e.wait_ready(Duration::from_secs(30)).await?;
         edges.insert(k, e);
+        edge_links.insert(k, links);
     }
     // Warm up (and let the leases be granted).
     let _ = phase(client, args, &edges, &w.key, 3).await;
@@ -321,6 +337,43 @@ async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow
     if args.skip_failover {
         return Ok(());
     }
+    // A region's edge cut off from every ledger node (not the leader's region).
+    let lead = leader(w).await.unwrap_or(1);
+    let cut = (1..=3u64).find(|k| *k != lead).unwrap_or(2);
+    let samples = {
+        let run = phase(client, args, &edges, &w.key, 14);
+        tokio::pin!(run);
+        let cutter = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(cutter);
+        let mut done = false;
+        loop {
+            tokio::select! {
+                _ = &mut cutter, if !done => {
+                    edge_links[&cut].iter().for_each(WanLink::cut);
+                    done = true;
+                }
+                s = &mut run => break s,
+            }
+        }
+    };
+    edge_links[&cut].iter().for_each(WanLink::heal);
+    println!("  region r{cut}'s edge is cut off from every ledger node 2 s into a 14 s load:");
+    for (k, s) in &samples {
+        let s = s.lock().await;
+        let after: Vec<&(Duration, Result<u64, String>)> =
+            s.iter().filter(|(t, _)| *t >= Duration::from_secs(2)).collect();
+        let ok = after.iter().filter(|(_, r)| r.is_ok()).count();
+        let last_ok = after.iter().filter(|(_, r)| r.is_ok()).map(|(t, _)| *t).max();
+        let first_err = after.iter().find_map(|(_, r)| r.as_ref().err());
+        println!(
+            "    region r{k}{}: {ok} of {} admitted after the cut; the last sent {:.2} s after it{}",
+            if *k == cut { " (cut off)" } else { "" },
+            after.len(),
+            last_ok.map_or(0.0, |t| t.as_secs_f64() - 2.0),
+            first_err.map(|e| format!("; refused: {e}")).unwrap_or_default()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // The leader's region dies: its node and its edge.
     let Some(lead) = leader(w).await else { bail!("no leader before the failover") };
     let load_secs = 10u64;
