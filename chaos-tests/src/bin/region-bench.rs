@@ -213,7 +213,9 @@ impl World {
         let mut flags = self.cluster.tls_flags(&Role::Edge(name.clone()))?;
         flags.extend(["--region".to_string(), REGIONS[k as usize - 1].to_string()]);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let env = [("TOLLGATE_LEASES", if leases { "true" } else { "false" })];
+        // Leases sized to ride out an election across regions (a lease
+        // holds half its ttl of spend; elections here take up to ~6 s).
+        let env = [("TOLLGATE_LEASES", if leases { "true" } else { "false" }), ("TOLLGATE_LEASE_TTL_SECS", "20")];
         Ok((EdgeProc::start_with_env(&self.bin, &self.dir, &name, &ledger, &self.mock.url(), &flags, &env)?, links))
     }
 }
