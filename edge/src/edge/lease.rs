@@ -230,8 +230,13 @@ impl Leases {
         });
         // Renewals due soon ride along with one that is due: one call (one
         // log entry) renews them all.
+        // An idle lease is not renewed, even with requests still riding on
+        // it: it expires, and their settles replace its unsettled room.
         let due = |s: &Slot, within: Duration| {
-            s.live(now) && (s.reserved > 0 || s.avail > 0) && now.duration_since(s.asked_at) >= within
+            s.live(now)
+                && now.duration_since(s.last_used) <= IDLE
+                && (s.reserved > 0 || s.avail > 0)
+                && now.duration_since(s.asked_at) >= within
         };
         let renew_after = if slots.values().any(|s| due(s, RENEW_EVERY)) { RENEW_EVERY / 2 } else { RENEW_EVERY };
         for (id, s) in slots.iter_mut() {
@@ -270,7 +275,7 @@ impl Leases {
             let left = s.avail - give_back;
             // Renewed while requests still ride on it, before it runs out.
             let renew = due(s, renew_after)
-                || (live && s.deadline.is_some_and(|d| d.saturating_duration_since(now) < self.ttl / 2));
+                || (live && !idle && s.deadline.is_some_and(|d| d.saturating_duration_since(now) < self.ttl / 2));
             // Topped up to the target with every renewal (so a lease holds
             // close to its horizon when the ledger stops answering), and at
             // once when below half of it.

@@ -391,17 +391,7 @@ impl LedgerState {
             ttl_ms,
             charges,
         };
-        if over > NanoUsd::ZERO {
-            for k in [
-                format!("team:{}", info.team),
-                format!("user:{}", info.user),
-                format!("key:{}", info.key),
-                format!("model:{}", info.model),
-            ] {
-                let e = self.excess.entry(k).or_insert(NanoUsd::ZERO);
-                *e = e.saturating_add(over);
-            }
-        }
+        self.record_excess(&info, over);
         let (cost, usage, estimated) = (r.cost, r.usage, r.estimated);
         self.bump(r.key, &info.user, &info.team, r.model, |c| {
             c.requests = c.requests.saturating_add(1);

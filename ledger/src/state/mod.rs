@@ -492,18 +492,7 @@ impl LedgerState {
             }
             self.assert_cap(*id);
         }
-        let over = cost.saturating_sub(info.amount);
-        if over > NanoUsd::ZERO {
-            for k in [
-                format!("team:{}", info.team),
-                format!("user:{}", info.user),
-                format!("key:{}", info.key),
-                format!("model:{}", info.model),
-            ] {
-                let e = self.excess.entry(k).or_insert(NanoUsd::ZERO);
-                *e = e.saturating_add(over);
-            }
-        }
+        self.record_excess(info, cost.saturating_sub(info.amount));
         self.bump(&info.key, &info.user, &info.team, &info.model, |c| {
             if let Some(unsettled) = replacing {
                 c.unsettled = c.unsettled.saturating_sub(unsettled);
@@ -512,6 +501,23 @@ impl LedgerState {
             c.estimated_settles = c.estimated_settles.saturating_add(u64::from(estimated));
             attribution::add_usage(&mut c.usage, usage);
         });
+    }
+
+    /// Counts what a request cost beyond its reservation in the excess of
+    /// its team, user, key and model.
+    fn record_excess(&mut self, info: &HoldInfo, over: NanoUsd) {
+        if over == NanoUsd::ZERO {
+            return;
+        }
+        for k in [
+            format!("team:{}", info.team),
+            format!("user:{}", info.user),
+            format!("key:{}", info.key),
+            format!("model:{}", info.model),
+        ] {
+            let e = self.excess.entry(k).or_insert(NanoUsd::ZERO);
+            *e = e.saturating_add(over);
+        }
     }
 
     fn finish(&mut self, hold: HoldId, state: HoldState, keep_ms: u64) {

@@ -212,6 +212,29 @@ fn ms(us: u64) -> f64 {
 }
 
 impl PhaseStats {
+    /// Counts one request: its latencies if it got a 200, else what went wrong.
+    fn record(&mut self, s: Sample) {
+        let problem = match s.outcome {
+            Outcome::Ok => {
+                self.ok += 1;
+                self.total.push(s.total_us);
+                self.service.push(s.service_us);
+                return;
+            }
+            Outcome::Status(code) => {
+                self.non_200 += 1;
+                format!("HTTP {code}")
+            }
+            Outcome::Error(e) => {
+                self.errors += 1;
+                e
+            }
+        };
+        if self.first_problems.len() < 3 {
+            self.first_problems.push(problem);
+        }
+    }
+
     fn p(&self, p: f64) -> f64 {
         ms(pct(&self.total, p))
     }
@@ -262,25 +285,7 @@ async fn open_loop(client: &Http, t: &Target, body: &Bytes, rate: u64, secs: u64
         let Ok(Some(s)) = tokio::time::timeout_at(deadline, rx.recv()).await else { break };
         received += 1;
         st.lag.push(s.lag_us);
-        match s.outcome {
-            Outcome::Ok => {
-                st.ok += 1;
-                st.total.push(s.total_us);
-                st.service.push(s.service_us);
-            }
-            Outcome::Status(code) => {
-                st.non_200 += 1;
-                if st.first_problems.len() < 3 {
-                    st.first_problems.push(format!("HTTP {code}"));
-                }
-            }
-            Outcome::Error(e) => {
-                st.errors += 1;
-                if st.first_problems.len() < 3 {
-                    st.first_problems.push(e);
-                }
-            }
-        }
+        st.record(s);
     }
     st.unfinished = total - received;
     st.total.sort_unstable();
@@ -555,25 +560,7 @@ async fn closed_loop(t: &Target, body: &Bytes, args: &Args) -> PhaseStats {
     drop(tx);
     let mut st = PhaseStats::default();
     while let Some(s) = rx.recv().await {
-        match s.outcome {
-            Outcome::Ok => {
-                st.ok += 1;
-                st.total.push(s.total_us);
-                st.service.push(s.service_us);
-            }
-            Outcome::Status(code) => {
-                st.non_200 += 1;
-                if st.first_problems.len() < 3 {
-                    st.first_problems.push(format!("HTTP {code}"));
-                }
-            }
-            Outcome::Error(e) => {
-                st.errors += 1;
-                if st.first_problems.len() < 3 {
-                    st.first_problems.push(e);
-                }
-            }
-        }
+        st.record(s);
     }
     st.total.sort_unstable();
     st.service.sort_unstable();
