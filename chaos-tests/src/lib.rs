@@ -13,5 +13,6 @@ pub mod mock;
 pub mod netns;
 pub mod pki;
 mod procs;
+pub mod rng;
 pub mod run;
 pub mod wan;

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use crate::checker::ClientRecord;
-use crate::run::Rng;
+use crate::rng::Rng;
 
 pub(crate) type Http = Client<HttpConnector, Full<Bytes>>;
 

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::run::Rng;
+use crate::rng::Rng;
 
 /// Bytes read at once, and chunks in flight per direction: at most 1 MiB
 /// waits in a direction; beyond it the sender is slowed, as by TCP.
