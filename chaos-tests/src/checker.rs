@@ -124,6 +124,9 @@ pub struct Fault {
     pub healed_ms: u64,
     /// For a killed edge: its index (requests in flight on it are disrupted).
     pub edge: Option<usize>,
+    /// For a killed region: every edge killed with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edges: Vec<usize>,
 }
 
 /// Everything a run recorded.
@@ -137,6 +140,8 @@ pub struct History {
     /// `fail_mode = open` with this allowance per edge (nano-USD).
     pub fail_open_allowance: Option<u64>,
     pub edges: usize,
+    /// Each edge's region (`--topology regions`; empty on one LAN).
+    pub edge_regions: Vec<String>,
     pub election_timeout_ms: u64,
     pub truth: Vec<TruthRecord>,
     pub clients: Vec<ClientRecord>,
@@ -180,6 +185,8 @@ pub struct Verdict {
     pub longest_unavailability_ms: u64,
     /// Per fault: the longest window, overlapping it, with admissions failing.
     pub unavailability_by_fault: Vec<(String, u64)>,
+    /// Per region: the longest window with admissions failing on its edges.
+    pub unavailability_by_region: Vec<(String, u64)>,
     pub violations: Vec<String>,
 }
 
@@ -189,7 +196,9 @@ fn disrupted(c: &ClientRecord, faults: &[Fault]) -> bool {
     }
     // A request in flight on an edge when it was killed may have lost its
     // settle between the response and the outbox write.
-    faults.iter().any(|f| f.edge == Some(c.edge) && c.start_ms <= f.at_ms + 50 && c.end_ms + 50 >= f.at_ms)
+    faults.iter().any(|f| {
+        (f.edge == Some(c.edge) || f.edges.contains(&c.edge)) && c.start_ms <= f.at_ms + 50 && c.end_ms + 50 >= f.at_ms
+    })
 }
 
 /// Longest window of failed admissions: from the first failure after a
@@ -395,6 +404,11 @@ fn check_availability(h: &History, v: &mut Verdict) {
         let window = longest_outage(&all, f.at_ms, f.healed_ms.max(f.at_ms) + 10 * h.election_timeout_ms.max(100));
         v.unavailability_by_fault.push((format!("{} {}", f.kind, f.target), window));
     }
+    let regions: std::collections::BTreeSet<&String> = h.edge_regions.iter().collect();
+    for r in regions {
+        let theirs: Vec<&ClientRecord> = h.clients.iter().filter(|c| h.edge_regions.get(c.edge) == Some(r)).collect();
+        v.unavailability_by_region.push((r.clone(), longest_outage(&theirs, 0, end)));
+    }
 }
 
 #[cfg(test)]
@@ -449,6 +463,7 @@ mod tests {
             key_teams: BTreeMap::from([("k1".to_string(), "t".to_string()), ("k2".to_string(), "t".to_string())]),
             fail_open_allowance: None,
             edges: 2,
+            edge_regions: vec![],
             election_timeout_ms: 600,
             clients: vec![client("m1", "k1", "ok", 0), client("m2", "k1", "ok", 100), client("m3", "k2", "ok", 200)],
             truth,
@@ -609,10 +624,44 @@ mod tests {
             client("", "k1", "failed", 4000),
             client("c", "k1", "ok", 4200),
         ];
-        h.faults =
-            vec![Fault { kind: "leader-kill".into(), target: "n1".into(), at_ms: 900, healed_ms: 900, edge: None }];
+        h.faults = vec![Fault {
+            kind: "leader-kill".into(),
+            target: "n1".into(),
+            at_ms: 900,
+            healed_ms: 900,
+            ..Default::default()
+        }];
         let v = check(&h);
         assert_eq!(v.longest_unavailability_ms, 2100);
         assert_eq!(v.unavailability_by_fault, vec![("leader-kill n1".to_string(), 2100)]);
+        assert!(v.unavailability_by_region.is_empty(), "one LAN has no regions");
+    }
+
+    #[test]
+    fn each_region_is_measured_on_its_own_edges() {
+        let mut h = clean();
+        h.edge_regions = vec!["r1".into(), "r2".into()];
+        let on = |edge, id: &str, outcome, t| ClientRecord { edge, ..client(id, "k1", outcome, t) };
+        h.clients = vec![
+            on(0, "a", "ok", 0),
+            on(1, "b", "ok", 100),
+            on(0, "", "failed", 1000),
+            on(1, "c", "ok", 1500),
+            on(0, "", "failed", 2000),
+            on(1, "", "failed", 2500),
+            on(1, "d", "ok", 2700),
+            on(0, "e", "ok", 4000),
+        ];
+        let v = check(&h);
+        assert_eq!(v.unavailability_by_region, vec![("r1".to_string(), 3000), ("r2".to_string(), 200)]);
+    }
+
+    #[test]
+    fn requests_in_flight_on_a_killed_regions_edges_are_disrupted() {
+        let c = ClientRecord { edge: 2, ..client("a", "k1", "ok", 1000) };
+        let killed = |edge, edges| Fault { at_ms: 1005, edge, edges, ..Default::default() };
+        assert!(disrupted(&c, &[killed(Some(0), vec![0, 2])]));
+        assert!(!disrupted(&c, &[killed(Some(0), vec![0, 1])]));
+        assert!(!disrupted(&c, &[killed(None, vec![])]));
     }
 }

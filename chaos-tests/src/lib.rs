@@ -13,6 +13,7 @@ pub mod mock;
 pub mod netns;
 pub mod pki;
 mod procs;
+pub mod regions;
 pub mod rng;
 pub mod run;
 pub mod wan;

@@ -41,13 +41,18 @@ pub(crate) struct User {
     pub(crate) key_id: String,
     pub(crate) secret: String,
     pub(crate) team: String,
+    /// The edges (indexes) it sends to; empty for any.
+    pub(crate) edges: Vec<usize>,
 }
 
 const MODELS: [(&str, bool); 3] = [("claude-sonnet-4-5", true), ("claude-haiku-4-5", true), ("gpt-4o", false)];
 
 /// One request from `user`, recorded as the client saw it.
 async fn one_request(client: &Http, edges: &[String], user: &User, rng: &mut Rng, t0: Instant) -> ClientRecord {
-    let edge = rng.below(edges.len() as u64) as usize;
+    let edge = match user.edges.len() {
+        0 => rng.below(edges.len() as u64) as usize,
+        n => user.edges[rng.below(n as u64) as usize],
+    };
     let (model, anthropic) = MODELS[rng.below(3) as usize];
     let stream = rng.below(2) == 0;
     let max_tokens = 50 + rng.below(150);

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tollgate_chaos::regions::{Wan, REGION_SCENARIOS};
 use tollgate_chaos::run::{run, write_report, RunConfig, SCENARIOS};
 
 #[derive(Parser)]
@@ -26,14 +27,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one scenario (needs root: it builds a private network of namespaces).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the scenarios.
     List,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// leader-kill, follower-kill, edge-kill, leader-pause, leader-partition, edge-partition or rolling-restart.
+    /// leader-kill, follower-kill, edge-kill, leader-pause, leader-partition, edge-partition or
+    /// rolling-restart; with `--topology regions` also region-partition (the leader's region, then
+    /// another, cut off), region-kill (every process of the leader's region) or region-cutoff (one
+    /// region's edges lose every ledger node).
     #[arg(long)]
     scenario: String,
     /// Seed of the load and of the fault schedule (print it to repeat a run).
@@ -48,9 +52,9 @@ struct RunArgs {
     /// Ledger nodes (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Edges.
-    #[arg(long, default_value_t = 2)]
-    edges: usize,
+    /// Edges (default 2, or 3 with `--topology regions`: one per region).
+    #[arg(long)]
+    edges: Option<usize>,
     #[arg(long, default_value_t = 4)]
     teams: usize,
     /// Simulated users (each with its own key), spread over the teams.
@@ -77,6 +81,20 @@ struct RunArgs {
     /// Budget leases on the edges (`on`, their default) or `off` (a hold per request).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     leases: String,
+    /// `lan` (every process on one network) or `regions`: three regions (a
+    /// voter in each, edges spread over them) joined by a user-space WAN.
+    #[arg(long, default_value = "lan", value_parser = ["lan", "regions"])]
+    topology: String,
+    /// `--topology regions`: delay each way between regions, in ms.
+    #[arg(long, default_value_t = 30)]
+    wan_one_way_ms: u64,
+    /// `--topology regions`: up to this much more per chunk, in ms (in order).
+    #[arg(long, default_value_t = 5)]
+    wan_jitter_ms: u64,
+    /// `--topology regions`: chance that a chunk is lost once (it arrives
+    /// 200 ms late, what follows it waiting behind, as over TCP).
+    #[arg(long, default_value_t = 0.001)]
+    wan_loss: f64,
 }
 
 fn main() -> ExitCode {
@@ -86,9 +104,12 @@ fn main() -> ExitCode {
             for s in SCENARIOS {
                 println!("{s}");
             }
+            for s in REGION_SCENARIOS {
+                println!("{s} (--topology regions)");
+            }
             return ExitCode::SUCCESS;
         }
-        Cmd::Run(a) => a,
+        Cmd::Run(a) => *a,
     };
     let bin_dir = match std::env::current_exe() {
         Ok(p) => p.parent().map(PathBuf::from).unwrap_or_default(),
@@ -97,12 +118,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let regions = (a.topology == "regions").then_some(Wan {
+        one_way_ms: a.wan_one_way_ms,
+        jitter_ms: a.wan_jitter_ms,
+        loss: a.wan_loss,
+    });
     let cfg = RunConfig {
         scenario: a.scenario,
         seed: a.seed,
         duration: Duration::from_secs(a.duration.max(5)),
         nodes: a.nodes,
-        edges: a.edges,
+        edges: a.edges.unwrap_or(if regions.is_some() { 3 } else { 2 }),
         teams: a.teams,
         users: a.users,
         rate: a.rate,
@@ -112,6 +138,7 @@ fn main() -> ExitCode {
         bin_dir,
         tls: !a.plaintext,
         leases: a.leases == "on",
+        regions,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

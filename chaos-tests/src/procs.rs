@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::cluster::ledger_args;
 use crate::netns::Net;
-use crate::run::{ELECTION_TIMEOUT_MS, UPSTREAM_KEY};
+use crate::run::UPSTREAM_KEY;
 
 pub(crate) fn kill(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
@@ -28,6 +28,7 @@ pub(crate) struct Procs {
     pub(crate) nodes: BTreeMap<u64, Child>,
     pub(crate) edges: BTreeMap<usize, Child>,
     pub(crate) edge_args: BTreeMap<usize, Vec<String>>,
+    pub(crate) election_timeout_ms: u64,
 }
 
 impl Procs {
@@ -38,7 +39,7 @@ impl Procs {
     pub(crate) fn spawn_node(&mut self, id: u64) -> anyhow::Result<()> {
         let mut cmd = self.net.command(&format!("n{id}"), &self.bin);
         cmd.args(ledger_args(id, &self.ledger_addrs[&id], &self.ledger_peers, &self.dir.join(format!("n{id}"))))
-            .args(["--election-timeout-ms", &ELECTION_TIMEOUT_MS.to_string()])
+            .args(["--election-timeout-ms", &self.election_timeout_ms.to_string()])
             .args(&self.node_flags[&id])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -22,6 +22,7 @@ use crate::load::{http_client, http_get, user_loop, Http, Load, User};
 use crate::netns::Net;
 use crate::pki::{host_of, Pki};
 use crate::procs::{kill, KillOnDrop, Procs};
+use crate::regions::{self, Wan, REGION_SCENARIOS};
 
 pub const SCENARIOS: [&str; 7] = [
     "leader-kill",
@@ -36,7 +37,10 @@ pub const SCENARIOS: [&str; 7] = [
 pub(crate) const UPSTREAM_KEY: &str = "sk-chaos-upstream";
 const GRPC_PORT: u16 = 7070;
 const HTTP_PORT: u16 = 8080;
-pub(crate) const ELECTION_TIMEOUT_MS: u64 = 600;
+const ELECTION_TIMEOUT_MS: u64 = 600;
+/// Across regions: ten WAN round trips at the default delay.
+const REGIONS_ELECTION_TIMEOUT_MS: u64 = 1_000;
+const REGIONS_HEARTBEAT_MS: u64 = 250;
 const HOLD_TTL_SECS: u64 = 10;
 
 /// What to run.
@@ -63,6 +67,19 @@ pub struct RunConfig {
     pub tls: bool,
     /// Budget leases on the edges (their default).
     pub leases: bool,
+    /// `--topology regions`: three regions joined by this WAN (else one LAN).
+    pub regions: Option<Wan>,
+}
+
+impl RunConfig {
+    /// The ledger nodes' minimum election timeout.
+    pub fn election_timeout_ms(&self) -> u64 {
+        if self.regions.is_some() {
+            REGIONS_ELECTION_TIMEOUT_MS
+        } else {
+            ELECTION_TIMEOUT_MS
+        }
+    }
 }
 
 /// The JSON report.
@@ -78,6 +95,9 @@ pub struct Report {
     pub tls: bool,
     /// Whether the edges admitted from budget leases.
     pub leases: bool,
+    /// `lan` (one network) or `regions` (three, joined by `wan`).
+    pub topology: String,
+    pub wan: Option<Wan>,
     pub faults: Vec<Fault>,
     pub requests: checker::RequestCounts,
     pub overspend_nano_usd: u64,
@@ -95,6 +115,9 @@ pub struct Report {
     pub digests_agree: bool,
     pub longest_unavailability_ms: u64,
     pub unavailability_by_fault: Vec<(String, u64)>,
+    /// `--topology regions`: per region, the longest window with admissions
+    /// failing on its edges.
+    pub unavailability_by_region: Vec<(String, u64)>,
     pub election_timeout_ms: u64,
     pub upstream_responses: usize,
     pub spent_nano_usd: u64,
@@ -107,7 +130,7 @@ impl Report {
         let faults: Vec<String> =
             self.faults.iter().map(|f| format!("{} {} at {:.1}s", f.kind, f.target, f.at_ms as f64 / 1000.0)).collect();
         let mut s = format!(
-            "scenario {} seed {} ({} s, {} ledger nodes, {} edges, {}, {}): {}\n  faults: {}\n  requests: {} ok, {} denied, {} failed; {} upstream responses; ${:.6} spent\n  overspend {} nano-USD, lost charges {}, double charges {}, holds left {}, digests agree: {}\n  longest unavailability {} ms (election timeout {} ms)",
+            "scenario {} seed {} ({} s, {} ledger nodes, {} edges, {}, {}{}): {}\n  faults: {}\n  requests: {} ok, {} denied, {} failed; {} upstream responses; ${:.6} spent\n  overspend {} nano-USD, lost charges {}, double charges {}, holds left {}, digests agree: {}\n  longest unavailability {} ms (election timeout {} ms)",
             self.scenario,
             self.seed,
             self.duration_secs,
@@ -115,6 +138,10 @@ impl Report {
             self.edges,
             self.estimate,
             if self.tls { "mutual TLS" } else { "plaintext" },
+            match &self.wan {
+                Some(w) => format!(", 3 regions, WAN {} ms one way", w.one_way_ms),
+                None => String::new(),
+            },
             if self.passed { "PASSED" } else { "FAILED" },
             if faults.is_empty() { "none".to_string() } else { faults.join(", ") },
             self.requests.ok,
@@ -143,6 +170,10 @@ impl Report {
                 self.fail_open_overshoot_nano_usd, self.fail_open_overshoot_bound_nano_usd
             ));
         }
+        if !self.unavailability_by_region.is_empty() {
+            let r: Vec<String> = self.unavailability_by_region.iter().map(|(r, ms)| format!("{r} {ms} ms")).collect();
+            s.push_str(&format!("\n  longest unavailability per region: {}", r.join(", ")));
+        }
         for v in &self.violations {
             s.push_str(&format!("\n  VIOLATION: {v}"));
         }
@@ -163,7 +194,11 @@ async fn leader(admin_addrs: &[String], tls: &Option<Arc<ClusterTls>>) -> Option
     None
 }
 
-async fn wait_leader(admin_addrs: &[String], tls: &Option<Arc<ClusterTls>>, within: Duration) -> Option<u64> {
+pub(crate) async fn wait_leader(
+    admin_addrs: &[String],
+    tls: &Option<Arc<ClusterTls>>,
+    within: Duration,
+) -> Option<u64> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Some(l) = leader(admin_addrs, tls).await {
@@ -174,20 +209,22 @@ async fn wait_leader(admin_addrs: &[String], tls: &Option<Arc<ClusterTls>>, with
     None
 }
 
-/// Runs one scenario and checks it.
 /// A run's processes and where they listen.
-struct World {
-    p: Procs,
+pub(crate) struct World {
+    pub(crate) p: Procs,
     _mock: KillOnDrop,
+    /// `--topology regions`: the WAN's relays.
+    _relays: Vec<KillOnDrop>,
     dir: PathBuf,
     truth_log: PathBuf,
     ledger_addrs: BTreeMap<u64, String>,
     /// The ledger nodes' gRPC addresses, for the admin client.
-    admin_addrs: Vec<String>,
-    edge_addrs: Vec<String>,
-    admin_tls: Option<Arc<ClusterTls>>,
+    pub(crate) admin_addrs: Vec<String>,
+    pub(crate) edge_addrs: Vec<String>,
+    pub(crate) admin_tls: Option<Arc<ClusterTls>>,
 }
 
+/// Runs one scenario and checks it.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     check(&cfg)?;
     let tmp;
@@ -235,10 +272,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     let history = History {
         strict: cfg.strict,
         leases: cfg.leases,
+        edge_regions: match cfg.regions {
+            Some(_) => (0..cfg.edges).map(|k| regions::name(regions::edge_region(k))).collect(),
+            None => vec![],
+        },
         key_teams: users.iter().map(|u| (u.key_id.clone(), u.team.clone())).collect(),
         fail_open_allowance: cfg.fail_open_allowance,
         edges: cfg.edges,
-        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        election_timeout_ms: cfg.election_timeout_ms(),
         truth: if w.truth_log.exists() { crate::mock::read_log(&w.truth_log)? } else { vec![] },
         clients: std::mem::take(&mut *records.lock().await),
         budgets: budgets(&admin).await?,
@@ -255,13 +296,34 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
 }
 
 fn check(cfg: &RunConfig) -> anyhow::Result<()> {
-    if !SCENARIOS.contains(&cfg.scenario.as_str()) {
-        bail!("unknown scenario {:?}; one of: {}", cfg.scenario, SCENARIOS.join(", "));
+    let regional = REGION_SCENARIOS.contains(&cfg.scenario.as_str());
+    if !SCENARIOS.contains(&cfg.scenario.as_str()) && !regional {
+        bail!(
+            "unknown scenario {:?}; one of: {}, or with --topology regions: {}",
+            cfg.scenario,
+            SCENARIOS.join(", "),
+            REGION_SCENARIOS.join(", ")
+        );
+    }
+    if regional && cfg.regions.is_none() {
+        bail!("scenario {} needs --topology regions", cfg.scenario);
     }
     if cfg.nodes < 3 || cfg.edges < 1 || cfg.users == 0 || cfg.teams == 0 {
         bail!("need at least 3 ledger nodes, 1 edge, 1 team and 1 user");
     }
-    for b in ["tollgate", "mock-upstream"].map(|b| cfg.bin_dir.join(b)) {
+    if cfg.regions.is_some() && cfg.edges < regions::REGIONS {
+        bail!("--topology regions needs an edge in each of its {} regions (--edges 3 or more)", regions::REGIONS);
+    }
+    if let Some(w) = &cfg.regions {
+        if !(0.0..=0.5).contains(&w.loss) {
+            bail!("--wan-loss {} must be within 0..0.5", w.loss);
+        }
+    }
+    let mut bins = vec!["tollgate", "mock-upstream"];
+    if cfg.regions.is_some() {
+        bins.push("wan-relay");
+    }
+    for b in bins.into_iter().map(|b| cfg.bin_dir.join(b)) {
         if !b.exists() {
             bail!(
                 "{} not found: build it first (cargo build --release -p tollgate-node -p tollgate-chaos)",
@@ -280,7 +342,13 @@ fn start(cfg: &RunConfig, dir: &Path) -> anyhow::Result<World> {
     let net = Net::create(&hosts.iter().map(String::as_str).collect::<Vec<_>>())?;
     let ledger_addrs: BTreeMap<u64, String> =
         (1..=cfg.nodes).map(|i| (i, format!("{}:{GRPC_PORT}", net.host(&format!("n{i}")).ip))).collect();
-    let ledger_peers = ledger_addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    // Across regions members reach each other through the WAN's relays.
+    let advertised = |i: &u64, a: &String| match cfg.regions {
+        Some(_) => regions::wan_addr(*i, GRPC_PORT),
+        None => a.clone(),
+    };
+    let ledger_peers =
+        ledger_addrs.iter().map(|(i, a)| format!("{i}={}", advertised(i, a))).collect::<Vec<_>>().join(",");
     let admin_addrs: Vec<String> = ledger_addrs.values().cloned().collect();
 
     // The mock upstream, in the root namespace on the bridge's address.
@@ -308,7 +376,17 @@ fn start(cfg: &RunConfig, dir: &Path) -> anyhow::Result<World> {
     };
     let node_flags = ledger_addrs
         .iter()
-        .map(|(id, addr)| Ok((*id, transport(&Role::Ledger(*id), vec![host_of(addr)])?)))
+        .map(|(id, addr)| {
+            let names = vec![host_of(addr), host_of(&advertised(id, addr))];
+            let mut flags = transport(&Role::Ledger(*id), names)?;
+            if cfg.regions.is_some() {
+                flags.extend(["--region".into(), regions::name(regions::node_region(*id))]);
+                // openraft gives an AppendEntries one heartbeat to answer:
+                // several WAN round trips.
+                flags.extend(["--heartbeat-ms".into(), REGIONS_HEARTBEAT_MS.to_string()]);
+            }
+            Ok((*id, flags))
+        })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
     let admin_tls = pki.as_ref().map(|p| p.client(&Role::Admin("chaos".into()))).transpose()?;
     let mut p = Procs {
@@ -321,6 +399,11 @@ fn start(cfg: &RunConfig, dir: &Path) -> anyhow::Result<World> {
         nodes: BTreeMap::new(),
         edges: BTreeMap::new(),
         edge_args: BTreeMap::new(),
+        election_timeout_ms: cfg.election_timeout_ms(),
+    };
+    let relays = match cfg.regions {
+        Some(wan) => regions::start_relays(&p.net, cfg, wan, dir, &ledger_addrs, GRPC_PORT)?,
+        None => vec![],
     };
     for id in 1..=cfg.nodes {
         p.spawn_node(id)?;
@@ -329,16 +412,33 @@ fn start(cfg: &RunConfig, dir: &Path) -> anyhow::Result<World> {
         (0..cfg.edges).map(|k| format!("{}:{HTTP_PORT}", p.net.host(&format!("e{k}")).ip)).collect();
     for (k, addr) in edge_addrs.iter().enumerate() {
         let mut args: Vec<String> = vec!["edge".into(), "--listen".into(), addr.clone()];
-        args.extend(["--ledger".into(), admin_addrs.join(","), "--data-dir".into()]);
+        let ledger = match cfg.regions {
+            Some(_) => regions::edge_ledger_list(k, &ledger_addrs, GRPC_PORT),
+            None => admin_addrs.clone(),
+        };
+        args.extend(["--ledger".into(), ledger.join(","), "--data-dir".into()]);
         args.push(dir.join(format!("e{k}")).display().to_string());
         args.extend(["--upstream-anthropic".into(), mock_url.clone(), "--upstream-openai".into(), mock_url.clone()]);
         args.extend(["--estimate".into(), if cfg.strict { "strict" } else { "estimate" }.into()]);
         args.extend(["--config".into(), edge_cfg.display().to_string()]);
         args.extend(transport(&Role::Edge(format!("e{k}")), vec![])?);
+        if cfg.regions.is_some() {
+            args.extend(["--region".into(), regions::name(regions::edge_region(k))]);
+        }
         p.edge_args.insert(k, args);
         p.spawn_edge(k)?;
     }
-    Ok(World { p, _mock: mock, dir: dir.to_path_buf(), truth_log, ledger_addrs, admin_addrs, edge_addrs, admin_tls })
+    Ok(World {
+        p,
+        _mock: mock,
+        _relays: relays,
+        dir: dir.to_path_buf(),
+        truth_log,
+        ledger_addrs,
+        admin_addrs,
+        edge_addrs,
+        admin_tls,
+    })
 }
 
 /// The edges' config file: short holds, fail-open when asked, and estimate
@@ -396,12 +496,17 @@ async fn provision(cfg: &RunConfig, w: &World) -> anyhow::Result<(AdminClient, V
     let mut users = Vec::new();
     for u in 0..cfg.users {
         let team = format!("team{}", u % cfg.teams);
+        // Across regions a user sends to the edges of its own region.
+        let edges = match cfg.regions {
+            Some(_) => (0..cfg.edges).filter(|k| regions::edge_region(*k) == u % regions::REGIONS).collect(),
+            None => vec![],
+        };
         let email = format!("user{u}@chaos.io");
         let req = pb::CreateUserRequest { email: email.clone(), team: team.clone() };
         admin.call(req, |mut c, r| async move { c.create_user(r).await }).await?;
         let req = pb::CreateKeyRequest { user: email, name: "load".into() };
         let k = admin.call(req, |mut c, r| async move { c.create_key(r).await }).await?;
-        users.push(User { key_id: k.id, secret: k.secret, team });
+        users.push(User { key_id: k.id, secret: k.secret, team, edges });
     }
     Ok((admin, users))
 }
@@ -431,7 +536,11 @@ async fn inject_faults(cfg: &RunConfig, w: &mut World, rng: &mut Rng, t0: Instan
         }
         tokio::time::sleep_until((t0 + at).into()).await;
         let mut f = Fault { kind: cfg.scenario.clone(), at_ms: ms(Instant::now()), ..Default::default() };
-        inject(cfg, w, rng, &mut f, || ms(Instant::now())).await?;
+        if REGION_SCENARIOS.contains(&cfg.scenario.as_str()) {
+            regions::inject(&cfg.scenario, w, rng, &mut f, faults.len(), || ms(Instant::now())).await?;
+        } else {
+            inject(cfg, w, rng, &mut f, || ms(Instant::now())).await?;
+        }
         f.healed_ms = ms(Instant::now());
         faults.push(f);
         at = Duration::from_millis(ms(Instant::now())) + Duration::from_millis(15_000 + rng.below(10_000));
@@ -480,7 +589,7 @@ async fn inject(
             f.at_ms = now();
             kill(pid, "-STOP");
             // Longer than the largest election timeout (2 × the minimum).
-            tokio::time::sleep(Duration::from_millis(2 * 2 * ELECTION_TIMEOUT_MS + rng.below(1_000))).await;
+            tokio::time::sleep(Duration::from_millis(2 * 2 * cfg.election_timeout_ms() + rng.below(1_000))).await;
             kill(pid, "-CONT");
         }
         "leader-partition" => {
@@ -649,6 +758,8 @@ fn report(cfg: &RunConfig, history: &History, v: Verdict) -> Report {
         estimate: if cfg.strict { "strict" } else { "estimate" }.into(),
         tls: cfg.tls,
         leases: cfg.leases,
+        topology: if cfg.regions.is_some() { "regions" } else { "lan" }.into(),
+        wan: cfg.regions,
         faults: history.faults.clone(),
         requests: v.requests.clone(),
         overspend_nano_usd: v.overspend_nano_usd,
@@ -664,7 +775,8 @@ fn report(cfg: &RunConfig, history: &History, v: Verdict) -> Report {
         digests_agree: v.digests_agree,
         longest_unavailability_ms: v.longest_unavailability_ms,
         unavailability_by_fault: v.unavailability_by_fault.clone(),
-        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        unavailability_by_region: v.unavailability_by_region.clone(),
+        election_timeout_ms: cfg.election_timeout_ms(),
         upstream_responses: history.truth.iter().filter(|t| t.status == 200).count(),
         spent_nano_usd: history.key_spend.values().map(|(s, _)| s).sum(),
         passed: v.violations.is_empty(),

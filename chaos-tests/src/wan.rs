@@ -6,7 +6,9 @@
 //! what a run needs is this one toxic, in order, and a partition that
 //! behaves like one for TCP: while the link is cut nothing is delivered and
 //! bytes wait (bounded) until it heals or the endpoints give up, as a
-//! retransmitting TCP connection would.
+//! retransmitting TCP connection would. Loss is modelled as TCP shows it
+//! to the endpoints: a lost segment arrives one retransmission timeout
+//! (200 ms, Linux's minimum) late, and what follows it waits behind it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,12 +26,17 @@ use crate::rng::Rng;
 const CHUNK: usize = 16 * 1024;
 const IN_FLIGHT: usize = 64;
 
+/// How late a lost chunk arrives: Linux's minimum retransmission timeout.
+pub const RETRANSMIT: Duration = Duration::from_millis(200);
+
 /// One direction's delay.
 #[derive(Debug, Clone, Copy)]
 pub struct Delay {
     pub one_way: Duration,
     /// Up to this much more, per chunk (never reordering).
     pub jitter: Duration,
+    /// Chance that a chunk is lost once and retransmitted ([`RETRANSMIT`] late).
+    pub loss: f64,
 }
 
 /// A relay from `addr` to a target; stops when dropped.
@@ -99,8 +106,11 @@ async fn pipe(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let jitter = delay.jitter.mul_f64(rng.unit());
-            last = last.max(Instant::now() + delay.one_way + jitter);
+            let mut late = delay.one_way + delay.jitter.mul_f64(rng.unit());
+            if rng.unit() < delay.loss {
+                late += RETRANSMIT;
+            }
+            last = last.max(Instant::now() + late);
             if tx.send((last, Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
                 break;
             }
@@ -138,7 +148,12 @@ mod tests {
     }
 
     async fn link(one_way_ms: u64, jitter_ms: u64) -> WanLink {
-        let delay = Delay { one_way: Duration::from_millis(one_way_ms), jitter: Duration::from_millis(jitter_ms) };
+        lossy_link(one_way_ms, jitter_ms, 0.0).await
+    }
+
+    async fn lossy_link(one_way_ms: u64, jitter_ms: u64, loss: f64) -> WanLink {
+        let delay =
+            Delay { one_way: Duration::from_millis(one_way_ms), jitter: Duration::from_millis(jitter_ms), loss };
         WanLink::start("127.0.0.1:0".parse().unwrap(), echo().await, delay, 7).await.unwrap()
     }
 
@@ -155,8 +170,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn jitter_never_reorders_or_loses_a_byte() {
-        let l = link(1, 5).await;
+    async fn a_lost_chunk_arrives_one_retransmission_late() {
+        let l = lossy_link(10, 0, 1.0).await;
+        let mut s = TcpStream::connect(l.addr).await.unwrap();
+        let t0 = std::time::Instant::now();
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        // Lost both ways: two retransmissions on top of the round trip.
+        assert!(t0.elapsed() >= 2 * RETRANSMIT + Duration::from_millis(20), "{:?}", t0.elapsed());
+    }
+
+    #[tokio::test]
+    async fn jitter_and_loss_never_reorder_or_lose_a_byte() {
+        let l = lossy_link(1, 5, 0.05).await;
         let mut s = TcpStream::connect(l.addr).await.unwrap();
         let sent: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         let (mut r, mut w) = s.split();

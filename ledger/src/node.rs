@@ -127,7 +127,11 @@ impl LedgerConfig {
         if self.bootstrap && self.learners.contains(&self.id) {
             return Err(ConfigError::Learner(format!("node {} is a learner and cannot bootstrap", self.id)));
         }
-        if self.proposer.max_batch_cmds == 0 || self.proposer.max_inflight == 0 || self.proposer.max_queued == 0 {
+        if self.proposer.max_batch_cmds == 0
+            || self.proposer.max_inflight == 0
+            || self.proposer.max_forwards == 0
+            || self.proposer.max_queued == 0
+        {
             return Err(ConfigError::Zero("proposer limits"));
         }
         let region_ok = self.region.len() <= 64

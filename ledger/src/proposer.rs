@@ -4,7 +4,11 @@
 //! single [`Batch`] (up to `max_batch_cmds`) whenever a proposal slot is free,
 //! so under load each entry carries many commands and the fsync per entry is
 //! shared. On a follower the batch is forwarded to the leader, which stamps
-//! and proposes it. Every queue here is bounded.
+//! and proposes it. A forward gives its proposal slot back as soon as it has
+//! a forward slot of its own (`max_forwards`): the leader batches again, and
+//! a follower that held a slot for a whole forward and commit (several WAN
+//! round trips across regions) would make every later request wait for it.
+//! Every queue here is bounded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,6 +51,8 @@ pub struct ProposerConfig {
     pub max_batch_cmds: usize,
     /// Most proposals (log entries) in flight at once from this node.
     pub max_inflight: usize,
+    /// Most batches a follower has forwarded to the leader and awaits.
+    pub max_forwards: usize,
     /// Most commands waiting for a batch; beyond this callers get `Overloaded`.
     pub max_queued: usize,
     /// How long a proposal waits for a leader to be elected.
@@ -60,6 +66,7 @@ impl Default for ProposerConfig {
         ProposerConfig {
             max_batch_cmds: 2048,
             max_inflight: 2,
+            max_forwards: 32,
             max_queued: 100_000,
             leader_wait: Duration::from_secs(3),
             commit_timeout: Duration::from_secs(5),
@@ -173,6 +180,7 @@ impl Proposer {
 
 async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, queued: Arc<std::sync::atomic::AtomicUsize>) {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_inflight.max(1)));
+    let forwards = Arc::new(Semaphore::new(ctx.cfg.max_forwards.max(1)));
     loop {
         // Take a slot first: while all are busy, submissions pile up in the
         // queue and the next batch carries all of them.
@@ -197,10 +205,9 @@ async fn run(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Pending>, queued: Arc<std::sy
         if batch.is_empty() {
             continue;
         }
-        let ctx = ctx.clone();
+        let (ctx, forwards) = (ctx.clone(), forwards.clone());
         tokio::spawn(async move {
-            let _permit = permit;
-            propose_group(&ctx, batch).await;
+            propose_group(&ctx, batch, permit, forwards).await;
         });
     }
 }
@@ -233,9 +240,16 @@ fn concat(group: &mut [Pending]) -> Vec<Command> {
 }
 
 /// On the leader, proposes the whole group as one entry (local and
-/// forwarded commands alike). On a follower, forwards the commands that may
-/// move and fails those that were already forwarded here (no ping-pong).
-async fn propose_group(ctx: &Ctx, mut group: Vec<Pending>) {
+/// forwarded commands alike), holding its proposal slot until the entry is
+/// applied. On a follower, trades the slot for a forward slot, forwards the
+/// commands that may move and fails those that were already forwarded here
+/// (no ping-pong).
+async fn propose_group(
+    ctx: &Ctx,
+    mut group: Vec<Pending>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    forwards: Arc<Semaphore>,
+) {
     let (leader_id, addr) = match leader(ctx).await {
         Ok(l) => l,
         Err(e) => return distribute(group, Err(e)),
@@ -243,8 +257,15 @@ async fn propose_group(ctx: &Ctx, mut group: Vec<Pending>) {
     if leader_id == ctx.id {
         let cmds = concat(&mut group);
         let result = propose_local(ctx, cmds).await;
+        drop(slot);
         return distribute(group, result);
     }
+    // While every forward slot is busy the proposal slot stays taken, so
+    // the batcher keeps gathering what arrives into the next batch.
+    let Ok(_forward) = forwards.acquire_owned().await else {
+        return distribute(group, Err(ProposeError::ShuttingDown));
+    };
+    drop(slot);
     let (fwd, local): (Vec<_>, Vec<_>) = group.into_iter().partition(|p| p.forwarded);
     if !fwd.is_empty() {
         tracing::debug!(leader = leader_id, n = fwd.len(), "forwarded proposals reached a node that does not lead");

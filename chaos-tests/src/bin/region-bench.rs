@@ -198,7 +198,8 @@ impl World {
         let mut ledger = Vec::new();
         let mut links = Vec::new();
         for (j, addr) in &self.direct {
-            let delay = if *j == k { Delay { one_way: Duration::ZERO, jitter: Duration::ZERO } } else { self.delay };
+            let delay =
+                if *j == k { Delay { one_way: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0 } } else { self.delay };
             let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
             let link = WanLink::start(listen, addr.parse()?, delay, k * 10 + j).await?;
             let a = link.addr.to_string();
@@ -224,8 +225,11 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<World> {
     let (bin, mock_bin) = sibling_binaries()?;
     let timeouts = ["--heartbeat-ms", "250", "--election-timeout-ms", "1500"];
     let mut cluster = LedgerCluster::prepare(&bin, dir, 3, Transport::Tls, true, &timeouts)?;
-    let delay =
-        Delay { one_way: Duration::from_millis(args.one_way_ms), jitter: Duration::from_millis(args.jitter_ms) };
+    let delay = Delay {
+        one_way: Duration::from_millis(args.one_way_ms),
+        jitter: Duration::from_millis(args.jitter_ms),
+        loss: 0.0,
+    };
     let (mut links, mut direct) = (Vec::new(), BTreeMap::new());
     for (k, addr) in cluster.addrs.clone() {
         let target: SocketAddr = addr.parse()?;

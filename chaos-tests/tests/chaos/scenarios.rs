@@ -12,6 +12,10 @@
 //! proposals stayed stuck on the cut-off old leader (7 s unavailable);
 //! leader-kill seed 1 found forwards to a dead leader answered "outcome
 //! unknown" instead of "retry" (95 requests refused, 2 s without admission).
+//!
+//! `--topology regions` (three regions, a voter and an edge in each, joined
+//! by the user-space WAN of 30 ms each way) runs the three region scenarios
+//! and the leader's death; by hand, every scenario runs on it.
 
 use std::process::Command;
 use std::sync::Mutex;
@@ -115,4 +119,50 @@ fn edge_partition() {
 #[test]
 fn rolling_restart() {
     scenario("rolling-restart", 3);
+}
+
+/// A scenario on three regions: each region's own unavailability is
+/// reported, and no region, the one struck included, is without admission
+/// for 10 election timeouts.
+fn across_regions(name: &str, seed: u64) -> Value {
+    let r = run(name, seed, &["--topology", "regions"]);
+    assert_eq!(r["topology"], "regions");
+    assert_eq!(r["wan"]["one_way_ms"], 30);
+    assert_eq!(r["edges"], 3);
+    let by_region = r["unavailability_by_region"].as_array().unwrap();
+    let names: Vec<&str> = by_region.iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["r1", "r2", "r3"], "{r}");
+    let bound = 10 * r["election_timeout_ms"].as_u64().unwrap();
+    for p in by_region {
+        assert!(p[1].as_u64().unwrap() < bound, "{name}: region {} unavailable {} ms: {r}", p[0], p[1]);
+    }
+    if name.starts_with("region-") {
+        // Each fault names the region it struck.
+        for f in r["faults"].as_array().unwrap() {
+            assert!(names.iter().any(|n| f["target"].as_str().unwrap().starts_with(n)), "{f}");
+        }
+    }
+    r
+}
+
+#[test]
+fn region_partition() {
+    across_regions("region-partition", 1);
+}
+
+#[test]
+fn region_kill() {
+    let r = across_regions("region-kill", 1);
+    // Every process of the struck region died: its edge is among the killed.
+    assert!(!r["faults"][0]["edges"].as_array().unwrap().is_empty(), "{r}");
+}
+
+#[test]
+fn region_cutoff() {
+    across_regions("region-cutoff", 1);
+}
+
+#[test]
+fn leader_kill_across_regions() {
+    across_regions("leader-kill", 1);
 }

@@ -220,6 +220,17 @@ pub struct LeaseGrant {
     pub duplicate: bool,
 }
 
+/// What budget `b` has neither spent nor held (leased room is part of it).
+fn pool(b: &BudgetRec) -> NanoUsd {
+    b.limit.saturating_sub(b.spent().saturating_add(b.held))
+}
+
+/// A holder's fair share of budget `b`: half its pool, split evenly among
+/// the holders using it (`others` besides this one).
+fn fair_share(b: &BudgetRec, others: u64) -> NanoUsd {
+    NanoUsd(pool(b).0 / (2 * (others + 1)))
+}
+
 impl LedgerState {
     pub(super) fn lease(&mut self, ask: &LeaseAsk) -> Outcome {
         use ErrorCode::*;
@@ -278,11 +289,8 @@ impl LedgerState {
             l.unsettled = l.unsettled.saturating_sub(take);
             b.unsettled = b.unsettled.saturating_sub(take);
         }
-        // The pool is what is neither spent nor held: half of it may be
-        // leased, split evenly among the holders using the budget.
-        let pool = b.limit.saturating_sub(b.spent().saturating_add(b.held));
-        let free = pool.saturating_sub(leased);
-        let share = if paused || ask.limit != b.limit { NanoUsd::ZERO } else { NanoUsd(pool.0 / (2 * (others + 1))) };
+        let free = pool(b).saturating_sub(leased);
+        let share = if paused || ask.limit != b.limit { NanoUsd::ZERO } else { fair_share(b, others) };
         let granted = ask.add.min(share.saturating_sub(l.room)).min(free);
         l.room = l.room.saturating_add(granted);
         leased = leased.saturating_add(granted);
@@ -313,8 +321,7 @@ impl LedgerState {
         if self.clock_ms < self.leases.budgets.get(&id).map_or(0, |x| x.paused_until_ms) {
             return NanoUsd::ZERO;
         }
-        let pool = b.limit.saturating_sub(b.spent().saturating_add(b.held));
-        NanoUsd(pool.0 / (2 * (self.lease_users(id, holder) + 1)))
+        fair_share(b, self.lease_users(id, holder))
     }
 
     /// A reserve on budget `id` was denied: while leases hold some of its
