@@ -157,29 +157,28 @@ mod tests {
         WanLink::start("127.0.0.1:0".parse().unwrap(), echo().await, delay, 7).await.unwrap()
     }
 
-    #[tokio::test]
-    async fn a_round_trip_takes_both_one_way_delays() {
-        let l = link(40, 0).await;
+    /// How long "ping" takes to come back through `l`.
+    async fn ping(l: &WanLink) -> Duration {
         let mut s = TcpStream::connect(l.addr).await.unwrap();
         let t0 = std::time::Instant::now();
         s.write_all(b"ping").await.unwrap();
         let mut got = [0u8; 4];
         s.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"ping");
-        assert!(t0.elapsed() >= Duration::from_millis(80), "{:?}", t0.elapsed());
+        t0.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_round_trip_takes_both_one_way_delays() {
+        let took = ping(&link(40, 0).await).await;
+        assert!(took >= Duration::from_millis(80), "{took:?}");
     }
 
     #[tokio::test]
     async fn a_lost_chunk_arrives_one_retransmission_late() {
-        let l = lossy_link(10, 0, 1.0).await;
-        let mut s = TcpStream::connect(l.addr).await.unwrap();
-        let t0 = std::time::Instant::now();
-        s.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 4];
-        s.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
+        let took = ping(&lossy_link(10, 0, 1.0).await).await;
         // Lost both ways: two retransmissions on top of the round trip.
-        assert!(t0.elapsed() >= 2 * RETRANSMIT + Duration::from_millis(20), "{:?}", t0.elapsed());
+        assert!(took >= 2 * RETRANSMIT + Duration::from_millis(20), "{took:?}");
     }
 
     #[tokio::test]

@@ -10,8 +10,9 @@
 //! sees and the edge's own time (upstream excluded), and the Raft entries
 //! per 1,000 requests; then the leader's node is killed (its region dies)
 //! while the load goes on, printing per surviving region the longest time
-//! with no request admitted, and the node is restarted. Prints figures,
-//! asserts nothing; every loop is bounded in time.
+//! with no request admitted, and the node is restarted. Then a team with
+//! a hard budget of `--cap-usd` is spent through two regions' edges in
+//! turn until the first 402, printing how much of the limit was spent. Prints figures, asserts nothing; every loop is bounded in time.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ struct Args {
     /// Only this mode: `on` or `off` (default: off, then on).
     #[arg(long)]
     leases: Option<String>,
+    /// The hard budget two regions' edges share until its first 402, in USD.
+    #[arg(long, default_value = "0.1")]
+    cap_usd: String,
 }
 
 type Http = Client<HttpConnector, Full<Bytes>>;
@@ -186,6 +190,7 @@ struct World {
     mock: MockProc,
     delay: Delay,
     key: String,
+    admin: tollgate_client::AdminClient,
     dir: std::path::PathBuf,
     bin: std::path::PathBuf,
 }
@@ -255,7 +260,7 @@ async fn start(args: &Args, dir: &std::path::Path) -> anyhow::Result<World> {
     }
     let mock = MockProc::start(&mock_bin, dir, None, false, &["--event-delay-ms", "0"])?;
     mock.wait_ready(Duration::from_secs(10)).await?;
-    Ok(World { cluster, _links: links, direct, mock, delay, key, dir: dir.to_path_buf(), bin })
+    Ok(World { cluster, _links: links, direct, mock, delay, key, admin, dir: dir.to_path_buf(), bin })
 }
 
 async fn leader(w: &World) -> Option<u64> {
@@ -296,6 +301,72 @@ async fn phase(
         let _ = t.await;
     }
     out
+}
+
+/// Two regions' edges (not the leader's) share a fresh team's hard budget:
+/// requests go to each in turn until the first 402; once every settle has
+/// landed, prints how much of the limit was spent.
+async fn cap(
+    client: &Http,
+    args: &Args,
+    w: &World,
+    edges: &BTreeMap<u64, EdgeProc>,
+    leases: bool,
+) -> anyhow::Result<()> {
+    let team = format!("cap-{}", if leases { "leases" } else { "holds" });
+    let email = format!("{team}@corp.io");
+    let admin = &w.admin;
+    admin.call(pb::CreateTeamRequest { name: team.clone() }, |mut c, r| async move { c.create_team(r).await }).await?;
+    let user = pb::CreateUserRequest { email: email.clone(), team: team.clone() };
+    admin.call(user, |mut c, r| async move { c.create_user(r).await }).await?;
+    let key = pb::CreateKeyRequest { user: email, name: "cap".into() };
+    let key = admin.call(key, |mut c, r| async move { c.create_key(r).await }).await?.secret;
+    let scope = format!("team:{team}");
+    set_budget(admin, &scope, &args.cap_usd).await?;
+    let lead = leader(w).await.unwrap_or(1);
+    let pair: Vec<&EdgeProc> = edges.iter().filter(|(k, _)| **k != lead).map(|(_, e)| e).take(2).collect();
+    let body = body();
+    let started = Instant::now();
+    let (mut ok, mut sent) = (0u64, 0usize);
+    let first_402 = loop {
+        if started.elapsed() > Duration::from_secs(180) || sent > 100_000 {
+            bail!("the {} budget never ran out", args.cap_usd);
+        }
+        let edge = &pair[sent % pair.len()].addr;
+        sent += 1;
+        match one(client, edge, &key, &body).await {
+            Ok(_) => ok += 1,
+            Err(e) if e.starts_with("HTTP 402") => break e,
+            // A key the edges have not seen yet (the config watch brings it).
+            Err(e) if e.starts_with("HTTP 401") && ok == 0 => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => bail!("budget {scope}: {e}"),
+        }
+    };
+    let took = started.elapsed();
+    // Every settle lands (outboxes drain): spent stops moving, nothing held.
+    let (mut row, mut last, mut still) = (None, None, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && still < 4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let usage =
+            admin.call(pb::UsageRequest { by: String::new() }, |mut c, r| async move { c.usage(r).await }).await?;
+        let r = usage.rows.into_iter().find(|r| r.scope == scope).context("no usage row for the budget")?;
+        still = if last == Some(r.spent_nano_usd) && r.held_nano_usd == 0 { still + 1 } else { 0 };
+        last = Some(r.spent_nano_usd);
+        row = Some(r);
+    }
+    let row = row.context("no usage")?;
+    let limit = row.limit_nano_usd.unwrap_or(0);
+    println!(
+        "  two regions' edges (r{}) share a ${} hard budget: {ok} requests admitted in {:.1} s, then {}; spent {:.2}% of the limit ({} nano-USD left)",
+        edges.iter().filter(|(k, _)| **k != lead).map(|(k, _)| k.to_string()).take(2).collect::<Vec<_>>().join(", r"),
+        args.cap_usd,
+        took.as_secs_f64(),
+        first_402.split(':').next().unwrap_or_default(),
+        row.spent_nano_usd as f64 * 100.0 / limit.max(1) as f64,
+        limit.saturating_sub(row.spent_nano_usd)
+    );
+    Ok(())
 }
 
 async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow::Result<()> {
@@ -341,7 +412,7 @@ async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow
         e1.saturating_sub(e0) as f64 * 1000.0 / total.max(1) as f64
     );
     if args.skip_failover {
-        return Ok(());
+        return cap(client, args, w, &edges, leases).await;
     }
     // A region's edge cut off from every ledger node (not the leader's region).
     let lead = leader(w).await.unwrap_or(1);
@@ -431,13 +502,13 @@ async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow
             failed.first().map(|e| format!(", the first: {e}")).unwrap_or_default()
         );
     }
-    drop(edges);
     w.cluster.spawn(lead)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while leader(w).await.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
+    // Last, so that its idle-then-busy budgets do not shape the leases above.
+    cap(client, args, w, &edges, leases).await
 }
 
 #[tokio::main]
