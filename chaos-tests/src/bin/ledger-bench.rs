@@ -33,7 +33,9 @@ struct Args {
     /// Ledger nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u64,
-    /// Send all requests to the leader instead of spreading them over every node.
+    /// Send all requests to the leader (without it: coalesced calls go to node 1
+    /// first, as an edge's go to its own region's node; `--no-coalesce` calls
+    /// go to every node in turn).
     #[arg(long)]
     leader_only: bool,
     /// Items per call when --no-coalesce is given (the caller batches by hand).
@@ -156,7 +158,13 @@ async fn main() -> anyhow::Result<()> {
         status.leader_id,
         if args.plaintext { "plaintext" } else { "mutual TLS" },
         KEYS,
-        if args.leader_only { "the leader only" } else { "every node in turn" }
+        if args.leader_only {
+            "the leader only"
+        } else if args.no_coalesce {
+            "every node in turn"
+        } else {
+            "the first node, as an edge sends to its own region's (the coalescer moves on only when it fails)"
+        }
     );
 
     // As an edge does: concurrent requests share batched calls to every node.
