@@ -14,6 +14,7 @@ pub mod netns;
 pub mod pki;
 mod procs;
 pub mod regions;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod wan;
