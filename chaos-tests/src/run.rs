@@ -602,15 +602,30 @@ async fn usage(admin: &AdminClient, by: &str) -> Result<pb::UsageResponse, tonic
     admin.call(pb::UsageRequest { by: by.into() }, |mut c, r| async move { c.usage(r).await }).await
 }
 
+/// How long nothing may be held or leased before the run is over: longer
+/// than an edge takes to go idle (5 s without requests) plus one renewal.
+/// Until then an edge may ask for lease room again (after a pause, or a
+/// give-back), so a moment with nothing leased is not the end of leasing.
+const SETTLED_FOR: Duration = Duration::from_secs(7);
+
 /// Holds of requests whose edge died end by expiry, one ttl after their
 /// last extension; leases are given back by idle edges, or expire: waits
-/// (bounded) until nothing is held or leased.
+/// (bounded) until nothing has been held or leased for [`SETTLED_FOR`].
 async fn wait_holds_ended(admin: &AdminClient) {
     let deadline = Instant::now() + Duration::from_secs(HOLD_TTL_SECS * 3 + 20);
+    let mut empty_since: Option<Instant> = None;
     loop {
         let held: u64 = usage(admin, "key").await.map(|r| r.rows.iter().map(|r| r.held_nano_usd).sum()).unwrap_or(1);
         let leased: u64 = usage(admin, "").await.map(|r| r.rows.iter().map(|r| r.leased_nano_usd).sum()).unwrap_or(1);
-        if held + leased == 0 || Instant::now() > deadline {
+        let now = Instant::now();
+        if held + leased == 0 {
+            if now.duration_since(*empty_since.get_or_insert(now)) >= SETTLED_FOR {
+                return;
+            }
+        } else {
+            empty_since = None;
+        }
+        if now > deadline {
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
