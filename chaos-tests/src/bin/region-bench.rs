@@ -324,7 +324,7 @@ async fn cap(
     let scope = format!("team:{team}");
     set_budget(admin, &scope, &args.cap_usd).await?;
     let lead = leader(w).await.unwrap_or(1);
-    let pair: Vec<&EdgeProc> = edges.iter().filter(|(k, _)| **k != lead).map(|(_, e)| e).take(2).collect();
+    let pair: Vec<(u64, &EdgeProc)> = edges.iter().filter(|(k, _)| **k != lead).map(|(k, e)| (*k, e)).take(2).collect();
     let body = body();
     let started = Instant::now();
     let (mut ok, mut sent) = (0u64, 0usize);
@@ -332,7 +332,7 @@ async fn cap(
         if started.elapsed() > Duration::from_secs(180) || sent > 100_000 {
             bail!("the {} budget never ran out", args.cap_usd);
         }
-        let edge = &pair[sent % pair.len()].addr;
+        let edge = &pair[sent % pair.len()].1.addr;
         sent += 1;
         match one(client, edge, &key, &body).await {
             Ok(_) => ok += 1,
@@ -359,7 +359,7 @@ async fn cap(
     let limit = row.limit_nano_usd.unwrap_or(0);
     println!(
         "  two regions' edges (r{}) share a ${} hard budget: {ok} requests admitted in {:.1} s, then {}; spent {:.2}% of the limit ({} nano-USD left)",
-        edges.iter().filter(|(k, _)| **k != lead).map(|(k, _)| k.to_string()).take(2).collect::<Vec<_>>().join(", r"),
+        pair.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>().join(", r"),
         args.cap_usd,
         took.as_secs_f64(),
         first_402.split(':').next().unwrap_or_default(),

@@ -56,9 +56,9 @@ async fn serve(a: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {listen}"))?;
         links.push(link);
     }
-    std::future::pending::<()>().await;
-    drop(links);
-    Ok(())
+    // The links relay until the process is killed.
+    let _links = links;
+    std::future::pending::<anyhow::Result<()>>().await
 }
 
 fn main() -> ExitCode {

@@ -177,6 +177,16 @@ enum Outcome {
     Error(String),
 }
 
+/// Sends `req` (bounded by `REQUEST_TIMEOUT`) and sorts how it went.
+async fn request_outcome(client: &Http, req: Request<Full<Bytes>>) -> Outcome {
+    match tokio::time::timeout(REQUEST_TIMEOUT, send(client, req)).await {
+        Err(_) => Outcome::Error("timed out".into()),
+        Ok(Err(e)) => Outcome::Error(e),
+        Ok(Ok((200, _))) => Outcome::Ok,
+        Ok(Ok((status, _))) => Outcome::Status(status),
+    }
+}
+
 struct Sample {
     /// Scheduled send time to the end of the response body.
     total_us: u64,
@@ -261,13 +271,7 @@ async fn open_loop(client: &Http, t: &Target, body: &Bytes, rate: u64, secs: u64
         let (client, tx, body, uri, key) = (client.clone(), tx.clone(), body.clone(), t.uri.clone(), t.key.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
-            let req = messages_request(&uri, key.as_deref(), &body);
-            let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&client, req)).await {
-                Err(_) => Outcome::Error("timed out".into()),
-                Ok(Err(e)) => Outcome::Error(e),
-                Ok(Ok((200, _))) => Outcome::Ok,
-                Ok(Ok((status, _))) => Outcome::Status(status),
-            };
+            let outcome = request_outcome(&client, messages_request(&uri, key.as_deref(), &body)).await;
             let done = Instant::now();
             let _ = tx.send(Sample {
                 total_us: done.duration_since(due).as_micros() as u64,
@@ -542,13 +546,7 @@ async fn closed_loop(t: &Target, body: &Bytes, args: &Args) -> PhaseStats {
             let client = http_client(1);
             while Instant::now() < until {
                 let sent = Instant::now();
-                let req = messages_request(&uri, key.as_deref(), &body);
-                let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, send(&client, req)).await {
-                    Err(_) => Outcome::Error("timed out".into()),
-                    Ok(Err(e)) => Outcome::Error(e),
-                    Ok(Ok((200, _))) => Outcome::Ok,
-                    Ok(Ok((status, _))) => Outcome::Status(status),
-                };
+                let outcome = request_outcome(&client, messages_request(&uri, key.as_deref(), &body)).await;
                 if sent < measure_from {
                     continue;
                 }
