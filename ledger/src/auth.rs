@@ -15,13 +15,14 @@
 //! there are no certificates and every caller is let through: that mode
 //! trusts the network.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tollgate_tls::{PeerInfo, Role, RoleKind};
 use tonic::{Request, Status};
 
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::{MetricsWatch, NodeId};
 
 /// Which callers a service admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,14 +62,15 @@ impl Audience {
 pub struct Gate {
     /// Whether the node serves mutual TLS; without it, every caller passes.
     tls: bool,
-    raft: Raft,
+    /// Raft's metrics, for the current membership.
+    metrics: MetricsWatch,
     /// `--peers`: trusted as members until this node learns the membership.
     peers: Arc<BTreeSet<NodeId>>,
 }
 
 impl Gate {
-    pub fn new(tls: bool, raft: Raft, peers: BTreeSet<NodeId>) -> Gate {
-        Gate { tls, raft, peers: Arc::new(peers) }
+    pub fn new(tls: bool, metrics: MetricsWatch, peers: BTreeSet<NodeId>) -> Gate {
+        Gate { tls, metrics, peers: Arc::new(peers) }
     }
 
     /// The caller's role, if `audience` admits it; `Ok(None)` without TLS.
@@ -100,8 +102,7 @@ impl Gate {
     }
 
     fn is_member(&self, id: NodeId) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = self.metrics.borrow_watched();
         let membership = m.membership_config.membership();
         if membership.nodes().next().is_none() {
             return self.peers.contains(&id);
@@ -121,14 +122,28 @@ impl Gate {
     /// For Raft messages that name their sender (a vote's node id): over
     /// TLS the certificate must be that node's, so one member cannot speak
     /// for another.
-    pub fn check_sender<T>(&self, req: &Request<T>, claimed: Option<NodeId>) -> Result<(), Status> {
-        match self.check(req, Audience::Members)? {
-            Some(Role::Ledger(id)) if claimed.is_some_and(|c| c != id) => Err(Status::permission_denied(format!(
-                "ledger:{id} sent a message on behalf of node {}",
-                claimed.unwrap_or_default()
-            ))),
-            _ => Ok(()),
+    pub fn check_sender<T>(&self, req: &Request<T>, claimed: NodeId) -> Result<(), Status> {
+        same_sender(self.member(req)?, claimed)
+    }
+
+    /// The member ledger calling (over TLS; `None` without it), checked
+    /// once for a stream whose messages then name their senders.
+    pub fn member<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
+        Ok(match self.check(req, Audience::Members)? {
+            Some(Role::Ledger(id)) => Some(id),
+            _ => None,
+        })
+    }
+}
+
+/// A message naming `claimed` as its sender must come from that node's
+/// certificate (`caller`, when the server serves TLS).
+pub fn same_sender(caller: Option<NodeId>, claimed: NodeId) -> Result<(), Status> {
+    match caller {
+        Some(id) if id != claimed => {
+            Err(Status::permission_denied(format!("ledger:{id} sent a message on behalf of node {claimed}")))
         }
+        _ => Ok(()),
     }
 }
 

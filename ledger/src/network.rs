@@ -1,29 +1,54 @@
 //! Raft RPCs between ledger nodes over tonic. The gRPC message is only an
-//! envelope: openraft's own request and `Result` types travel inside it in
-//! the ledger's binary encoding ([`crate::codec`]), so the other side gets
-//! back exactly the error openraft produced.
+//! envelope: openraft's own request and response types travel inside it in
+//! the ledger's binary encoding ([`crate::codec`]).
+//!
+//! Replication to a follower is one long-lived bidirectional stream
+//! (`StreamAppend`): the leader sends each new run of entries as soon as it
+//! is in its log, without waiting for the answer to the previous one, and
+//! the follower answers in order. Across regions that is what makes a
+//! commit cost one round trip: with one request in flight per follower, a
+//! new entry waited behind the one being answered and behind the empty
+//! request that told the follower of the last commit.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tollgate_proto::v1::raft_service_client::RaftServiceClient;
 use tollgate_proto::v1::RaftPayload;
 use tollgate_tls::ClusterTls;
 use tonic::transport::Channel;
 
-use crate::raft_types::{NodeId, TypeConfig};
+use crate::raft_types::{NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 
 /// The largest gRPC message between ledger nodes (append batches, snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A snapshot travels in chunks of this size.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The largest snapshot a node accepts: it is assembled in memory.
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The first message of a snapshot stream: who sends it and what it covers;
+/// the chunks of its data follow.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    pub bytes: u64,
+}
 
 /// A lazily connected channel to a peer at `addr` (`host:port`), over the
 /// cluster's mutual TLS when `tls` is set.
@@ -54,17 +79,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerClient {
-            target,
-            node: node.clone(),
-            client: raft_client(&node.addr, self.tls.clone()).map_err(|e| e.to_string()),
-        }
+        PeerClient { target, client: raft_client(&node.addr, self.tls.clone()).map_err(|e| e.to_string()) }
     }
 }
 
 pub struct PeerClient {
     target: NodeId,
-    node: BasicNode,
     /// An address that cannot even form a URI fails every call as unreachable.
     client: Result<RaftServiceClient<Channel>, String>,
 }
@@ -73,74 +93,162 @@ pub struct PeerClient {
 #[error("{0}")]
 struct Msg(String);
 
-enum Method {
-    Append,
-    Snapshot,
-    Vote,
-}
-
-impl PeerClient {
-    async fn call<Req, Resp, E>(
-        &mut self,
-        method: Method,
-        req: &Req,
-        option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let client = match &self.client {
-            Ok(c) => c.clone(),
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
-        };
-        let data = crate::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(option.hard_ttl());
-        let mut client = client;
-        let res = match method {
-            Method::Append => client.append_entries(request).await,
-            Method::Snapshot => client.install_snapshot(request).await,
-            Method::Vote => client.vote(request).await,
-        };
-        let payload = match res {
-            Ok(r) => r.into_inner(),
-            // Connection-level failures: back off before trying again.
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&s)))
-            }
-            Err(s) => return Err(RPCError::Network(NetworkError::new(&s))),
-        };
-        let result: Result<Resp, E> =
-            crate::codec::decode(&payload.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+/// A gRPC failure as openraft takes it: connection-level failures back off
+/// before the next try, the rest are retried at once.
+fn rpc_error(s: tonic::Status) -> RPCError<TypeConfig> {
+    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
+        RPCError::Unreachable(Unreachable::new(&s))
+    } else {
+        RPCError::Network(NetworkError::new(&s))
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+fn decode_reply<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, RPCError<TypeConfig>> {
+    crate::codec::decode(&p.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+fn envelope<T: Serialize>(v: &T) -> Result<RaftPayload, RPCError<TypeConfig>> {
+    crate::codec::encode(v).map(|data| RaftPayload { data }).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<TypeConfig>> {
+        match &self.client {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
+        }
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Method::Append, &rpc, &option).await
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut request = tonic::Request::new(envelope(&rpc)?);
+        request.set_timeout(option.hard_ttl());
+        let reply = self.client()?.append_entries(request).await.map_err(rpc_error)?;
+        decode_reply(reply.get_ref())
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
-        self.call(Method::Snapshot, &rpc, &option).await
+        Box::pin(async move {
+            let mut client = self.client()?;
+            // Counted as they leave and as their answers come, so a follower
+            // that stops answering is noticed within the soft ttl, however
+            // long the stream has been idle before.
+            let sent = Arc::new(AtomicU64::new(0));
+            let counted = sent.clone();
+            // A request that cannot be encoded ends the stream (never skipped:
+            // the answers must match the requests one for one); openraft
+            // starts a new one for what was left unanswered.
+            let requests = input.scan((), move |_, rpc| {
+                let next = match crate::codec::encode(&rpc) {
+                    Ok(data) => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        Some(RaftPayload { data })
+                    }
+                    Err(e) => {
+                        tracing::error!("encoding an append request: {e}");
+                        None
+                    }
+                };
+                futures::future::ready(next)
+            });
+            let setup = tokio::time::timeout(option.soft_ttl(), client.stream_append(requests));
+            let responses = match setup.await {
+                Ok(r) => r.map_err(rpc_error)?.into_inner(),
+                Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg("stream setup timed out".into())))),
+            };
+            let ttl = option.soft_ttl();
+            let state = Some((responses, sent, 0u64));
+            let answers = futures::stream::unfold(state, move |state| async move {
+                let (mut responses, sent, got) = state?;
+                let next = if sent.load(Ordering::SeqCst) > got {
+                    match tokio::time::timeout(ttl, responses.next()).await {
+                        Ok(n) => n,
+                        Err(_) => {
+                            let e = Unreachable::new(&Msg(format!("no answer to an append within {ttl:?}")));
+                            return Some((Err(RPCError::Unreachable(e)), None));
+                        }
+                    }
+                } else {
+                    responses.next().await
+                };
+                let item = match next? {
+                    Ok(p) => decode_reply::<StreamAppendResult<TypeConfig>>(&p),
+                    Err(s) => Err(rpc_error(s)),
+                };
+                // An error, or a refusal from the follower, ends the stream.
+                let go_on = matches!(item, Ok(Ok(_)));
+                Some((item, go_on.then_some((responses, sent, got + 1))))
+            })
+            .boxed();
+            Ok(answers)
+        })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Method::Vote, &rpc, &option).await
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let mut request = tonic::Request::new(envelope(&rpc)?);
+        request.set_timeout(option.hard_ttl());
+        let reply = self.client()?.vote(request).await.map_err(rpc_error)?;
+        decode_reply(reply.get_ref())
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let mut client = self.client().map_err(streaming_error)?;
+        let header = SnapshotHeader { vote, meta: snapshot.meta, bytes: snapshot.snapshot.len() as u64 };
+        let first = envelope(&header).map_err(streaming_error)?;
+        let data = snapshot.snapshot;
+        let chunks: Vec<RaftPayload> =
+            data.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| RaftPayload { data: c.to_vec() }).collect();
+        // openraft's snapshot timeout, for each chunk and for the answer.
+        let budget = option.soft_ttl() * (chunks.len() as u32 + 1);
+        let messages = futures::stream::iter(std::iter::once(first).chain(chunks));
+        tracing::debug!(target = self.target, bytes = data.len(), "sending a snapshot");
+        let send = tokio::time::timeout(budget, client.install_full_snapshot(messages));
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            reply = send => {
+                let Ok(reply) = reply else {
+                    let e = Msg(format!("the snapshot was not installed within {budget:?}"));
+                    return Err(StreamingError::Unreachable(Unreachable::new(&e)));
+                };
+                let reply = reply.map_err(|s| streaming_error(rpc_error(s)))?;
+                decode_reply(reply.get_ref()).map_err(streaming_error)
+            }
+        }
+    }
+}
+
+fn streaming_error(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
+    match e {
+        RPCError::Timeout(t) => StreamingError::Timeout(t),
+        RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+        RPCError::Network(n) => StreamingError::Network(n),
+        RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
     }
 }

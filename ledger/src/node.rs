@@ -1,6 +1,7 @@
 //! A ledger node: sled storage, openraft, group commit and the gRPC
 //! services, wired together. `tollgate ledger` starts one.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,9 +26,10 @@ use crate::metrics::LedgerMetrics;
 use crate::network::{Network, MAX_MESSAGE_BYTES};
 use crate::probe::LedgerProbe;
 use crate::proposer::{now_ms, Proposer, ProposerConfig};
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::NodeId;
 use crate::service::{AdminApi, LedgerApi, RaftRpc};
 use crate::state::{AdminOp, Command, ErrorCode, Outcome};
+use crate::store::Raft;
 use crate::store::{open_db, LogStore, StateMachineStore};
 
 /// Everything a ledger node needs to start.
@@ -199,7 +201,7 @@ async fn serve(
         .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
     let advertised = cfg.peers.get(&cfg.id).cloned().unwrap_or_else(|| cfg.grpc_addr.to_string());
     let shutdown_rx = shutdown.clone();
-    let gate = Gate::new(cfg.tls.is_some(), raft.clone(), cfg.peers.keys().copied().collect());
+    let gate = Gate::new(cfg.tls.is_some(), raft.metrics(), cfg.peers.keys().copied().collect());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -464,7 +466,7 @@ impl TokenRegistrar {
             }
             // While no leader is known yet (an election under way) keep
             // looking often: registering is what makes the admin API usable.
-            let leaderless = self.raft.metrics().borrow().current_leader.is_none();
+            let leaderless = self.raft.metrics().borrow_watched().current_leader.is_none();
             if leaderless {
                 backoff = pauses();
             }
@@ -472,7 +474,7 @@ impl TokenRegistrar {
     }
 
     async fn try_register(&self, last_elect: &mut std::time::Instant) {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         if m.state == ServerState::Leader {
             let cmd = Command::Admin {
                 actor: "bootstrap".to_string(),
@@ -488,7 +490,7 @@ impl TokenRegistrar {
         } else if m.current_leader.is_some() && last_elect.elapsed() > Duration::from_secs(3) {
             *last_elect = std::time::Instant::now();
             tracing::info!("another node leads before the admin token is registered; standing for election");
-            let _ = self.raft.trigger().elect().await;
+            let _ = self.raft.trigger().elect(false).await;
         }
     }
 }
@@ -504,7 +506,7 @@ async fn add_learners(raft: Raft, cfg: LedgerConfig, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let missing: Vec<NodeId> = {
-            let m = raft.metrics().borrow().clone();
+            let m = raft.metrics().borrow_watched().clone();
             if m.state != ServerState::Leader {
                 continue;
             }
@@ -527,7 +529,7 @@ async fn ticker(raft: Raft, proposer: Proposer, sm: StateMachineStore, stop: Can
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.cancelled() => return,
         }
-        if raft.metrics().borrow().state != ServerState::Leader {
+        if raft.metrics().borrow_watched().state != ServerState::Leader {
             continue;
         }
         let due = sm.read(|a| a.state.next_expiry_ms()).is_some_and(|t| t <= now_ms());

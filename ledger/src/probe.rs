@@ -4,8 +4,9 @@
 
 use crate::metrics::LedgerMetrics;
 use crate::proposer::Proposer;
-use crate::raft_types::{NodeId, Raft};
+use crate::store::Raft;
 use crate::store::StateMachineStore;
+use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 
 use openraft::ServerState;
@@ -30,12 +31,12 @@ impl LedgerProbe {
     /// Ready: leading with a quorum's recent ack (or alone), or following a
     /// known leader.
     pub fn in_touch(&self) -> bool {
-        in_touch(&self.raft.metrics().borrow(), self.quorum_ack_bound_ms)
+        in_touch(&self.raft.metrics().borrow_watched(), self.quorum_ack_bound_ms)
     }
 
     /// One line for `/readyz`: role, leader and applied index.
     pub fn describe(&self) -> String {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         format!(
             "node {} {:?}, leader {}, term {}, applied index {}",
             m.id,
@@ -47,16 +48,22 @@ impl LedgerProbe {
     }
 }
 
+/// Leader only: how long ago a quorum last acknowledged it.
+pub fn millis_since_quorum_ack(m: &crate::raft_types::RaftMetrics) -> Option<u64> {
+    use openraft::Instant;
+    m.last_quorum_acked.as_ref().map(|t| t.elapsed().as_millis() as u64)
+}
+
 /// Whether this node can vouch that its config is current: it is a leader
 /// that a quorum acked within `bound_ms` (or the only voter), or it follows
 /// a known leader. A follower cut off from the leader stands for election
 /// after its timeout and then knows no leader; a leader cut off from the
 /// majority stops being acked.
-pub fn in_touch(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>, bound_ms: u64) -> bool {
+pub fn in_touch(m: &crate::raft_types::RaftMetrics, bound_ms: u64) -> bool {
     match m.state {
         ServerState::Leader => {
             let alone = m.membership_config.membership().voter_ids().all(|v| v == m.id);
-            alone || m.millis_since_quorum_ack.is_some_and(|ms| ms <= bound_ms)
+            alone || millis_since_quorum_ack(m).is_some_and(|ms| ms <= bound_ms)
         }
         ServerState::Follower | ServerState::Learner => m.current_leader.is_some(),
         ServerState::Candidate | ServerState::Shutdown => false,
@@ -76,7 +83,7 @@ fn render(
 ) -> String {
     let now = Registry::new();
     let gauge = |name, help, v: u64| now.gauge(name, help).set(v as f64);
-    let m = raft.metrics().borrow().clone();
+    let m = raft.metrics().borrow_watched().clone();
     let leading = m.state == openraft::ServerState::Leader;
     gauge("tollgate_raft_node_id", "This node's id.", m.id);
     gauge("tollgate_raft_term", "Current Raft term.", m.current_term);
@@ -100,7 +107,7 @@ fn render(
         m.membership_config.membership().voter_ids().count() as u64
     });
     if leading {
-        if let Some(ms) = m.millis_since_quorum_ack {
+        if let Some(ms) = millis_since_quorum_ack(&m) {
             gauge("tollgate_raft_millis_since_quorum_ack", "Leader only: time since a quorum acked.", ms);
         }
         if let Some(rep) = &m.replication {

@@ -10,6 +10,7 @@
 //! round trips across regions) would make every later request wait for it.
 //! Every queue here is bounded.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,8 +24,9 @@ use tollgate_proto::v1::RaftPayload;
 use tonic::transport::Channel;
 
 use crate::metrics::LedgerMetrics;
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::NodeId;
 use crate::state::{Batch, Command, Outcome};
+use crate::store::Raft;
 
 /// Why a proposal has no outcome. `NoLeader`, `NotMember`, `Overloaded` and
 /// `ShuttingDown` mean nothing was proposed: retry, here or elsewhere.
@@ -325,7 +327,7 @@ async fn forward_while_leading(
 /// leader's vote before the log entry that names the members' addresses:
 /// it waits for that too, rather than refusing requests in between.
 async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
-    let reachable = |m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>| {
+    let reachable = |m: &crate::raft_types::RaftMetrics| {
         m.current_leader.is_some_and(|l| m.membership_config.membership().get_node(&l).is_some())
     };
     let found = ctx
@@ -336,7 +338,7 @@ async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
     let m = match found {
         Ok(m) => m,
         Err(_) => {
-            let m = ctx.raft.metrics().borrow().clone();
+            let m = ctx.raft.metrics().borrow_watched().clone();
             if m.membership_config.membership().voter_ids().next().is_none() {
                 return Err(ProposeError::NotMember(ctx.id));
             }

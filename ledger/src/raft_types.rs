@@ -1,7 +1,5 @@
 //! The openraft type configuration of the ledger.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::state::{Batch, Outcome};
@@ -17,17 +15,19 @@ openraft::declare_raft_types!(
         R = LedgerResponse,
         NodeId = u64,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// A snapshot's bytes: the bincode of the applied state.
+pub type SnapshotData = Vec<u8>;
+
 pub type NodeId = u64;
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+/// Raft's metrics as they change (`Raft::metrics`).
+pub type MetricsWatch = openraft::alias::WatchReceiverOf<TypeConfig, RaftMetrics>;

@@ -7,19 +7,15 @@
 //! snapshot is kept in sled, and on restart the state is the last snapshot
 //! plus the committed log entries openraft re-applies after it.
 
-// openraft fixes the storage error type; boxing it here would only add a conversion.
-#![allow(clippy::result_large_err)]
-
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    EntryPayload, ErrorSubject, ErrorVerb, LogState, RaftLogId, RaftLogReader, RaftSnapshotBuilder, StorageIOError,
-};
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -33,23 +29,21 @@ const KEY_PURGED: &[u8] = b"last_purged";
 const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::IO { source: StorageIOError::new(subject, verb, openraft::AnyError::new(&e)) }
+/// A storage failure as openraft takes it: an `io::Error` naming what was
+/// being done (`what`) and why.
+fn io_err(what: &'static str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {e}"))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(
-    tree: &sled::Tree,
-    key: &[u8],
-    subject: ErrorSubject<NodeId>,
-) -> Result<Option<T>, StorageError> {
-    match tree.get(key).map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))? {
+fn read_json<T: for<'de> Deserialize<'de>>(tree: &sled::Tree, key: &[u8], what: &'static str) -> io::Result<Option<T>> {
+    match tree.get(key).map_err(|e| io_err(what, e))? {
         None => Ok(None),
-        Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| io_err(subject, ErrorVerb::Read, e)),
+        Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| io_err(what, e)),
     }
 }
 
-fn to_json<T: Serialize>(v: &T, subject: ErrorSubject<NodeId>) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(v).map_err(|e| io_err(subject, ErrorVerb::Write, e))
+fn to_json<T: Serialize>(v: &T, what: &'static str) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| io_err(what, e))
 }
 
 /// sled's log segment size (a power of two).
@@ -68,6 +62,9 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
         .flush_every_ms(None)
         .open()
 }
+
+/// The ledger's Raft node: openraft over these stores.
+pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 
 /// The Raft log and vote, in two sled trees.
 #[derive(Clone)]
@@ -89,8 +86,8 @@ impl LogStore {
         self
     }
 
-    async fn flush(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.db.flush_async().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+    async fn flush(&self, what: &'static str) -> io::Result<()> {
+        self.db.flush_async().await.map_err(|e| io_err(what, e))?;
         Ok(())
     }
 }
@@ -99,7 +96,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> io::Result<Vec<Entry>> {
         let start = match range.start_bound() {
             Bound::Included(i) => Bound::Included(i.to_be_bytes()),
             Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
@@ -112,31 +109,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         // Purged entries may still be on disk for a moment (they are deleted
         // in the background, see `purge`): never return them.
-        let purged: Option<LogId> = read_json(&self.meta, KEY_PURGED, ErrorSubject::Logs)?;
+        let purged: Option<LogId> = read_json(&self.meta, KEY_PURGED, "reading the purge point")?;
         let floor = purged.map_or(0, |p| p.index + 1);
         let mut out = Vec::new();
         for kv in self.log.range::<[u8; 8], _>((start, end)) {
-            let (k, v) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let (k, v) = kv.map_err(|e| io_err("reading the log", e))?;
             if <[u8; 8]>::try_from(k.as_ref()).is_ok_and(|k| u64::from_be_bytes(k) < floor) {
                 continue;
             }
-            let entry: Entry = crate::codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry: Entry = crate::codec::decode(&v).map_err(|e| io_err("decoding a log entry", e))?;
             out.push(entry);
         }
         Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        read_json(&self.meta, KEY_VOTE, "reading the vote")
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = read_json(&self.meta, KEY_PURGED, ErrorSubject::Logs)?;
-        let last = match self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))? {
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = read_json(&self.meta, KEY_PURGED, "reading the purge point")?;
+        let last = match self.log.last().map_err(|e| io_err("reading the log", e))? {
             None => None,
             Some((_, v)) => {
-                let e: Entry = crate::codec::decode(&v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-                Some(*e.get_log_id())
+                let e: Entry = crate::codec::decode(&v).map_err(|e| io_err("decoding a log entry", e))?;
+                Some(e.log_id)
             }
         };
         // A leftover entry at or below the purge point (deleted in the
@@ -152,29 +153,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let v = to_json(vote, ErrorSubject::Vote)?;
-        self.meta.insert(KEY_VOTE, v).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let v = to_json(vote, "encoding the vote")?;
+        self.meta.insert(KEY_VOTE, v).map_err(|e| io_err("writing the vote", e))?;
         // The vote must be on disk before we answer anyone with it.
-        self.flush(ErrorSubject::Vote).await
+        self.flush("flushing the vote").await
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        read_json(&self.meta, KEY_VOTE, ErrorSubject::Vote)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         // Not flushed: losing it only means re-applying less on restart.
-        let v = to_json(&committed, ErrorSubject::Store)?;
-        self.meta.insert(KEY_COMMITTED, v).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let v = to_json(&committed, "encoding the commit index")?;
+        self.meta.insert(KEY_COMMITTED, v).map_err(|e| io_err("writing the commit index", e))?;
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(read_json::<Option<LogId>>(&self.meta, KEY_COMMITTED, ErrorSubject::Store)?.flatten())
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(read_json::<Option<LogId>>(&self.meta, KEY_COMMITTED, "reading the commit index")?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -183,11 +180,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
         for entry in entries {
-            let v = crate::codec::encode(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-            batch.insert(&entry.get_log_id().index.to_be_bytes(), v);
+            let v = crate::codec::encode(&entry).map_err(|e| io_err("encoding a log entry", e))?;
+            batch.insert(&entry.log_id.index.to_be_bytes(), v);
             n += 1;
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log.apply_batch(batch).map_err(|e| io_err("writing log entries", e))?;
         let written = started.elapsed();
         // Entries must be on disk before openraft counts them toward a quorum.
         let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
@@ -200,26 +197,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             total_us = started.elapsed().as_micros() as u64,
             "log append flushed"
         );
-        callback.log_io_completed(res);
+        callback.io_completed(res);
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> io::Result<()> {
+        let from = last.map_or(0, |l| l.index + 1);
         let mut batch = sled::Batch::default();
-        for kv in self.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = kv.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
+        for kv in self.log.range(from.to_be_bytes()..) {
+            let (k, _) = kv.map_err(|e| io_err("reading the log to truncate", e))?;
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
-        self.flush(ErrorSubject::Logs).await
+        self.log.apply_batch(batch).map_err(|e| io_err("truncating the log", e))?;
+        self.flush("flushing the truncated log").await
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // Record the purge point first: a crash between the two steps leaves
         // extra entries, never a gap that the log state does not explain.
-        let v = to_json(&Some(log_id), ErrorSubject::Logs)?;
-        self.meta.insert(KEY_PURGED, v).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        self.flush(ErrorSubject::Logs).await?;
+        let v = to_json(&Some(log_id), "encoding the purge point")?;
+        self.meta.insert(KEY_PURGED, v).map_err(|e| io_err("writing the purge point", e))?;
+        self.flush("flushing the purge point").await?;
         // Deleting thousands of entries takes tens of milliseconds, and
         // openraft waits for `purge` before the next append: every commit
         // stalled for that long after each snapshot. The purge point is
@@ -250,7 +248,7 @@ pub struct Applied {
 
 impl Applied {
     pub fn applied_index(&self) -> u64 {
-        self.last_applied.map(|l| l.index).unwrap_or(0)
+        self.last_applied.as_ref().map_or(0, |l| l.index)
     }
 }
 
@@ -270,11 +268,11 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub fn new(db: &sled::Db) -> Result<Self, StorageError> {
-        let snapshots = db.open_tree("snapshots").map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+    pub fn new(db: &sled::Db) -> io::Result<Self> {
+        let snapshots = db.open_tree("snapshots").map_err(|e| io_err("opening the snapshot tree", e))?;
         let mut applied = Applied::default();
-        if let Some((meta, data)) = load_snapshot(&snapshots)? {
-            applied = decode_applied(&data, &meta)?;
+        if let Some((_meta, data)) = load_snapshot(&snapshots)? {
+            applied = decode_applied(&data)?;
         }
         let (config_tx, _) = watch::channel(applied.state.config_index);
         let (applied_tx, _) = watch::channel(applied.applied_index());
@@ -328,21 +326,19 @@ impl StateMachineStore {
     }
 }
 
-fn load_snapshot(tree: &sled::Tree) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    let Some(meta) = read_json::<SnapshotMeta>(tree, KEY_SNAPSHOT_META, ErrorSubject::Snapshot(None))? else {
+fn load_snapshot(tree: &sled::Tree) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    let Some(meta) = read_json::<SnapshotMeta>(tree, KEY_SNAPSHOT_META, "reading the snapshot's meta")? else {
         return Ok(None);
     };
-    let subject = ErrorSubject::Snapshot(Some(meta.signature()));
     let data = tree
         .get(KEY_SNAPSHOT_DATA)
-        .map_err(|e| io_err(subject.clone(), ErrorVerb::Read, e))?
-        .ok_or_else(|| io_err(subject, ErrorVerb::Read, std::io::Error::other("snapshot data missing")))?;
+        .map_err(|e| io_err("reading the snapshot", e))?
+        .ok_or_else(|| io_err("reading the snapshot", "its data is missing"))?;
     Ok(Some((meta, data.to_vec())))
 }
 
-fn decode_applied(data: &[u8], meta: &SnapshotMeta) -> Result<Applied, StorageError> {
-    let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-    let mut applied = decode_applied_bytes(data).map_err(|e| io_err(subject, ErrorVerb::Read, e))?;
+fn decode_applied(data: &[u8]) -> io::Result<Applied> {
+    let mut applied = decode_applied_bytes(data).map_err(|e| io_err("decoding a snapshot", e))?;
     applied.state.rebuild_indexes();
     Ok(applied)
 }
@@ -385,103 +381,95 @@ pub fn decode_applied_bytes(data: &[u8]) -> Result<Applied, bincode::Error> {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
         // Copy under the lock (applies wait only for the copy), encode on a
         // blocking thread so the runtime keeps serving RPCs meanwhile.
         let applied = self.read(|a| a.clone());
-        let snapshot_id = match applied.last_applied {
-            Some(l) => format!("{}-{}", l.leader_id, l.index),
-            None => "empty".to_string(),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.last_membership.clone(),
-            snapshot_id,
-        };
+        let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.last_membership.clone() };
         let data = tokio::task::spawn_blocking(move || crate::codec::encode(&applied))
             .await
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+            .map_err(|e| io_err("encoding a snapshot", e))?
+            .map_err(|e| io_err("encoding a snapshot", e))?;
         self.save_snapshot(&meta, &data).await?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot { meta, snapshot: data })
     }
 }
 
 impl StateMachineStore {
-    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let subject = ErrorSubject::Snapshot(Some(meta.signature()));
+    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         // Meta and data in one atomic batch: a crash never pairs one with the other's peer.
         let mut batch = sled::Batch::default();
-        batch.insert(KEY_SNAPSHOT_META, to_json(meta, subject.clone())?);
+        batch.insert(KEY_SNAPSHOT_META, to_json(meta, "encoding the snapshot's meta")?);
         batch.insert(KEY_SNAPSHOT_DATA, data);
-        self.snapshots.apply_batch(batch).map_err(|e| io_err(subject.clone(), ErrorVerb::Write, e))?;
-        self.db.flush_async().await.map_err(|e| io_err(subject, ErrorVerb::Write, e))?;
+        self.snapshots.apply_batch(batch).map_err(|e| io_err("writing a snapshot", e))?;
+        self.db.flush_async().await.map_err(|e| io_err("flushing a snapshot", e))?;
         Ok(())
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachineStore;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         Ok(self.read(|a| (a.last_applied, a.last_membership.clone())))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<LedgerResponse>, StorageError>
+    async fn apply<S>(&mut self, entries: S) -> io::Result<()>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        S: futures::Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + Send,
     {
+        // openraft hands over a bounded run of committed entries: take them
+        // all, apply them under one write lock, then answer their proposers.
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
         let started = std::time::Instant::now();
-        let mut out = Vec::new();
+        let mut answers = Vec::with_capacity(entries.len());
         {
             let mut a = self.applied.write().unwrap_or_else(|p| p.into_inner());
-            for entry in entries {
-                let log_id = *entry.get_log_id();
+            for (entry, responder) in entries {
+                let log_id = entry.log_id;
+                let index = log_id.index;
                 a.last_applied = Some(log_id);
-                match entry.payload {
+                let response = match entry.payload {
                     EntryPayload::Blank => {
-                        a.state.note_index(log_id.index);
-                        out.push(LedgerResponse::default());
+                        a.state.note_index(index);
+                        LedgerResponse::default()
                     }
-                    EntryPayload::Normal(batch) => {
-                        out.push(LedgerResponse(a.state.apply(log_id.index, &batch)));
-                    }
+                    EntryPayload::Normal(batch) => LedgerResponse(a.state.apply(index, &batch)),
                     EntryPayload::Membership(m) => {
-                        a.state.note_index(log_id.index);
+                        a.state.note_index(index);
                         a.last_membership = StoredMembership::new(Some(log_id), m);
-                        out.push(LedgerResponse::default());
+                        LedgerResponse::default()
                     }
+                };
+                if let Some(r) = responder {
+                    answers.push((r, response));
                 }
             }
         }
         self.publish();
-        tracing::debug!(entries = out.len(), apply_us = started.elapsed().as_micros() as u64, "applied");
-        Ok(out)
+        tracing::debug!(entries = answers.len(), apply_us = started.elapsed().as_micros() as u64, "applied");
+        for (r, response) in answers {
+            r.send(response);
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let applied = decode_applied(&data, meta)?;
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> io::Result<()> {
+        let applied = decode_applied(&data)?;
         self.save_snapshot(meta, &data).await?;
         *self.applied.write().unwrap_or_else(|p| p.into_inner()) = applied;
         self.publish();
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(load_snapshot(&self.snapshots)?.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        Ok(load_snapshot(&self.snapshots)?.map(|(meta, data)| Snapshot { meta, snapshot: data }))
     }
 }

@@ -154,6 +154,22 @@ async fn entries(client: &Http, cluster: &LedgerCluster) -> u64 {
     n as u64
 }
 
+/// A histogram's (sum, count) in a scrape; zeros when it is absent.
+fn sum_count(text: &str, name: &str) -> (f64, f64) {
+    let get = |suffix: &str| {
+        let prefix = format!("{name}_{suffix} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    (get("sum"), get("count"))
+}
+
+/// The mean of a histogram between two scrapes, in ms, and how many it counts.
+fn mean_ms(before: &str, after: &str, name: &str) -> (f64, u64) {
+    let ((s0, n0), (s1, n1)) = (sum_count(before, name), sum_count(after, name));
+    let n = n1 - n0;
+    (if n > 0.0 { (s1 - s0) * 1000.0 / n } else { 0.0 }, n as u64)
+}
+
 fn buckets(text: &str) -> Vec<(f64, u64)> {
     let name = "tollgate_gateway_overhead_seconds_bucket{le=\"";
     text.lines()
@@ -386,9 +402,12 @@ async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow
         before.insert(*k, scrape(client, &e.addr).await);
     }
     let e0 = entries(client, &w.cluster).await;
+    let lead = leader(w).await.unwrap_or(0);
+    let lead_http = w.cluster.http.get(&lead).cloned().unwrap_or_default();
+    let lead_before = scrape(client, &lead_http).await;
     let samples = phase(client, args, &edges, &w.key, args.seconds).await;
     let e1 = entries(client, &w.cluster).await;
-    let lead = leader(w).await.unwrap_or(0);
+    let lead_after = scrape(client, &lead_http).await;
     println!("\n{label}: {} requests/s per region for {} s; leader in region r{lead}", args.rate, args.seconds);
     let mut total = 0u64;
     for (k, s) in &samples {
@@ -410,6 +429,14 @@ async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow
         "  Raft entries: {} ({:.1} per 1,000 requests)",
         e1.saturating_sub(e0),
         e1.saturating_sub(e0) as f64 * 1000.0 / total.max(1) as f64
+    );
+    // What one commit costs against the round trip between regions.
+    let (commit, commits) = mean_ms(&lead_before, &lead_after, "tollgate_ledger_commit_seconds");
+    let (flush, _) = mean_ms(&lead_before, &lead_after, "tollgate_ledger_log_flush_seconds");
+    println!(
+        "  on the leader: {commits} batches committed, mean {commit:.1} ms from proposal to apply \
+         ({} ms round trip between regions); log flush mean {flush:.2} ms",
+        args.one_way_ms * 2
     );
     if args.skip_failover {
         return cap(client, args, w, &edges, leases).await;

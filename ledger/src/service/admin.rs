@@ -1,5 +1,6 @@
 //! The operator's API: config changes, usage, audit and node status.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use crate::auth::{random_token, sha256_hex, token_matches, Audience, Gate};
 use crate::convert::{usage_rows, RETRY_SAFE_HEADER};
 use crate::money::NanoUsd;
 use crate::proposer::{ProposeError, Proposer};
-use crate::raft_types::{NodeId, Raft};
+use crate::raft_types::NodeId;
 use crate::state::{AdminOp, Command, Mode, ModelPrice, Outcome, Period, Scope};
+use crate::store::Raft;
 use crate::store::StateMachineStore;
 
 /// The operator's API. Admins and ledgers (forwarding reads) may call it
@@ -34,7 +36,7 @@ const ACTOR: &str = "admin-token";
 
 impl AdminApi {
     fn check_member(&self) -> Result<(), Status> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let membership = m.membership_config.membership();
         if membership.voter_ids().next().is_none() {
             return Err(Status::from(&ProposeError::NotMember(self.id)));
@@ -85,9 +87,9 @@ impl AdminApi {
     /// For a linearizable read: `None` when this node is the leader and has
     /// applied everything committed before the read; else a client of the leader.
     async fn read_at_leader(&self) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         if m.state == ServerState::Leader {
-            self.raft.ensure_linearizable().await.map_err(|e| {
+            self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await.map_err(|e| {
                 // A read changes nothing: always safe to ask again.
                 let mut s = Status::unavailable(format!("leadership could not be confirmed: {e}"));
                 s.metadata_mut().insert(RETRY_SAFE_HEADER, tonic::metadata::MetadataValue::from_static("1"));
@@ -139,7 +141,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         // Unauthenticated on purpose: like a health check, it shows topology
         // and progress, nothing about principals or money.
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics().borrow_watched().clone();
         let (applied, digest) = self.sm.digest().await;
         let members: Vec<pb::Member> = m
             .membership_config

@@ -1,25 +1,42 @@
 //! Raft RPCs between ledger nodes, and proposals forwarded to the leader.
 
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use tollgate_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::MAX_ITEMS_PER_CALL;
-use crate::auth::{token_matches, Gate};
+use crate::auth::{same_sender, token_matches, Gate};
+use crate::network::{SnapshotHeader, MAX_SNAPSHOT_BYTES};
 use crate::proposer::{ForwardRequest, Proposer};
-use crate::raft_types::{NodeId, Raft, TypeConfig};
+use crate::raft_types::{Snapshot, TypeConfig};
 use crate::state::{AdminOp, Command};
+use crate::store::Raft;
 use crate::store::StateMachineStore;
 
 fn decode<T: serde::de::DeserializeOwned>(p: &pb::RaftPayload) -> Result<T, Status> {
     crate::codec::decode(&p.data).map_err(|e| Status::invalid_argument(format!("malformed raft payload: {e}")))
 }
 
-fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
+fn payload<T: serde::Serialize>(v: &T) -> Result<pb::RaftPayload, Status> {
     crate::codec::encode(v)
-        .map(|data| Response::new(pb::RaftPayload { data }))
+        .map(|data| pb::RaftPayload { data })
         .map_err(|e| Status::internal(format!("encoding raft payload: {e}")))
 }
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftPayload>, Status> {
+    payload(v).map(Response::new)
+}
+
+/// Raft has stopped on this node (shutting down, or a storage failure).
+fn stopped(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft stopped: {e}"))
+}
+
+type AppendStream = Pin<Box<dyn Stream<Item = Result<pb::RaftPayload, Status>> + Send>>;
 
 /// Raft RPCs between ledger nodes, plus forwarded proposals. Served only
 /// to member ledgers (an interceptor checks the certificate); a message
@@ -34,33 +51,85 @@ pub struct RaftRpc {
 #[tonic::async_trait]
 impl pb::raft_service_server::RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
-        let started = std::time::Instant::now();
-        let bytes = req.get_ref().data.len();
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
-        self.gate.check_sender(&req, rpc.vote.leader_id().voted_for())?;
-        let n = rpc.entries.len();
-        let decoded = started.elapsed();
-        let out = encode(&self.raft.append_entries(rpc).await);
-        tracing::debug!(
-            entries = n,
-            bytes,
-            decode_us = decoded.as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
-            "append_entries served"
-        );
-        out
+        self.gate.check_sender(&req, rpc.vote.leader_id().node_id)?;
+        encode(&self.raft.append_entries(rpc).await.map_err(stopped)?)
     }
 
-    async fn install_snapshot(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
-        self.gate.check_sender(&req, rpc.vote.leader_id().voted_for())?;
-        encode(&self.raft.install_snapshot(rpc).await)
+    type StreamAppendStream = AppendStream;
+
+    async fn stream_append(&self, req: Request<Streaming<pb::RaftPayload>>) -> Result<Response<AppendStream>, Status> {
+        let caller = self.gate.member(&req)?;
+        // A message that cannot be read, or that speaks for another node,
+        // ends the stream; its answer is that refusal, after the answers to
+        // what came before it.
+        let refused: Arc<Mutex<Option<Status>>> = Arc::default();
+        let refuse = refused.clone();
+        let requests = req.into_inner().scan((), move |_, msg| {
+            let checked = msg.and_then(|p| {
+                let started = std::time::Instant::now();
+                let rpc: AppendEntriesRequest<TypeConfig> = decode(&p)?;
+                same_sender(caller, rpc.vote.leader_id().node_id)?;
+                tracing::debug!(
+                    entries = rpc.entries.len(),
+                    bytes = p.data.len(),
+                    decode_us = started.elapsed().as_micros() as u64,
+                    "append received"
+                );
+                Ok(rpc)
+            });
+            let next = match checked {
+                Ok(rpc) => Some(rpc),
+                Err(s) => {
+                    *refuse.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+                    None
+                }
+            };
+            futures::future::ready(next)
+        });
+        let answers = self.raft.stream_append(requests).map(|r| match r {
+            Ok(result) => payload(&result),
+            Err(fatal) => Err(stopped(fatal)),
+        });
+        let refusal = futures::stream::once(async move { refused.lock().unwrap_or_else(|p| p.into_inner()).take() })
+            .filter_map(|s| async move { s.map(Err) });
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
+    }
+
+    async fn install_full_snapshot(
+        &self,
+        req: Request<Streaming<pb::RaftPayload>>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let caller = self.gate.member(&req)?;
+        let mut parts = req.into_inner();
+        let first = parts.next().await.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))??;
+        let header: SnapshotHeader = decode(&first)?;
+        same_sender(caller, header.vote.leader_id().node_id)?;
+        let size = usize::try_from(header.bytes).unwrap_or(usize::MAX);
+        if size > MAX_SNAPSHOT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a snapshot of {size} bytes is over this node's limit of {MAX_SNAPSHOT_BYTES}"
+            )));
+        }
+        let mut data = Vec::with_capacity(size);
+        while let Some(chunk) = parts.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.data.len() > size {
+                return Err(Status::invalid_argument("the snapshot's data is longer than its header says"));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        if data.len() != size {
+            return Err(Status::invalid_argument("the snapshot's data is shorter than its header says"));
+        }
+        let snapshot = Snapshot { meta: header.meta, snapshot: data };
+        encode(&self.raft.install_full_snapshot(header.vote, snapshot).await.map_err(stopped)?)
     }
 
     async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
-        let rpc: VoteRequest<NodeId> = decode(req.get_ref())?;
-        self.gate.check_sender(&req, rpc.vote.leader_id().voted_for())?;
-        encode(&self.raft.vote(rpc).await)
+        let rpc: VoteRequest<TypeConfig> = decode(req.get_ref())?;
+        self.gate.check_sender(&req, rpc.vote.leader_id().node_id)?;
+        encode(&self.raft.vote(rpc).await.map_err(stopped)?)
     }
 
     async fn propose(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {

@@ -240,6 +240,13 @@ pub struct Batch {
     pub cmds: Vec<Command>,
 }
 
+/// How openraft names an entry's payload in its logs.
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} commands at {} ms", self.cmds.len(), self.time_ms)
+    }
+}
+
 /// Stable error classes, mapped to gRPC codes at the API edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {

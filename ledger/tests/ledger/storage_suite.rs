@@ -1,27 +1,30 @@
-//! openraft's storage conformance suite (`openraft::testing::Suite`) run
+//! openraft's storage conformance suite (`openraft::testing::log::Suite`) run
 //! against the real sled-backed log store and state machine, each case on a
 //! fresh database in its own temporary directory.
 
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::vote::leader_id_adv::LeaderId;
 use openraft::StorageError;
-use tollgate_ledger::raft_types::TypeConfig;
+use tollgate_ledger::raft_types::{TypeConfig, Vote};
 use tollgate_ledger::store::{open_db, LogStore, StateMachineStore};
 
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_db(&dir.path().join("raft")).expect("open sled");
         let log = LogStore::new(&db).expect("log store");
-        let sm = StateMachineStore::new(&open_db(&dir.path().join("snapshots")).expect("open sled"))?;
+        let sm =
+            StateMachineStore::new(&open_db(&dir.path().join("snapshots")).expect("open sled")).expect("state machine");
         Ok((dir, log, sm))
     }
 }
 
 #[test]
 fn sled_store_passes_openraft_suite() {
-    if let Err(e) = Suite::test_all(SledBuilder) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Err(e) = rt.block_on(Suite::test_all(SledBuilder)) {
         panic!("storage suite failed: {e}");
     }
 }
@@ -31,7 +34,7 @@ fn sled_store_passes_openraft_suite() {
 #[test]
 fn snapshot_and_vote_survive_reopen() {
     use openraft::storage::{RaftLogStorage, RaftStateMachine};
-    use openraft::RaftSnapshotBuilder;
+    use openraft::{RaftLogReader, RaftSnapshotBuilder};
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
@@ -40,9 +43,9 @@ fn snapshot_and_vote_survive_reopen() {
             let db = open_db(&dir.path().join("raft")).unwrap();
             let mut log = LogStore::new(&db).unwrap();
             let mut sm = StateMachineStore::new(&open_db(&dir.path().join("snapshots")).unwrap()).unwrap();
-            log.save_vote(&openraft::Vote::new(7, 2)).await.unwrap();
-            let entry = openraft::Entry::<TypeConfig> {
-                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(7, 2), 1),
+            log.save_vote(&Vote::new(7, 2)).await.unwrap();
+            let entry = tollgate_ledger::raft_types::Entry {
+                log_id: openraft::LogId::new(LeaderId { term: 7, node_id: 2 }, 1),
                 payload: openraft::EntryPayload::Normal(tollgate_ledger::state::Batch {
                     time_ms: 1_000,
                     cmds: vec![tollgate_ledger::state::Command::Admin {
@@ -51,7 +54,7 @@ fn snapshot_and_vote_survive_reopen() {
                     }],
                 }),
             };
-            sm.apply(vec![entry]).await.unwrap();
+            sm.apply(futures::stream::iter([Ok((entry, None))])).await.unwrap();
             let snap = sm.build_snapshot().await.unwrap();
             assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(1));
             digest = sm.read(|a| a.state.digest());
@@ -59,7 +62,7 @@ fn snapshot_and_vote_survive_reopen() {
         let db = open_db(&dir.path().join("raft")).unwrap();
         let mut log = LogStore::new(&db).unwrap();
         let mut sm = StateMachineStore::new(&open_db(&dir.path().join("snapshots")).unwrap()).unwrap();
-        assert_eq!(log.read_vote().await.unwrap(), Some(openraft::Vote::new(7, 2)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(7, 2)));
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(1));
         assert_eq!(sm.read(|a| a.state.digest()), digest);

@@ -8,9 +8,10 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+use openraft::vote::leader_id_adv::LeaderId;
+use openraft::{EntryPayload, LogId};
 use tollgate_chaos::pki::Pki;
-use tollgate_ledger::raft_types::{Entry, TypeConfig};
+use tollgate_ledger::raft_types::{Entry, TypeConfig, Vote};
 use tollgate_ledger::state::{AdminOp, Batch, Command};
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
@@ -44,20 +45,34 @@ fn forged_append(term: u64, leader: u64, index: u64) -> pb::RaftPayload {
         }],
     };
     let entry: Entry = Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, leader), index + 1),
+        log_id: LogId::new(LeaderId { term, node_id: leader }, index + 1),
         payload: EntryPayload::Normal(batch),
     };
     let req = openraft::raft::AppendEntriesRequest::<TypeConfig> {
         vote: Vote::new_committed(term, leader),
         prev_log_id: None,
         entries: vec![entry],
-        leader_commit: Some(LogId::new(CommittedLeaderId::new(term, leader), index + 1)),
+        leader_commit: Some(LogId::new(LeaderId { term, node_id: leader }, index + 1)),
     };
     pb::RaftPayload { data: tollgate_ledger::codec::encode(&req).unwrap() }
 }
 
+/// A forged snapshot from `leader` in a later term, past every entry: its
+/// header, then its data (an empty ledger) in one chunk.
+fn forged_snapshot(term: u64, leader: u64, index: u64) -> Vec<pb::RaftPayload> {
+    let log_id = LogId::new(LeaderId { term, node_id: leader }, index + 100);
+    let applied = tollgate_ledger::store::Applied { last_applied: Some(log_id), ..Default::default() };
+    let data = tollgate_ledger::codec::encode(&applied).unwrap();
+    let header = tollgate_ledger::network::SnapshotHeader {
+        vote: Vote::new_committed(term, leader),
+        meta: openraft::alias::SnapshotMetaOf::<TypeConfig> { last_log_id: Some(log_id), ..Default::default() },
+        bytes: data.len() as u64,
+    };
+    vec![pb::RaftPayload { data: tollgate_ledger::codec::encode(&header).unwrap() }, pb::RaftPayload { data }]
+}
+
 fn forged_vote(term: u64, candidate: u64) -> pb::RaftPayload {
-    let req = openraft::raft::VoteRequest::<u64> { vote: Vote::new(term, candidate), last_log_id: None };
+    let req = openraft::raft::VoteRequest::<TypeConfig>::new(Vote::new(term, candidate), None);
     pb::RaftPayload { data: tollgate_ledger::codec::encode(&req).unwrap() }
 }
 
@@ -78,6 +93,10 @@ fn reserve_batch(key: &str) -> pb::ReserveBatch {
 enum Call {
     /// A forged AppendEntries (later term, a CreateKey entry, committed).
     Append,
+    /// The same forged append on the replication stream.
+    StreamAppend,
+    /// A forged snapshot in a later term.
+    Snapshot,
     /// A forged Vote in a later term.
     Vote,
     /// A forwarded config change, with the admin token.
@@ -90,7 +109,7 @@ enum Call {
     AdminWrite,
 }
 
-const RAFT: [Call; 3] = [Call::Append, Call::Vote, Call::Propose];
+const RAFT: [Call; 5] = [Call::Append, Call::StreamAppend, Call::Snapshot, Call::Vote, Call::Propose];
 const LEDGER: [Call; 3] = [Call::Reserve, Call::Watch, Call::Settle];
 
 /// Makes each call as the holder of `tls`; returns the gRPC code of each.
@@ -113,6 +132,17 @@ async fn attack(
     for call in calls {
         let r = match call {
             Call::Append => raft.append_entries(forged_append(term + 1, 2, index)).await.map(|_| ()),
+            Call::StreamAppend => {
+                let forged = tokio_stream::iter([forged_append(term + 1, 2, index)]);
+                match raft.stream_append(forged).await {
+                    // Refused within the stream: its first answer is the refusal.
+                    Ok(answers) => answers.into_inner().message().await.map(|_| ()),
+                    Err(s) => Err(s),
+                }
+            }
+            Call::Snapshot => {
+                raft.install_full_snapshot(tokio_stream::iter(forged_snapshot(term + 1, 2, index))).await.map(|_| ())
+            }
             Call::Vote => raft.vote(forged_vote(term + 1, 2)).await.map(|_| ()),
             Call::Propose => {
                 let fwd = tollgate_ledger::proposer::ForwardRequest {
@@ -211,6 +241,13 @@ fn outsiders_are_refused_and_change_nothing() {
             .await
             .unwrap();
         let e = raft.vote(forged_vote(s.term + 1, 3)).await.unwrap_err();
+        assert_eq!(e.code(), PermissionDenied, "{e}");
+        // Nor on the replication stream, nor with a snapshot.
+        let forged = tokio_stream::iter([forged_append(s.term + 1, 3, s.last_log_index)]);
+        let e = raft.stream_append(forged).await.unwrap().into_inner().message().await.unwrap_err();
+        assert_eq!(e.code(), PermissionDenied, "{e}");
+        let forged = tokio_stream::iter(forged_snapshot(s.term + 1, 3, s.last_log_index));
+        let e = raft.install_full_snapshot(forged).await.unwrap_err();
         assert_eq!(e.code(), PermissionDenied, "{e}");
     });
     // Nothing changed anywhere: same index, digest and term on every node.
