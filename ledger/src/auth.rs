@@ -126,8 +126,19 @@ impl Gate {
         same_sender(self.member(req)?, claimed)
     }
 
+    /// A caller [`Gate::member`] admitted is still a member (for each
+    /// message of a long-lived stream: a node removed meanwhile is refused).
+    pub fn still_member(&self, caller: Option<NodeId>) -> Result<(), Status> {
+        match caller {
+            Some(id) if !self.is_member(id) => {
+                Err(Status::permission_denied(format!("ledger:{id} is no longer a member of this cluster")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The member ledger calling (over TLS; `None` without it), checked
-    /// once for a stream whose messages then name their senders.
+    /// when a stream opens; its messages then name their senders.
     pub fn member<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
         Ok(match self.check(req, Audience::Members)? {
             Some(Role::Ledger(id)) => Some(id),

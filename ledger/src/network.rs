@@ -25,6 +25,7 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tollgate_proto::v1::raft_service_client::RaftServiceClient;
 use tollgate_proto::v1::RaftPayload;
 use tollgate_tls::ClusterTls;
@@ -147,11 +148,13 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let mut client = self.client()?;
-            // Counted as they leave and as their answers come, so a follower
-            // that stops answering is noticed within the soft ttl, however
-            // long the stream has been idle before.
+            let ttl = option.soft_ttl();
+            // Counted as they leave, with a wake-up for the answer side: an
+            // answer is awaited for at most the soft ttl from the moment a
+            // request is outstanding, however long the stream was idle.
             let sent = Arc::new(AtomicU64::new(0));
-            let counted = sent.clone();
+            let left = Arc::new(Notify::new());
+            let (counted, leaving) = (sent.clone(), left.clone());
             // A request that cannot be encoded ends the stream (never skipped:
             // the answers must match the requests one for one); openraft
             // starts a new one for what was left unanswered.
@@ -159,6 +162,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 let next = match crate::codec::encode(&rpc) {
                     Ok(data) => {
                         counted.fetch_add(1, Ordering::SeqCst);
+                        leaving.notify_one();
                         Some(RaftPayload { data })
                     }
                     Err(e) => {
@@ -168,33 +172,45 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 };
                 futures::future::ready(next)
             });
-            let setup = tokio::time::timeout(option.soft_ttl(), client.stream_append(requests));
-            let responses = match setup.await {
+            // Once the answers stop being read (an error, a refusal, or
+            // openraft moving on), the requests stop too: hyper would
+            // otherwise keep sending what openraft's next stream sends.
+            let (requests, stop) = futures::stream::abortable(requests);
+            let stop = AbortOnDrop(stop);
+            let responses = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
                 Ok(r) => r.map_err(rpc_error)?.into_inner(),
                 Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&Msg("stream setup timed out".into())))),
             };
-            let ttl = option.soft_ttl();
-            let state = Some((responses, sent, 0u64));
-            let answers = futures::stream::unfold(state, move |state| async move {
-                let (mut responses, sent, got) = state?;
-                let next = if sent.load(Ordering::SeqCst) > got {
-                    match tokio::time::timeout(ttl, responses.next()).await {
-                        Ok(n) => n,
-                        Err(_) => {
-                            let e = Unreachable::new(&Msg(format!("no answer to an append within {ttl:?}")));
-                            return Some((Err(RPCError::Unreachable(e)), None));
+            let state = Some((responses, stop, 0u64));
+            let answers = futures::stream::unfold(state, move |state| {
+                let (sent, left) = (sent.clone(), left.clone());
+                async move {
+                    let (mut responses, stop, got) = state?;
+                    let next = loop {
+                        if sent.load(Ordering::SeqCst) > got {
+                            match tokio::time::timeout(ttl, responses.next()).await {
+                                Ok(n) => break n,
+                                Err(_) => {
+                                    let e = Unreachable::new(&Msg(format!("no answer to an append within {ttl:?}")));
+                                    return Some((Err(RPCError::Unreachable(e)), None));
+                                }
+                            }
                         }
-                    }
-                } else {
-                    responses.next().await
-                };
-                let item = match next? {
-                    Ok(p) => decode_reply::<StreamAppendResult<TypeConfig>>(&p),
-                    Err(s) => Err(rpc_error(s)),
-                };
-                // An error, or a refusal from the follower, ends the stream.
-                let go_on = matches!(item, Ok(Ok(_)));
-                Some((item, go_on.then_some((responses, sent, got + 1))))
+                        // Nothing outstanding: wait for an answer (the end of
+                        // the stream) or for a request to leave.
+                        tokio::select! {
+                            n = responses.next() => break n,
+                            _ = left.notified() => {}
+                        }
+                    };
+                    let item = match next? {
+                        Ok(p) => decode_reply::<StreamAppendResult<TypeConfig>>(&p),
+                        Err(s) => Err(rpc_error(s)),
+                    };
+                    // An error, or a refusal from the follower, ends the stream.
+                    let go_on = matches!(item, Ok(Ok(_)));
+                    Some((item, go_on.then_some((responses, stop, got + 1))))
+                }
             })
             .boxed();
             Ok(answers)
@@ -220,14 +236,25 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client().map_err(streaming_error)?;
-        let header = SnapshotHeader { vote, meta: snapshot.meta, bytes: snapshot.snapshot.len() as u64 };
+        let data = Arc::new(snapshot.snapshot);
+        if data.len() > MAX_SNAPSHOT_BYTES {
+            // Every node refuses it: say so here rather than retry unseen.
+            let e = Msg(format!("a snapshot of {} bytes is over the limit of {MAX_SNAPSHOT_BYTES}", data.len()));
+            tracing::error!(target = self.target, "{e}");
+            return Err(StreamingError::Network(NetworkError::new(&e)));
+        }
+        let header = SnapshotHeader { vote, meta: snapshot.meta, bytes: data.len() as u64 };
         let first = envelope(&header).map_err(streaming_error)?;
-        let data = snapshot.snapshot;
-        let chunks: Vec<RaftPayload> =
-            data.chunks(SNAPSHOT_CHUNK_BYTES).map(|c| RaftPayload { data: c.to_vec() }).collect();
+        let chunks = data.len().div_ceil(SNAPSHOT_CHUNK_BYTES);
         // openraft's snapshot timeout, for each chunk and for the answer.
-        let budget = option.soft_ttl() * (chunks.len() as u32 + 1);
-        let messages = futures::stream::iter(std::iter::once(first).chain(chunks));
+        let budget = option.soft_ttl() * (chunks as u32 + 1);
+        let bytes = data.clone();
+        // Each chunk is copied out only as it is sent.
+        let rest = futures::stream::iter(0..chunks).map(move |i| {
+            let end = ((i + 1) * SNAPSHOT_CHUNK_BYTES).min(bytes.len());
+            RaftPayload { data: bytes[i * SNAPSHOT_CHUNK_BYTES..end].to_vec() }
+        });
+        let messages = futures::stream::once(async { first }).chain(rest);
         tracing::debug!(target = self.target, bytes = data.len(), "sending a snapshot");
         let send = tokio::time::timeout(budget, client.install_full_snapshot(messages));
         tokio::select! {
@@ -244,11 +271,115 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
+/// Aborts the request stream it guards when dropped.
+struct AbortOnDrop(futures::stream::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn streaming_error(e: RPCError<TypeConfig>) -> StreamingError<TypeConfig> {
     match e {
         RPCError::Timeout(t) => StreamingError::Timeout(t),
         RPCError::Unreachable(u) => StreamingError::Unreachable(u),
         RPCError::Network(n) => StreamingError::Network(n),
         RPCError::RemoteError(r) => StreamingError::Network(NetworkError::new(&r)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The replication stream's timeout, against a follower that takes
+    //! appends and never answers (a stuck Raft core or disk behind a live
+    //! connection).
+
+    use std::pin::Pin;
+    use std::time::Instant;
+
+    use openraft::vote::leader_id_adv::LeaderId;
+    use tollgate_proto::v1 as pb;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// Reads every append and answers none.
+    struct Mute;
+
+    type Answers = Pin<Box<dyn Stream<Item = Result<pb::RaftPayload, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl pb::raft_service_server::RaftService for Mute {
+        async fn append_entries(&self, _: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+            Err(Status::unimplemented("mute"))
+        }
+
+        type StreamAppendStream = Answers;
+
+        async fn stream_append(&self, req: Request<Streaming<pb::RaftPayload>>) -> Result<Response<Answers>, Status> {
+            let appends = req.into_inner();
+            // Drain the appends; answer nothing, ever.
+            let answers = futures::stream::unfold(appends, |mut appends| async move {
+                while appends.next().await.is_some() {}
+                futures::future::pending::<()>().await;
+                None::<(Result<pb::RaftPayload, Status>, _)>
+            });
+            Ok(Response::new(Box::pin(answers)))
+        }
+
+        async fn install_full_snapshot(
+            &self,
+            _: Request<Streaming<pb::RaftPayload>>,
+        ) -> Result<Response<pb::RaftPayload>, Status> {
+            Err(Status::unimplemented("mute"))
+        }
+
+        async fn vote(&self, _: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+            Err(Status::unimplemented("mute"))
+        }
+
+        async fn propose(&self, _: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+            Err(Status::unimplemented("mute"))
+        }
+    }
+
+    fn append() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(openraft::LogId::new(LeaderId { term: 1, node_id: 1 }, 5)),
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_append_fails_within_the_soft_ttl_even_after_an_idle_spell() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_service_server::RaftServiceServer::new(Mute))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut peer = Network::default().new_client(2, &BasicNode { addr }).await;
+        let option = RPCOption::new(Duration::from_millis(400));
+        let ttl = option.soft_ttl();
+        let (tx, rx) = futures::channel::mpsc::channel::<AppendEntriesRequest<TypeConfig>>(4);
+        let mut answers = peer.stream_append(rx, option).await.unwrap();
+        // Idle for three ttls: nothing is outstanding, so nothing fails.
+        let idle = tokio::time::timeout(ttl * 3, answers.next()).await;
+        assert!(idle.is_err(), "an idle stream ended or answered: {:?}", idle.ok());
+        // Then an append leaves and is never answered: an error within the ttl of it.
+        let sent = Instant::now();
+        let mut tx = tx;
+        futures::SinkExt::send(&mut tx, append()).await.unwrap();
+        // (Five ttls of slack above for a loaded machine; never before the ttl.)
+        let first = tokio::time::timeout(ttl * 5, answers.next()).await.expect("no error within five ttls");
+        let waited = sent.elapsed();
+        assert!(matches!(first, Some(Err(RPCError::Unreachable(_)))), "{first:?}");
+        assert!(waited >= ttl, "failed after {waited:?}, before the ttl {ttl:?}");
+        // And the stream ends there.
+        assert!(answers.next().await.is_none());
     }
 }

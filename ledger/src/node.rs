@@ -177,7 +177,6 @@ fn raft_config(cfg: &LedgerConfig) -> anyhow::Result<openraft::Config> {
         // Keep append messages well under the gRPC limit: entries carry batches.
         max_payload_entries: 8,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
-        snapshot_max_chunk_size: 2 * 1024 * 1024,
         max_in_snapshot_log_to_keep: cfg.logs_to_keep,
         install_snapshot_timeout: 2000,
         ..Default::default()
@@ -205,7 +204,13 @@ async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let raft_rpc = RaftRpc { raft: raft.clone(), proposer: proposer.clone(), sm: sm.clone(), gate: gate.clone() };
+    let raft_rpc = RaftRpc {
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        sm: sm.clone(),
+        gate: gate.clone(),
+        snapshots: Arc::new(tokio::sync::Semaphore::new(1)),
+    };
     let ledger_api =
         LedgerApi { proposer: proposer.clone(), sm: sm.clone(), probe: probe.clone(), stop: shutdown.clone() };
     let admin_api = AdminApi {

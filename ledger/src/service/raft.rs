@@ -2,9 +2,11 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use tokio::sync::Semaphore;
 use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,6 +38,17 @@ fn stopped(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft stopped: {e}"))
 }
 
+/// How long a snapshot's sender may leave the receiver without its next part.
+const SNAPSHOT_PART_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The next part of a snapshot stream, if its sender sends it in time.
+async fn next_part(parts: &mut Streaming<pb::RaftPayload>) -> Result<Option<pb::RaftPayload>, Status> {
+    match tokio::time::timeout(SNAPSHOT_PART_TIMEOUT, parts.next()).await {
+        Ok(p) => p.transpose(),
+        Err(_) => Err(Status::deadline_exceeded(format!("no part of the snapshot for {SNAPSHOT_PART_TIMEOUT:?}"))),
+    }
+}
+
 type AppendStream = Pin<Box<dyn Stream<Item = Result<pb::RaftPayload, Status>> + Send>>;
 
 /// Raft RPCs between ledger nodes, plus forwarded proposals. Served only
@@ -46,6 +59,8 @@ pub struct RaftRpc {
     pub proposer: Proposer,
     pub sm: StateMachineStore,
     pub gate: Gate,
+    /// One snapshot received at a time (openraft installs one at a time).
+    pub snapshots: Arc<Semaphore>,
 }
 
 #[tonic::async_trait]
@@ -65,11 +80,13 @@ impl pb::raft_service_server::RaftService for RaftRpc {
         // what came before it.
         let refused: Arc<Mutex<Option<Status>>> = Arc::default();
         let refuse = refused.clone();
+        let gate = self.gate.clone();
         let requests = req.into_inner().scan((), move |_, msg| {
             let checked = msg.and_then(|p| {
                 let started = std::time::Instant::now();
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&p)?;
                 same_sender(caller, rpc.vote.leader_id().node_id)?;
+                gate.still_member(caller)?;
                 tracing::debug!(
                     entries = rpc.entries.len(),
                     bytes = p.data.len(),
@@ -101,8 +118,11 @@ impl pb::raft_service_server::RaftService for RaftRpc {
         req: Request<Streaming<pb::RaftPayload>>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let caller = self.gate.member(&req)?;
+        let Ok(_one) = self.snapshots.clone().try_acquire_owned() else {
+            return Err(Status::unavailable("a snapshot is already being received"));
+        };
         let mut parts = req.into_inner();
-        let first = parts.next().await.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))??;
+        let first = next_part(&mut parts).await?.ok_or_else(|| Status::invalid_argument("an empty snapshot stream"))?;
         let header: SnapshotHeader = decode(&first)?;
         same_sender(caller, header.vote.leader_id().node_id)?;
         let size = usize::try_from(header.bytes).unwrap_or(usize::MAX);
@@ -111,9 +131,9 @@ impl pb::raft_service_server::RaftService for RaftRpc {
                 "a snapshot of {size} bytes is over this node's limit of {MAX_SNAPSHOT_BYTES}"
             )));
         }
-        let mut data = Vec::with_capacity(size);
-        while let Some(chunk) = parts.next().await {
-            let chunk = chunk?;
+        // Grown as the chunks arrive, never sized by the header alone.
+        let mut data = Vec::new();
+        while let Some(chunk) = next_part(&mut parts).await? {
             if data.len() + chunk.data.len() > size {
                 return Err(Status::invalid_argument("the snapshot's data is longer than its header says"));
             }
