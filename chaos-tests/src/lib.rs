@@ -8,6 +8,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod hist;
 mod load;
 pub mod mock;
 pub mod netns;

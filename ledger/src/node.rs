@@ -1,7 +1,6 @@
 //! A ledger node: sled storage, openraft, group commit and the gRPC
 //! services, wired together. `tollgate ledger` starts one.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,7 +28,7 @@ use crate::proposer::{now_ms, Proposer, ProposerConfig};
 use crate::raft_types::NodeId;
 use crate::service::{AdminApi, LedgerApi, RaftRpc};
 use crate::state::{AdminOp, Command, ErrorCode, Outcome};
-use crate::store::Raft;
+use crate::store::{metrics_now, Raft};
 use crate::store::{open_db, LogStore, StateMachineStore};
 
 /// Everything a ledger node needs to start.
@@ -471,7 +470,7 @@ impl TokenRegistrar {
             }
             // While no leader is known yet (an election under way) keep
             // looking often: registering is what makes the admin API usable.
-            let leaderless = self.raft.metrics().borrow_watched().current_leader.is_none();
+            let leaderless = metrics_now(&self.raft).current_leader.is_none();
             if leaderless {
                 backoff = pauses();
             }
@@ -479,7 +478,7 @@ impl TokenRegistrar {
     }
 
     async fn try_register(&self, last_elect: &mut std::time::Instant) {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = metrics_now(&self.raft);
         if m.state == ServerState::Leader {
             let cmd = Command::Admin {
                 actor: "bootstrap".to_string(),
@@ -511,7 +510,7 @@ async fn add_learners(raft: Raft, cfg: LedgerConfig, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let missing: Vec<NodeId> = {
-            let m = raft.metrics().borrow_watched().clone();
+            let m = metrics_now(&raft);
             if m.state != ServerState::Leader {
                 continue;
             }
@@ -534,7 +533,7 @@ async fn ticker(raft: Raft, proposer: Proposer, sm: StateMachineStore, stop: Can
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.cancelled() => return,
         }
-        if raft.metrics().borrow_watched().state != ServerState::Leader {
+        if metrics_now(&raft).state != ServerState::Leader {
             continue;
         }
         let due = sm.read(|a| a.state.next_expiry_ms()).is_some_and(|t| t <= now_ms());

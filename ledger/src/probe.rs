@@ -4,9 +4,8 @@
 
 use crate::metrics::LedgerMetrics;
 use crate::proposer::Proposer;
-use crate::store::Raft;
 use crate::store::StateMachineStore;
-use openraft::async_runtime::watch::WatchReceiver;
+use crate::store::{metrics_now, Raft};
 use std::sync::Arc;
 
 use openraft::ServerState;
@@ -31,12 +30,12 @@ impl LedgerProbe {
     /// Ready: leading with a quorum's recent ack (or alone), or following a
     /// known leader.
     pub fn in_touch(&self) -> bool {
-        in_touch(&self.raft.metrics().borrow_watched(), self.quorum_ack_bound_ms)
+        in_touch(&metrics_now(&self.raft), self.quorum_ack_bound_ms)
     }
 
     /// One line for `/readyz`: role, leader and applied index.
     pub fn describe(&self) -> String {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = metrics_now(&self.raft);
         format!(
             "node {} {:?}, leader {}, term {}, applied index {}",
             m.id,
@@ -83,7 +82,7 @@ fn render(
 ) -> String {
     let now = Registry::new();
     let gauge = |name, help, v: u64| now.gauge(name, help).set(v as f64);
-    let m = raft.metrics().borrow_watched().clone();
+    let m = metrics_now(raft);
     let leading = m.state == openraft::ServerState::Leader;
     gauge("tollgate_raft_node_id", "This node's id.", m.id);
     gauge("tollgate_raft_term", "Current Raft term.", m.current_term);

@@ -10,7 +10,6 @@
 //! round trips across regions) would make every later request wait for it.
 //! Every queue here is bounded.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +25,7 @@ use tonic::transport::Channel;
 use crate::metrics::LedgerMetrics;
 use crate::raft_types::NodeId;
 use crate::state::{Batch, Command, Outcome};
-use crate::store::Raft;
+use crate::store::{metrics_now, Raft};
 
 /// Why a proposal has no outcome. `NoLeader`, `NotMember`, `Overloaded` and
 /// `ShuttingDown` mean nothing was proposed: retry, here or elsewhere.
@@ -338,7 +337,7 @@ async fn leader(ctx: &Ctx) -> Result<(NodeId, String), ProposeError> {
     let m = match found {
         Ok(m) => m,
         Err(_) => {
-            let m = ctx.raft.metrics().borrow_watched().clone();
+            let m = metrics_now(&ctx.raft);
             if m.membership_config.membership().voter_ids().next().is_none() {
                 return Err(ProposeError::NotMember(ctx.id));
             }

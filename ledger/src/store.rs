@@ -66,6 +66,12 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
 /// The ledger's Raft node: openraft over these stores.
 pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 
+/// Raft's metrics as they are now (role, leader, term, membership, indexes).
+pub fn metrics_now(raft: &Raft) -> RaftMetrics {
+    use openraft::async_runtime::watch::WatchReceiver;
+    raft.metrics().borrow_watched().clone()
+}
+
 /// The Raft log and vote, in two sled trees.
 #[derive(Clone)]
 pub struct LogStore {

@@ -29,6 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Mutex;
 use tollgate_chaos::cluster::{free_port, set_budget, sibling_binaries, EdgeProc, LedgerCluster, MockProc, Transport};
+use tollgate_chaos::hist::Hist;
 use tollgate_chaos::wan::{Delay, WanLink};
 use tollgate_proto::v1 as pb;
 use tollgate_tls::Role;
@@ -154,47 +155,17 @@ async fn entries(client: &Http, cluster: &LedgerCluster) -> u64 {
     n as u64
 }
 
-/// A histogram's (sum, count) in a scrape; zeros when it is absent.
-fn sum_count(text: &str, name: &str) -> (f64, f64) {
-    let get = |suffix: &str| {
-        let prefix = format!("{name}_{suffix} ");
-        text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(0.0)
-    };
-    (get("sum"), get("count"))
-}
-
-/// The mean of a histogram between two scrapes, in ms, and how many it counts.
-fn mean_ms(before: &str, after: &str, name: &str) -> (f64, u64) {
-    let ((s0, n0), (s1, n1)) = (sum_count(before, name), sum_count(after, name));
-    let n = n1 - n0;
-    (if n > 0.0 { (s1 - s0) * 1000.0 / n } else { 0.0 }, n as u64)
-}
-
-fn buckets(text: &str) -> Vec<(f64, u64)> {
-    let name = "tollgate_gateway_overhead_seconds_bucket{le=\"";
-    text.lines()
-        .filter_map(|l| {
-            let (le, n) = l.strip_prefix(name)?.split_once("\"} ")?;
-            Some((le.parse().ok()?, n.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 /// The edge's own `tollgate_gateway_overhead_seconds` (upstream excluded)
 /// between two scrapes: the upper bound of the bucket holding the median
 /// and the 99th percentile.
 fn overhead(before: &str, after: &str) -> String {
-    let old = buckets(before);
-    let buckets: Vec<(f64, u64)> = buckets(after)
-        .into_iter()
-        .map(|(le, n)| (le, n - old.iter().find(|(l, _)| *l == le).map_or(0, |(_, m)| *m)))
-        .collect();
-    let count = buckets.last().map_or(0, |b| b.1);
-    let bound = |q: f64| {
-        let want = ((count as f64) * q).ceil() as u64;
-        buckets.iter().find(|(_, n)| *n >= want.max(1)).map_or("?".into(), |(le, _)| format!("≤ {} ms", le * 1000.0))
-    };
-    format!("p50 {}, p99 {}", bound(0.5), bound(0.99))
+    let h = between(before, after, "tollgate_gateway_overhead_seconds");
+    format!("p50 {}, p99 {}", h.bound_ms(0.5), h.bound_ms(0.99))
+}
+
+/// What histogram `name` observed between two scrapes of one process.
+fn between(before: &str, after: &str, name: &str) -> Hist {
+    Hist::parse(after, name).since(&Hist::parse(before, name))
 }
 
 struct World {
@@ -431,8 +402,10 @@ async fn mode(client: &Http, args: &Args, w: &mut World, leases: bool) -> anyhow
         e1.saturating_sub(e0) as f64 * 1000.0 / total.max(1) as f64
     );
     // What one commit costs against the round trip between regions.
-    let (commit, commits) = mean_ms(&lead_before, &lead_after, "tollgate_ledger_commit_seconds");
-    let (flush, _) = mean_ms(&lead_before, &lead_after, "tollgate_ledger_log_flush_seconds");
+    let commit = between(&lead_before, &lead_after, "tollgate_ledger_commit_seconds");
+    let flush = between(&lead_before, &lead_after, "tollgate_ledger_log_flush_seconds").mean_ms();
+    let commits = commit.count;
+    let commit = commit.mean_ms();
     println!(
         "  on the leader: {commits} batches committed, mean {commit:.1} ms from proposal to apply \
          ({} ms round trip between regions); log flush mean {flush:.2} ms",

@@ -1,6 +1,5 @@
 //! The operator's API: config changes, usage, audit and node status.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,8 +14,8 @@ use crate::money::NanoUsd;
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft_types::NodeId;
 use crate::state::{AdminOp, Command, Mode, ModelPrice, Outcome, Period, Scope};
-use crate::store::Raft;
 use crate::store::StateMachineStore;
+use crate::store::{metrics_now, Raft};
 
 /// The operator's API. Admins and ledgers (forwarding reads) may call it
 /// (an interceptor checks the certificate); every call but `NodeStatus`
@@ -36,7 +35,7 @@ const ACTOR: &str = "admin-token";
 
 impl AdminApi {
     fn check_member(&self) -> Result<(), Status> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = metrics_now(&self.raft);
         let membership = m.membership_config.membership();
         if membership.voter_ids().next().is_none() {
             return Err(Status::from(&ProposeError::NotMember(self.id)));
@@ -87,7 +86,7 @@ impl AdminApi {
     /// For a linearizable read: `None` when this node is the leader and has
     /// applied everything committed before the read; else a client of the leader.
     async fn read_at_leader(&self) -> Result<Option<AdminServiceClient<tonic::transport::Channel>>, Status> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = metrics_now(&self.raft);
         if m.state == ServerState::Leader {
             self.raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex).await.map_err(|e| {
                 // A read changes nothing: always safe to ask again.
@@ -141,7 +140,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::NodeStatusResponse>, Status> {
         // Unauthenticated on purpose: like a health check, it shows topology
         // and progress, nothing about principals or money.
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = metrics_now(&self.raft);
         let (applied, digest) = self.sm.digest().await;
         let members: Vec<pb::Member> = m
             .membership_config

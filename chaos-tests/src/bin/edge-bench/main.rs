@@ -38,6 +38,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tollgate_chaos::cluster::{sibling_binaries, EdgeProc, LedgerCluster, MockProc, Transport};
+use tollgate_chaos::hist::Hist;
 use tollgate_proto::v1 as pb;
 
 #[derive(Parser)]
@@ -308,69 +309,6 @@ async fn phase(client: &Http, t: &Target, body: &Bytes, args: &Args) -> PhaseSta
     st
 }
 
-/// One histogram of the edge's /metrics: (upper bound in s, cumulative count), sum in s, count.
-#[derive(Default, Clone)]
-struct Hist {
-    buckets: Vec<(f64, u64)>,
-    sum: f64,
-    count: u64,
-}
-
-fn parse_hist(text: &str, name: &str) -> Hist {
-    let mut h = Hist::default();
-    let bucket = format!("{name}_bucket{{le=\"");
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(&bucket) {
-            let Some((le, n)) = rest.split_once("\"} ") else { continue };
-            if let (Ok(le), Ok(n)) = (le.parse::<f64>(), n.trim().parse::<u64>()) {
-                h.buckets.push((le, n));
-            }
-        } else if let Some(v) = line.strip_prefix(&format!("{name}_sum ")) {
-            h.sum = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = line.strip_prefix(&format!("{name}_count ")) {
-            h.count = v.trim().parse().unwrap_or(0);
-        }
-    }
-    h
-}
-
-impl Hist {
-    /// What was observed between `before` and `self`.
-    fn since(&self, before: &Hist) -> Hist {
-        let buckets = self
-            .buckets
-            .iter()
-            .map(|(le, n)| {
-                let b = before.buckets.iter().find(|(l, _)| l == le).map_or(0, |(_, n)| *n);
-                (*le, n.saturating_sub(b))
-            })
-            .collect();
-        Hist { buckets, sum: self.sum - before.sum, count: self.count.saturating_sub(before.count) }
-    }
-
-    /// The upper bound of the bucket that holds quantile `q`, in ms.
-    fn bound_ms(&self, q: f64) -> String {
-        let want = (self.count as f64 * q).ceil() as u64;
-        match self.buckets.iter().find(|(_, n)| *n >= want.max(1)) {
-            Some((le, _)) => format!("≤ {} ms", le * 1000.0),
-            None => "> largest bucket".into(),
-        }
-    }
-
-    fn summary(&self) -> String {
-        if self.count == 0 {
-            return "no observations".into();
-        }
-        format!(
-            "{} requests, mean {:.2} ms, p50 {}, p99 {}",
-            self.count,
-            self.sum * 1000.0 / self.count as f64,
-            self.bound_ms(0.50),
-            self.bound_ms(0.99)
-        )
-    }
-}
-
 async fn scrape(client: &Http, edge: &str) -> String {
     let req = Request::get(format!("http://{edge}/metrics")).body(Full::new(Bytes::new())).expect("a valid request");
     match tokio::time::timeout(Duration::from_secs(5), send(client, req)).await {
@@ -634,7 +572,7 @@ async fn through_edge(
         ("tollgate_gateway_overhead_seconds", "time in the edge, upstream excluded"),
         ("tollgate_upstream_latency_seconds", "edge → mock, to response headers"),
     ] {
-        let h = parse_hist(&after, name).since(&parse_hist(&before, name));
+        let h = Hist::parse(&after, name).since(&Hist::parse(&before, name));
         println!("    edge's own histogram, {what}: {}", h.summary());
     }
     let per_k = |n: u64| n as f64 * 1000.0 / st.ok.max(1) as f64;
