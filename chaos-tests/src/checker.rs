@@ -201,6 +201,30 @@ fn disrupted(c: &ClientRecord, faults: &[Fault]) -> bool {
     })
 }
 
+/// For a per-key charge violation: the key's requests that ended within 2 s
+/// before a kill of their edge, or were in flight at it (when each ended
+/// relative to the kill, whether it counted as disrupted), to tell a lost
+/// settle at the kill from a fault of the ledger.
+fn near_kills(h: &History, key: &str) -> String {
+    let mut out = String::new();
+    for f in &h.faults {
+        for c in h.clients.iter().filter(|c| c.key_id == key && (f.edge == Some(c.edge) || f.edges.contains(&c.edge))) {
+            if c.start_ms <= f.at_ms && c.end_ms + 2_000 >= f.at_ms {
+                out.push_str(&format!(
+                    "; near {} at {} ms: {} on edge {} ended {:+} ms from it{}",
+                    f.kind,
+                    f.at_ms,
+                    c.outcome,
+                    c.edge,
+                    c.end_ms as i64 - f.at_ms as i64,
+                    if disrupted(c, &h.faults) { " (disrupted)" } else { "" }
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Longest window of failed admissions: from the first failure after a
 /// success (or the start) to the next success, over requests in start order.
 fn longest_outage(clients: &[&ClientRecord], from: u64, to: u64) -> u64 {
@@ -357,12 +381,16 @@ fn check_charges(h: &History, v: &mut Verdict) {
         if spent < lo {
             v.lost_charges += 1;
             v.lost_nano_usd += lo - spent;
-            v.violations.push(format!("lost charge: key {k} charged {spent} < {lo} the upstream billed"));
+            v.violations
+                .push(format!("lost charge: key {k} charged {spent} < {lo} the upstream billed{}", near_kills(h, k)));
         }
         if spent > hi {
             v.double_charges += 1;
             v.double_nano_usd += spent - hi;
-            v.violations.push(format!("double charge: key {k} charged {spent} > {hi}, the most its requests cost"));
+            v.violations.push(format!(
+                "double charge: key {k} charged {spent} > {hi}, the most its requests cost{}",
+                near_kills(h, k)
+            ));
         }
         if held > 0 {
             v.holds_left += 1;
